@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft, combined broker+controller) for tests, on
+# 127.0.0.1 only, from the jars scripts/setup.sh fetched.
+#   scripts/kafka-broker.sh start DIR   starts it with its log dir in DIR, waits until it answers
+#                                       metadata requests, prints the bootstrap address
+#   scripts/kafka-broker.sh stop DIR    stops it (and removes nothing; DIR is the caller's)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/env.sh"
+cmd="${1:?usage: kafka-broker.sh start|stop DIR}"
+dir="${2:?usage: kafka-broker.sh start|stop DIR}"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+case "$cmd" in
+start)
+  [ -f "$KAFKA_LIBS/.complete" ] || { echo "kafka jars missing: run scripts/setup.sh" >&2; exit 1; }
+  mkdir -p "$dir/data"
+  port=$(free_port); cport=$(free_port)
+  while [ "$cport" = "$port" ]; do cport=$(free_port); done
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.cleaner.backoff.ms=1000
+PROPS
+  cat > "$dir/log4j2.properties" <<LOG
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $dir/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+LOG
+  java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+             -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*")
+  cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+    || { cat "$dir/format.log" >&2; exit 1; }
+  nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/pid"
+  bootstrap="127.0.0.1:$port"
+  echo "$bootstrap" > "$dir/bootstrap"
+  for _ in $(seq 1 120); do
+    if kcat -L -b "$bootstrap" -m 2 >/dev/null 2>&1; then
+      grep -h -m1 -o "Kafka version: .*" "$dir/server.log" >&2 || true
+      echo "$bootstrap"
+      exit 0
+    fi
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { echo "kafka broker died; see $dir/stdout.log and $dir/server.log" >&2; tail -20 "$dir/stdout.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "kafka broker did not answer metadata requests within 60 s; see $dir/server.log" >&2
+  exit 1
+  ;;
+stop)
+  [ -f "$dir/pid" ] || exit 0
+  pid=$(cat "$dir/pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  ;;
+*) echo "usage: kafka-broker.sh start|stop DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,8 @@
+//! The `ackwatch` binary's library: the glue around the pure engine (`ackwatch-topology`) and
+//! the state stores (`ackwatch-state`): inputs (kcat files, Kafka), configuration, the CLI.
+//! Everything that decides *what* a record means lives in `ackwatch-topology`; this crate only
+//! decides where records come from and where outputs go.
+
+pub mod audit;
+pub mod kcat;
+pub mod settings;

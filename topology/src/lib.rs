@@ -1,0 +1,44 @@
+//! `ackwatch-topology`: ackwatch's processing, as pure and deterministic logic.
+//!
+//! Given the records of partition p of the `activation` and `control.activation.ack` topics,
+//! this crate decides what `SPEC.md` says: findings, resolutions, ACK latencies and signals.
+//! It is the same code for the live processor, the audit and the tests.
+//!
+//! Invariants (see ARCHITECTURE.md):
+//! - no I/O, no threads, no clock: time enters only as record event times and
+//!   [`Task::punctuate`];
+//! - the same records in the same per-partition order give the same outputs and the same
+//!   idempotency keys, whatever the process history (restore included);
+//! - every per-run collection is bounded by [`limits`], and what a limit cuts is counted.
+
+pub mod decode;
+pub mod limits;
+pub mod output;
+pub mod partition_group;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod task;
+pub mod time;
+
+use serde::{Deserialize, Serialize};
+
+pub use decode::{decode, Decoded, Phase, RawRecord, Source};
+pub use output::{Action, GapDetected, GapResolved, Outcome, Output, Signal};
+pub use policy::Policy;
+pub use run::{FindingKind, RunState};
+pub use task::{Counters, Pending, Task, TaskMeta};
+pub use time::Millis;
+
+/// A run: `(world_id, run_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunKey {
+    pub world_id: String,
+    pub run_id: String,
+}
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.world_id, self.run_id)
+    }
+}

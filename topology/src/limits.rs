@@ -1,0 +1,38 @@
+//! Every bound the engine enforces, in one place (TigerBeetle style).
+//!
+//! Each limit names what it costs when raised and what is cut when it binds. Whatever a limit
+//! cuts is counted in [`crate::Counters::limit_cut`] under the limit's name, so an operator sees
+//! it in `ackwatch_limit_cut_total{limit=...}` and in the audit report's totals.
+
+/// Largest record value the decoder looks at; larger values are dead-lettered as `too_large`.
+/// Real ControlBus records are about 1 KiB. Cost: one value of this size is parsed in memory.
+pub const RECORD_VALUE_BYTES_MAX: usize = 128 * 1024;
+
+/// Longest `world_id` / `run_id` accepted; longer ones are dead-lettered as `field_too_long`.
+/// Cost: every run key in memory, in the store and in every output carries these strings.
+pub const ID_BYTES_MAX: usize = 256;
+
+/// Longest `etag` kept for conflict detection; longer ones are dead-lettered as `field_too_long`.
+pub const ETAG_BYTES_MAX: usize = 512;
+
+/// Distinct sequences one run may track (activations, missing ones awaiting their gap
+/// timeout, orphan acks). A record for a new sequence beyond it is cut (counted as
+/// `run_sequences`) and the run is marked truncated. Real apply runs have a few dozen.
+/// Cost: about 100 bytes per sequence in memory and in the run's stored value.
+pub const RUN_SEQUENCES_MAX: usize = 4096;
+
+/// Widest sequence jump turned into missing sequences at once. A jump from 2 to 2^63 would
+/// otherwise ask for 2^63 entries; only the `GAP_SPAN_MAX` sequences just below the new one
+/// are tracked, the rest counted as `gap_span`.
+pub const GAP_SPAN_MAX: u64 = 1024;
+
+/// Sequences listed in one gap event; a larger group is split into several events.
+/// Cost: the size of one output record (about 8 bytes per sequence).
+pub const EVENT_SEQUENCES_MAX: usize = 256;
+
+/// Records buffered per input partition of a task before the runtime stops fetching it.
+pub const PARTITION_BUFFER_RECORDS_MAX: usize = 10_000;
+
+const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
+const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);
+const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MAX);

@@ -1,0 +1,132 @@
+//! What the engine emits. Every emitted fact carries an idempotency key that depends only on
+//! the fact, so a restart or a replay emits the same key again (SPEC §3).
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{Invalid, Phase};
+use crate::run::{FindingKind, RunSummary};
+use crate::time::Millis;
+use crate::RunKey;
+
+/// `ActivationGapDetected`: sequences of one run that crossed a deadline of one kind together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapDetected {
+    pub world_id: String,
+    pub run_id: String,
+    pub kind: FindingKind,
+    pub sequences: Vec<u64>,
+    pub phase: Option<Phase>,
+    pub detected_at: Millis,
+    pub idempotency_key: String,
+}
+
+/// `ActivationGapResolved`: one sequence whose missing counterpart arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapResolved {
+    pub world_id: String,
+    pub run_id: String,
+    pub kind: FindingKind,
+    pub sequences: Vec<u64>,
+    pub phase: Option<Phase>,
+    pub detected_at: Millis,
+    pub resolved_at: Millis,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Pause,
+    Rollback,
+    Resume,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Pause, Action::Rollback, Action::Resume];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Rollback => "rollback",
+            Action::Resume => "resume",
+        }
+    }
+
+    /// The event type WorldService receives.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Action::Pause => "ApplyPauseRequested",
+            Action::Rollback => "ApplyRollbackRequested",
+            Action::Resume => "ApplyResumeAllowed",
+        }
+    }
+}
+
+/// A signal to WorldService: at most one per run, action and episode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    pub world_id: String,
+    pub run_id: String,
+    pub action: Action,
+    pub episode: u32,
+    pub at: Millis,
+    pub idempotency_key: String,
+}
+
+/// One output of the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Detected(GapDetected),
+    Resolved(GapResolved),
+    Signal(Signal),
+    /// The rollback deadline of a paused run passed with `auto_rollback = false`.
+    Escalated { run: RunKey, episode: u32, at: Millis },
+    /// An ACK latency sample (once per sequence).
+    Latency { phase: Option<Phase>, ms: u64, clock_skew: bool },
+    /// The run's state was dropped by retention (the store writes a tombstone).
+    RunDropped { run: RunKey, summary: RunSummary },
+}
+
+/// How one input record was classified and applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Tracked,
+    Ack,
+    Untracked,
+    Duplicate,
+    /// Dead-letter this record.
+    Invalid(Invalid),
+    /// A valid record a limit did not let the run track; counted in `limit_cut`.
+    Cut,
+}
+
+/// Escapes `%` and `:` so the parts of a key cannot run into each other.
+fn key_part(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([':', '%']) {
+        text.replace('%', "%25").replace(':', "%3A").into()
+    } else {
+        text.into()
+    }
+}
+
+pub(crate) fn detected_key(run: &RunKey, kind: FindingKind, first_seq: u64, detected_at: Millis) -> String {
+    format!(
+        "ackwatch:gap:{}:{}:{}:{first_seq}:{detected_at}:detected",
+        key_part(&run.world_id),
+        key_part(&run.run_id),
+        kind.as_str()
+    )
+}
+
+pub(crate) fn resolved_key(run: &RunKey, kind: FindingKind, seq: u64, detected_at: Millis) -> String {
+    format!(
+        "ackwatch:gap:{}:{}:{}:{seq}:{detected_at}:resolved",
+        key_part(&run.world_id),
+        key_part(&run.run_id),
+        kind.as_str()
+    )
+}
+
+pub(crate) fn signal_key(run: &RunKey, action: Action, episode: u32) -> String {
+    format!("ackwatch:signal:{}:{}:{}:{episode}", key_part(&run.world_id), key_part(&run.run_id), action.as_str())
+}

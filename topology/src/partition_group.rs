@@ -1,0 +1,149 @@
+//! Record order within a task (SPEC §4), as Kafka Streams' `PartitionGroup` does it.
+//!
+//! A task reads partition p of two topics. It takes the buffered head with the lowest record
+//! timestamp (ties: the activation first). While one partition has nothing buffered and is not
+//! caught up to its high watermark, it waits for it, at most `max_task_idle_ms`, so catching up
+//! after a restart never runs one topic ahead of the other.
+
+use std::collections::VecDeque;
+
+use crate::decode::Source;
+use crate::limits::PARTITION_BUFFER_RECORDS_MAX;
+use crate::time::Millis;
+
+fn side(source: Source) -> usize {
+    match source {
+        Source::Activation => 0,
+        Source::Ack => 1,
+    }
+}
+
+/// What the task should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<T> {
+    Record(Source, T),
+    /// One partition is empty but not caught up, and `max_task_idle_ms` has not passed.
+    Wait,
+    /// Nothing buffered.
+    Empty,
+}
+
+#[derive(Debug)]
+pub struct PartitionGroup<T> {
+    queues: [VecDeque<(Millis, T)>; 2],
+    max_task_idle_ms: Millis,
+    /// When the task began waiting for an empty partition (the caller's clock).
+    waiting_since: Option<Millis>,
+    /// Times the wait ran out and the task went on without the empty partition.
+    pub idle_exceeded: u64,
+}
+
+impl<T> PartitionGroup<T> {
+    pub fn new(max_task_idle_ms: Millis) -> Self {
+        PartitionGroup { queues: [VecDeque::new(), VecDeque::new()], max_task_idle_ms, waiting_since: None, idle_exceeded: 0 }
+    }
+
+    /// Buffers a record; `timestamp_ms` is its record timestamp (records without one sort first).
+    pub fn push(&mut self, source: Source, timestamp_ms: Option<Millis>, item: T) {
+        self.queues[side(source)].push_back((timestamp_ms.unwrap_or(Millis::MIN), item));
+    }
+
+    pub fn buffered(&self, source: Source) -> usize {
+        self.queues[side(source)].len()
+    }
+
+    /// Whether the runtime should stop fetching this partition until the task drains it.
+    pub fn is_full(&self, source: Source) -> bool {
+        self.buffered(source) >= PARTITION_BUFFER_RECORDS_MAX
+    }
+
+    /// The next record to process. `caught_up[s]` says partition s has been read to its high
+    /// watermark (always true for a bounded input); `now_ms` is the caller's clock, used only
+    /// to bound the wait.
+    pub fn next(&mut self, now_ms: Millis, caught_up: [bool; 2]) -> Next<T> {
+        let heads = [self.queues[0].front().map(|h| h.0), self.queues[1].front().map(|h| h.0)];
+        let pick = match heads {
+            [Some(a), Some(b)] => {
+                self.waiting_since = None;
+                if a <= b { 0 } else { 1 }
+            }
+            [None, None] => return Next::Empty,
+            [Some(_), None] | [None, Some(_)] => {
+                let full = if heads[0].is_some() { 0 } else { 1 };
+                let empty = 1 - full;
+                if caught_up[empty] {
+                    self.waiting_since = None;
+                } else {
+                    let since = *self.waiting_since.get_or_insert(now_ms);
+                    // Millis::MAX marks a wait that already ran out: processing goes on,
+                    // counted once, until both partitions have data again.
+                    if since != Millis::MAX {
+                        if now_ms.saturating_sub(since) < self.max_task_idle_ms {
+                            return Next::Wait;
+                        }
+                        self.idle_exceeded += 1;
+                        self.waiting_since = Some(Millis::MAX);
+                    }
+                }
+                full
+            }
+        };
+        let (_, item) = self.queues[pick].pop_front().expect("head exists");
+        Next::Record(if pick == 0 { Source::Activation } else { Source::Ack }, item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(group: &mut PartitionGroup<&'static str>, now: Millis, caught_up: [bool; 2]) -> Vec<&'static str> {
+        let mut got = vec![];
+        while let Next::Record(_, item) = group.next(now, caught_up) {
+            got.push(item);
+        }
+        got
+    }
+
+    fn check(activations: &[(Millis, &'static str)], acks: &[(Millis, &'static str)], expected: &[&str]) {
+        let mut group = PartitionGroup::new(1000);
+        for &(ts, name) in activations {
+            group.push(Source::Activation, Some(ts), name);
+        }
+        for &(ts, name) in acks {
+            group.push(Source::Ack, Some(ts), name);
+        }
+        assert_eq!(drain(&mut group, 0, [true, true]), expected);
+    }
+
+    #[test]
+    fn merges_by_timestamp_with_activation_first_on_ties() {
+        check(&[(1, "a1"), (5, "a5")], &[(2, "k2"), (5, "k5")], &["a1", "k2", "a5", "k5"]);
+        check(&[(10, "a10")], &[(1, "k1"), (2, "k2")], &["k1", "k2", "a10"]);
+        check(&[], &[(3, "k3")], &["k3"]);
+        // Within a partition, offset order stands even when timestamps go backwards.
+        check(&[(9, "a9"), (1, "a1")], &[(5, "k5")], &["k5", "a9", "a1"]);
+    }
+
+    #[test]
+    fn waits_for_a_lagging_partition_at_most_max_task_idle() {
+        let mut group = PartitionGroup::new(1000);
+        group.push(Source::Activation, Some(1), "a1");
+        assert_eq!(group.next(100, [true, false]), Next::Wait);
+        assert_eq!(group.next(1099, [true, false]), Next::Wait);
+        assert_eq!(group.next(1100, [true, false]), Next::Record(Source::Activation, "a1"));
+        assert_eq!(group.idle_exceeded, 1);
+        group.push(Source::Activation, Some(2), "a2");
+        assert_eq!(group.next(1200, [true, false]), Next::Record(Source::Activation, "a2"));
+        assert_eq!(group.idle_exceeded, 1, "one wait, counted once");
+        assert_eq!(group.next(1300, [true, false]), Next::Empty);
+    }
+
+    #[test]
+    fn does_not_wait_for_a_caught_up_partition() {
+        let mut group = PartitionGroup::new(1000);
+        group.push(Source::Ack, Some(7), "k7");
+        assert_eq!(group.next(0, [true, true]), Next::Record(Source::Ack, "k7"));
+        assert_eq!(group.idle_exceeded, 0);
+    }
+}

@@ -1,0 +1,293 @@
+//! The audit report of SPEC §5, built from what the engine emitted and the state it ends with.
+//!
+//! Findings are collected from outputs, not from run state, so a finding whose run was later
+//! dropped by retention stays in the report. Sequences of one run that share kind, detection
+//! and resolution are listed as one finding.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::decode::Phase;
+use crate::output::{Action, Output};
+use crate::run::{FindingKind, RunSummary};
+use crate::task::{Counters, Pending, Task};
+use crate::time::{format_rfc3339_ms, Millis};
+use crate::RunKey;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub findings: Vec<FindingRow>,
+    pub signals: Vec<SignalRow>,
+    pub pending_at_end: Vec<PendingRow>,
+    pub runs: Vec<RunRow>,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FindingRow {
+    pub kind: FindingKind,
+    pub world_id: String,
+    pub run_id: String,
+    pub sequences: Vec<u64>,
+    pub phase: Option<Phase>,
+    pub detected_at: String,
+    pub resolved_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SignalRow {
+    pub action: Action,
+    pub world_id: String,
+    pub run_id: String,
+    pub episode: u32,
+    pub at: String,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PendingRow {
+    pub kind: FindingKind,
+    pub world_id: String,
+    pub run_id: String,
+    pub sequences: Vec<u64>,
+    pub due: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunRow {
+    pub world_id: String,
+    pub run_id: String,
+    pub tracked: u64,
+    pub acked: u64,
+    pub latency_ms: Option<Percentiles>,
+    /// Sequences or records this run could not track because of a limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cut: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of sorted samples.
+    pub fn of_sorted(sorted: &[u64]) -> Option<Percentiles> {
+        let rank = |p: u64| sorted[((p as usize * sorted.len()).div_ceil(100)).max(1) - 1];
+        (!sorted.is_empty()).then(|| Percentiles { p50: rank(50), p95: rank(95), p99: rank(99), max: rank(100) })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub records: u64,
+    pub tracked: u64,
+    pub untracked: u64,
+    pub acks: u64,
+    pub duplicates: u64,
+    pub invalid: u64,
+    pub invalid_by_reason: BTreeMap<String, u64>,
+    pub findings_raised: BTreeMap<String, u64>,
+    pub clock_skew: u64,
+    /// ACK latency over every run.
+    pub latency_ms: Option<Percentiles>,
+    pub limit_cut: BTreeMap<String, u64>,
+    /// Input lines that were not kcat records at all (file input only).
+    pub malformed_lines: u64,
+    /// Records on topics other than the two inputs (file input only).
+    pub other_topic: u64,
+}
+
+#[derive(Clone, Copy)]
+struct FindingFacts {
+    phase: Option<Phase>,
+    detected_at: Millis,
+    resolved_at: Option<Millis>,
+}
+
+/// Collects outputs while tasks run, then builds the report.
+#[derive(Default)]
+pub struct ReportBuilder {
+    findings: BTreeMap<(RunKey, FindingKind, u64), FindingFacts>,
+    signals: Vec<(Millis, RunKey, Action, u32, String)>,
+    runs: BTreeMap<RunKey, RunSummary>,
+    pending: Vec<Pending>,
+    counters: Counters,
+    pub malformed_lines: u64,
+    pub other_topic: u64,
+}
+
+impl ReportBuilder {
+    pub fn observe(&mut self, output: &Output) {
+        match output {
+            Output::Detected(d) => {
+                let run = RunKey { world_id: d.world_id.clone(), run_id: d.run_id.clone() };
+                for &seq in &d.sequences {
+                    let facts = FindingFacts { phase: d.phase, detected_at: d.detected_at, resolved_at: None };
+                    self.findings.insert((run.clone(), d.kind, seq), facts);
+                }
+            }
+            Output::Resolved(r) => {
+                let run = RunKey { world_id: r.world_id.clone(), run_id: r.run_id.clone() };
+                for &seq in &r.sequences {
+                    if let Some(f) = self.findings.get_mut(&(run.clone(), r.kind, seq)) {
+                        f.resolved_at = Some(r.resolved_at);
+                    }
+                }
+            }
+            Output::Signal(s) => {
+                let run = RunKey { world_id: s.world_id.clone(), run_id: s.run_id.clone() };
+                self.signals.push((s.at, run, s.action, s.episode, s.idempotency_key.clone()));
+            }
+            Output::RunDropped { run, summary } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
+            Output::Escalated { .. } | Output::Latency { .. } => {}
+        }
+    }
+
+    /// Takes a finished task's remaining runs, pending deadlines and counters.
+    pub fn finish_task(&mut self, task: &Task) {
+        for (run, state) in task.runs() {
+            merge_summary(self.runs.entry(run.clone()).or_default(), &state.summary());
+        }
+        self.pending.extend(task.pending());
+        self.counters.merge(task.counters());
+    }
+
+    pub fn build(mut self) -> Report {
+        let findings = group_findings(&self.findings);
+        self.signals.sort();
+        let signals = self
+            .signals
+            .into_iter()
+            .map(|(at, run, action, episode, key)| SignalRow {
+                action,
+                world_id: run.world_id,
+                run_id: run.run_id,
+                episode,
+                at: format_rfc3339_ms(at),
+                idempotency_key: key,
+            })
+            .collect();
+        self.pending.sort_by(|a, b| (&a.run, a.kind, a.due, a.sequence).cmp(&(&b.run, b.kind, b.due, b.sequence)));
+        let mut pending_at_end: Vec<PendingRow> = vec![];
+        for p in &self.pending {
+            match pending_at_end.last_mut() {
+                Some(last)
+                    if last.world_id == p.run.world_id
+                        && last.run_id == p.run.run_id
+                        && last.kind == p.kind
+                        && last.due == format_rfc3339_ms(p.due) =>
+                {
+                    last.sequences.push(p.sequence)
+                }
+                _ => pending_at_end.push(PendingRow {
+                    kind: p.kind,
+                    world_id: p.run.world_id.clone(),
+                    run_id: p.run.run_id.clone(),
+                    sequences: vec![p.sequence],
+                    due: format_rfc3339_ms(p.due),
+                }),
+            }
+        }
+        let mut all_latencies: Vec<u64> = self.runs.values().flat_map(|s| s.latencies_ms.iter().copied()).collect();
+        all_latencies.sort_unstable();
+        let runs = self
+            .runs
+            .into_iter()
+            .map(|(run, s)| RunRow {
+                world_id: run.world_id,
+                run_id: run.run_id,
+                tracked: s.tracked,
+                acked: s.acked,
+                latency_ms: Percentiles::of_sorted(&s.latencies_ms),
+                cut: s.cut,
+            })
+            .collect();
+        let c = &self.counters;
+        let totals = Totals {
+            records: c.records + self.other_topic,
+            tracked: c.tracked,
+            untracked: c.untracked,
+            acks: c.acks,
+            duplicates: c.duplicates,
+            invalid: c.invalid,
+            invalid_by_reason: c.invalid_by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            findings_raised: FindingKind::ALL
+                .iter()
+                .map(|k| (k.as_str().to_string(), c.findings_raised[k.index()]))
+                .collect(),
+            clock_skew: c.clock_skew,
+            latency_ms: Percentiles::of_sorted(&all_latencies),
+            limit_cut: c.limit_cut.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            malformed_lines: self.malformed_lines,
+            other_topic: self.other_topic,
+        };
+        Report { findings, signals, pending_at_end, runs, totals }
+    }
+}
+
+fn merge_summary(into: &mut RunSummary, from: &RunSummary) {
+    into.tracked += from.tracked;
+    into.acked += from.acked;
+    into.cut += from.cut;
+    into.latencies_ms.extend_from_slice(&from.latencies_ms);
+    into.latencies_ms.sort_unstable();
+}
+
+/// Consecutive sequences of one run and kind with the same detection and resolution form one row.
+fn group_findings(facts: &BTreeMap<(RunKey, FindingKind, u64), FindingFacts>) -> Vec<FindingRow> {
+    let mut rows: Vec<(Millis, FindingRow, RunKey, FindingKind, Option<Millis>)> = vec![];
+    for ((run, kind, seq), f) in facts {
+        if let Some((detected, row, last_run, last_kind, resolved)) = rows.last_mut() {
+            if last_run == run && last_kind == kind && *detected == f.detected_at && *resolved == f.resolved_at {
+                row.sequences.push(*seq);
+                continue;
+            }
+        }
+        rows.push((
+            f.detected_at,
+            FindingRow {
+                kind: *kind,
+                world_id: run.world_id.clone(),
+                run_id: run.run_id.clone(),
+                sequences: vec![*seq],
+                phase: f.phase,
+                detected_at: format_rfc3339_ms(f.detected_at),
+                resolved_at: f.resolved_at.map(format_rfc3339_ms),
+            },
+            run.clone(),
+            *kind,
+            f.resolved_at,
+        ));
+    }
+    rows.sort_by(|a, b| (a.0, &a.2, a.3, a.1.sequences[0]).cmp(&(b.0, &b.2, b.3, b.1.sequences[0])));
+    rows.into_iter().map(|r| r.1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(samples: &[u64], expected: Option<(u64, u64, u64, u64)>) {
+        let got = Percentiles::of_sorted(samples).map(|p| (p.p50, p.p95, p.p99, p.max));
+        assert_eq!(got, expected, "samples {samples:?}");
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        check(&[], None);
+        check(&[7], Some((7, 7, 7, 7)));
+        check(&[1, 2], Some((1, 2, 2, 2)));
+        check(&[1, 2, 3, 4], Some((2, 4, 4, 4)));
+        let hundred: Vec<u64> = (1..=100).collect();
+        check(&hundred, Some((50, 95, 99, 100)));
+    }
+}

@@ -1,0 +1,264 @@
+//! The state of one run `(world_id, run_id)`: what was seen per sequence, its findings and its
+//! signal episode. Plain data: the `state` crate stores it with bincode and restores it.
+//!
+//! Pending timers are not stored; they are derived from the per-sequence facts
+//! ([`RunState::rebuild_timers`]), so a restored run fires exactly what the original would have.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::Phase;
+use crate::policy::Policy;
+use crate::time::Millis;
+
+/// The four finding kinds of SPEC §2. The order is the firing order at equal deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    AckMissing,
+    ActivationGap,
+    OrphanAck,
+    SequenceConflict,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 4] =
+        [FindingKind::AckMissing, FindingKind::ActivationGap, FindingKind::OrphanAck, FindingKind::SequenceConflict];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::AckMissing => "ack_missing",
+            FindingKind::ActivationGap => "activation_gap",
+            FindingKind::OrphanAck => "orphan_ack",
+            FindingKind::SequenceConflict => "sequence_conflict",
+        }
+    }
+
+    /// Whether a finding of this kind pauses the run (SPEC §3: not `orphan_ack`).
+    pub fn pauses(self) -> bool {
+        !matches!(self, FindingKind::OrphanAck)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One raised finding of one sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingState {
+    pub detected_at: Millis,
+    pub resolved_at: Option<Millis>,
+}
+
+impl FindingState {
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
+    }
+}
+
+/// The tracked activation seen for a sequence (the first one; later ones are duplicates).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationSeen {
+    pub event_ms: Millis,
+    pub phase: Option<Phase>,
+    pub etag: Option<String>,
+}
+
+/// Everything known about one sequence of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqState {
+    pub activation: Option<ActivationSeen>,
+    /// Event time of the first ACK (later ACKs, from any Gateway, are duplicates).
+    pub ack_ms: Option<Millis>,
+    pub ack_phase: Option<Phase>,
+    /// Set while the activation is missing but a later sequence was seen: the gap deadline.
+    pub gap_due: Option<Millis>,
+    /// Findings by [`FindingKind::index`].
+    pub findings: [Option<FindingState>; 4],
+}
+
+impl SeqState {
+    pub fn finding(&self, kind: FindingKind) -> Option<&FindingState> {
+        self.findings[kind.index()].as_ref()
+    }
+
+    /// ACK latency, once both ends are known; negative (clock skew) reads as 0.
+    pub fn latency_ms(&self) -> Option<u64> {
+        let act = self.activation.as_ref()?;
+        Some(self.ack_ms?.saturating_sub(act.event_ms).max(0) as u64)
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        self.activation.as_ref().and_then(|a| a.phase).or(self.ack_phase)
+    }
+
+    /// The deadlines this sequence still waits for, by kind.
+    fn timers(&self, policy: &Policy) -> impl Iterator<Item = (Millis, FindingKind)> {
+        let ack = match (&self.activation, self.ack_ms, self.finding(FindingKind::AckMissing)) {
+            (Some(act), None, None) => Some((act.event_ms.saturating_add(policy.ack_timeout_ms), FindingKind::AckMissing)),
+            _ => None,
+        };
+        let gap = match (&self.activation, self.gap_due, self.finding(FindingKind::ActivationGap)) {
+            (None, Some(due), None) => Some((due, FindingKind::ActivationGap)),
+            _ => None,
+        };
+        let orphan = match (&self.activation, self.ack_ms, self.finding(FindingKind::OrphanAck)) {
+            (None, Some(ack), None) => Some((ack.saturating_add(policy.orphan_timeout_ms), FindingKind::OrphanAck)),
+            _ => None,
+        };
+        [ack, gap, orphan].into_iter().flatten()
+    }
+}
+
+/// Where a run stands in its signal episodes (SPEC §3). Transitions:
+///
+/// ```text
+///   Idle --first open pausing finding--> Paused --all findings resolved--> Idle (episode ends: resume)
+///                                          |
+///                                          +--rollback_after_ms, auto_rollback--> RolledBack (final)
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EpisodeState {
+    #[default]
+    Idle,
+    Paused {
+        at: Millis,
+        /// Set when the rollback deadline passed without `auto_rollback`: alerts go critical.
+        escalated: bool,
+    },
+    RolledBack {
+        at: Millis,
+    },
+}
+
+/// A timer of a run. Ordered by deadline, then kind (findings before the rollback), then sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer {
+    pub due: Millis,
+    pub kind: TimerKind,
+    pub sequence: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    Finding(FindingKind),
+    Rollback,
+}
+
+/// The state of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Record time of the run's first record (for the leading-gap exemption).
+    pub first_record_ms: Millis,
+    /// Largest event time of the run's records (for retention).
+    pub last_event_ms: Millis,
+    /// Highest tracked sequence seen.
+    pub max_sequence: Option<u64>,
+    pub sequences: BTreeMap<u64, SeqState>,
+    /// Episodes started so far (the current one's number when paused).
+    pub episode: u32,
+    pub episode_state: EpisodeState,
+    /// Records or missing sequences this run could not track because of a limit.
+    pub cut: u64,
+    /// Pending timers, derived from the fields above; rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) timers: BTreeSet<Timer>,
+}
+
+impl RunState {
+    pub fn new(first_record_ms: Millis) -> Self {
+        RunState { first_record_ms, last_event_ms: first_record_ms, ..Default::default() }
+    }
+
+    /// Recomputes the derived timer set, after a restore or a policy change.
+    pub fn rebuild_timers(&mut self, policy: &Policy) {
+        self.timers.clear();
+        for (&seq, state) in &self.sequences {
+            for (due, kind) in state.timers(policy) {
+                self.timers.insert(Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+            }
+        }
+        if let Some(due) = self.rollback_due(policy) {
+            self.timers.insert(Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+        }
+    }
+
+    fn rollback_due(&self, policy: &Policy) -> Option<Millis> {
+        match self.episode_state {
+            EpisodeState::Paused { at, escalated: false } => Some(at.saturating_add(policy.rollback_after_ms)),
+            _ => None,
+        }
+    }
+
+    /// Removes the derived timers of `seq` before it changes; pair with [`Self::track`].
+    pub(crate) fn untrack(&mut self, seq: u64, policy: &Policy) {
+        if let Some(state) = self.sequences.get(&seq) {
+            for (due, kind) in state.timers(policy) {
+                self.timers.remove(&Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+            }
+        }
+    }
+
+    pub(crate) fn track(&mut self, seq: u64, policy: &Policy) {
+        if let Some(state) = self.sequences.get(&seq) {
+            for (due, kind) in state.timers(policy) {
+                self.timers.insert(Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+            }
+        }
+    }
+
+    pub(crate) fn set_episode(&mut self, next: EpisodeState, policy: &Policy) {
+        if let Some(due) = self.rollback_due(policy) {
+            self.timers.remove(&Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+        }
+        self.episode_state = next;
+        if let Some(due) = self.rollback_due(policy) {
+            self.timers.insert(Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+        }
+    }
+
+    /// When the run may be dropped: `run_retention_ms` after its last event, and never before
+    /// its last pending deadline, so a dropped run never has anything pending.
+    pub fn retention_due(&self, policy: &Policy) -> Millis {
+        let after_last = self.last_event_ms.saturating_add(policy.run_retention_ms);
+        self.timers.last().map_or(after_last, |t| after_last.max(t.due))
+    }
+
+    /// The earliest moment anything of this run is due.
+    pub fn next_due(&self, policy: &Policy) -> Millis {
+        let retention = self.retention_due(policy);
+        self.timers.first().map_or(retention, |t| t.due.min(retention))
+    }
+
+    pub fn open_findings(&self) -> usize {
+        self.sequences.values().flat_map(|s| s.findings.iter().flatten()).filter(|f| f.is_open()).count()
+    }
+
+    pub fn pending_timers(&self) -> impl Iterator<Item = &Timer> {
+        self.timers.iter()
+    }
+
+    /// Tracked activations, ACKed ones, and the latencies of those (for reports).
+    pub fn summary(&self) -> RunSummary {
+        let mut latencies: Vec<u64> = self.sequences.values().filter_map(SeqState::latency_ms).collect();
+        latencies.sort_unstable();
+        RunSummary {
+            tracked: self.sequences.values().filter(|s| s.activation.is_some()).count() as u64,
+            acked: latencies.len() as u64,
+            latencies_ms: latencies,
+            cut: self.cut,
+        }
+    }
+}
+
+/// What a report needs of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub tracked: u64,
+    pub acked: u64,
+    /// Sorted ascending.
+    pub latencies_ms: Vec<u64>,
+    pub cut: u64,
+}
