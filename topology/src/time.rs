@@ -53,7 +53,8 @@ mod tests {
         check("2025-08-28T10:59:59.003999+02:00", Some("2025-08-28T08:59:59.003Z"));
         check("2025-08-28T08:59:59-00:30", Some("2025-08-28T09:29:59.000Z"));
         check("1969-12-31T23:59:59.999Z", Some("1969-12-31T23:59:59.999Z"));
-        check("2025-08-28 08:59:59Z", None);
+        // RFC 3339 (section 5.6, NOTE) lets applications use a space instead of T.
+        check("2025-08-28 08:59:59Z", Some("2025-08-28T08:59:59.000Z"));
         check("2025-08-28T08:59:59", None);
         check("yesterday", None);
         check("", None);
