@@ -6,3 +6,4 @@
 pub mod audit;
 pub mod kcat;
 pub mod settings;
+pub mod sim;

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -166,8 +167,9 @@ fn invalid(reason: InvalidReason, detail: impl Into<String>) -> Decoded {
 
 /// The fields ackwatch reads, from either the top level or CloudEvents `data`. Each is kept
 /// raw so a mistyped field is reported by name instead of failing the whole record.
-#[derive(Deserialize, Default)]
-struct Fields<'a> {
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
+struct Fields<'a, D> {
     #[serde(borrow)]
     specversion: Option<&'a RawValue>,
     #[serde(borrow, rename = "type")]
@@ -176,8 +178,7 @@ struct Fields<'a> {
     version: Option<&'a RawValue>,
     #[serde(borrow)]
     time: Option<&'a RawValue>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    data: Option<D>,
     #[serde(borrow)]
     world_id: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -274,6 +275,9 @@ pub fn decode(record: &RawRecord<'_>) -> Decoded {
     }
 }
 
+/// The fields of CloudEvents `data` (a `data` inside it is ignored).
+type Data<'a> = Fields<'a, IgnoredAny>;
+
 fn decode_inner(record: &RawRecord<'_>) -> FieldResult<Decoded> {
     let Some(bytes) = record.value else { return Err(invalid(InvalidReason::NoValue, "record has no value")) };
     if bytes.len() > RECORD_VALUE_BYTES_MAX {
@@ -283,10 +287,30 @@ fn decode_inner(record: &RawRecord<'_>) -> FieldResult<Decoded> {
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| invalid(InvalidReason::NotUtf8, "value is not UTF-8"))?;
+    // Fast path: one pass, with CloudEvents `data` parsed in place. It fails for anything
+    // unusual (not JSON, `data` not an object, duplicate fields ...); the slow path then
+    // classifies precisely.
+    if let Ok(mut top) = serde_json::from_str::<Fields<'_, Data<'_>>>(text) {
+        let data = top.data.take();
+        return classify(record, &top, move || Ok(data));
+    }
     let top = parse_object(text)?;
+    let raw_data = top.data.filter(|d| d.get() != "null");
+    classify(record, &top, move || match raw_data {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<Data<'_>>(raw.get())
+            .map(Some)
+            .map_err(|_| invalid(InvalidReason::BadEnvelope, "CloudEvents data is not a JSON object")),
+    })
+}
 
-    let cloud_events = !is_null(top.specversion);
-    let (kind, fields, envelope_time) = if cloud_events {
+/// Dispatches on the envelope; `data` yields CloudEvents `data` when it is needed.
+fn classify<'a, D>(
+    record: &RawRecord<'_>,
+    top: &Fields<'a, D>,
+    data: impl FnOnce() -> FieldResult<Option<Data<'a>>>,
+) -> FieldResult<Decoded> {
+    if !is_null(top.specversion) {
         match string_field(top.specversion, "specversion")?.as_deref() {
             Some("1.0") => {}
             _ => return Err(invalid(InvalidReason::UnsupportedVersion, "CloudEvents specversion is not \"1.0\"")),
@@ -295,35 +319,27 @@ fn decode_inner(record: &RawRecord<'_>) -> FieldResult<Decoded> {
         if kind == Kind::Other {
             return Ok(Decoded::Untracked);
         }
-        let envelope_time = time_field(top.time, "time")?;
-        let data = top.data.filter(|d| d.get() != "null").ok_or_else(|| {
-            invalid(InvalidReason::BadEnvelope, "CloudEvents record has no data")
-        })?;
-        let fields = match parse_object(data.get()) {
-            Ok(fields) => fields,
-            Err(_) => return Err(invalid(InvalidReason::BadEnvelope, "CloudEvents data is not a JSON object")),
+        let fields = data()?.ok_or_else(|| invalid(InvalidReason::BadEnvelope, "CloudEvents record has no data"))?;
+        return match kind {
+            Kind::Activation => activation(record, &fields, top.time),
+            _ => ack(record, &fields, top.time),
         };
-        (kind, fields, envelope_time)
-    } else {
-        let kind = event_kind(top.event_type)?;
-        if kind == Kind::Other {
-            return Ok(Decoded::Untracked);
-        }
-        // The flat envelope's `version` is the schema version; only 1 exists.
-        if !is_null(top.version) && top.version.map(RawValue::get) != Some("1") {
-            return Err(invalid(InvalidReason::UnsupportedVersion, "flat envelope version is not 1"));
-        }
-        (kind, top, None)
-    };
-
+    }
+    let kind = event_kind(top.event_type)?;
+    if kind == Kind::Other {
+        return Ok(Decoded::Untracked);
+    }
+    // The flat envelope's `version` is the schema version; only 1 exists.
+    if !is_null(top.version) && top.version.map(RawValue::get) != Some("1") {
+        return Err(invalid(InvalidReason::UnsupportedVersion, "flat envelope version is not 1"));
+    }
     match kind {
-        Kind::Activation => activation(record, &fields, envelope_time),
-        Kind::Ack => ack(record, &fields, envelope_time),
-        Kind::Other => Ok(Decoded::Untracked),
+        Kind::Activation => activation(record, top, None),
+        _ => ack(record, top, None),
     }
 }
 
-fn parse_object(text: &str) -> FieldResult<Fields<'_>> {
+fn parse_object(text: &str) -> FieldResult<Fields<'_, &RawValue>> {
     // Classify precisely: JSON that is not an object differs from text that is not JSON.
     let trimmed = text.trim_start();
     if !trimmed.starts_with('{') {
@@ -332,7 +348,7 @@ fn parse_object(text: &str) -> FieldResult<Fields<'_>> {
             Err(e) => invalid(InvalidReason::NotJson, format!("value is not JSON: {e}")),
         });
     }
-    serde_json::from_str::<Fields<'_>>(text)
+    serde_json::from_str::<Fields<'_, &RawValue>>(text)
         .map_err(|e| invalid(InvalidReason::NotJson, format!("value is not a valid JSON object: {e}")))
 }
 
@@ -345,7 +361,7 @@ fn event_kind(raw: Option<&RawValue>) -> FieldResult<Kind> {
     }
 }
 
-fn run_key(record: &RawRecord<'_>, fields: &Fields<'_>) -> FieldResult<RunKey> {
+fn run_key<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>) -> FieldResult<RunKey> {
     let world_id = required_id(fields.world_id, "world_id")?;
     let run_id = required_id(fields.run_id, "run_id")?;
     match record.key {
@@ -358,7 +374,7 @@ fn run_key(record: &RawRecord<'_>, fields: &Fields<'_>) -> FieldResult<RunKey> {
     }
 }
 
-fn activation(record: &RawRecord<'_>, fields: &Fields<'_>, envelope_time: Option<Millis>) -> FieldResult<Decoded> {
+fn activation<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: Option<&RawValue>) -> FieldResult<Decoded> {
     let requires_ack = match fields.requires_ack.filter(|r| r.get() != "null").map(RawValue::get) {
         None | Some("false") => false,
         Some("true") => true,
@@ -376,21 +392,27 @@ fn activation(record: &RawRecord<'_>, fields: &Fields<'_>, envelope_time: Option
         }
         e => e.map(Cow::into_owned),
     };
-    let event_ms = time_field(fields.ts, "ts")?
-        .or(envelope_time)
-        .or(record.timestamp_ms)
+    let event_ms = match time_field(fields.ts, "ts")? {
+        Some(ms) => Some(ms),
+        None => time_field(envelope_time, "time")?,
+    }
+    .or(record.timestamp_ms)
         .ok_or_else(|| invalid(InvalidReason::NoEventTime, "no ts, no CloudEvents time and no record timestamp"))?;
     Ok(Decoded::Tracked(Activation { run, sequence, phase, etag, event_ms }))
 }
 
-fn ack(record: &RawRecord<'_>, fields: &Fields<'_>, envelope_time: Option<Millis>) -> FieldResult<Decoded> {
+fn ack<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: Option<&RawValue>) -> FieldResult<Decoded> {
     let sequence = sequence_field(fields.sequence)?;
     let run = run_key(record, fields)?;
     let phase = phase_field(fields.phase)?;
-    let event_ms = time_field(fields.ack_ts, "ack_ts")?
-        .or(time_field(fields.ts, "ts")?)
-        .or(envelope_time)
-        .or(record.timestamp_ms)
+    let event_ms = match time_field(fields.ack_ts, "ack_ts")? {
+        Some(ms) => Some(ms),
+        None => match time_field(fields.ts, "ts")? {
+            Some(ms) => Some(ms),
+            None => time_field(envelope_time, "time")?,
+        },
+    }
+    .or(record.timestamp_ms)
         .ok_or_else(|| invalid(InvalidReason::NoEventTime, "no ack_ts, ts, CloudEvents time or record timestamp"))?;
     Ok(Decoded::Ack(Ack { run, sequence, phase, event_ms }))
 }

@@ -147,8 +147,9 @@ pub enum TimerKind {
     Rollback,
 }
 
-/// The state of one run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The state of one run. Equality compares the stored facts only, not the derived timers or
+/// the task's bookkeeping.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunState {
     /// Record time of the run's first record (for the leading-gap exemption).
     pub first_record_ms: Millis,
@@ -165,7 +166,27 @@ pub struct RunState {
     /// Pending timers, derived from the fields above; rebuilt on restore.
     #[serde(skip)]
     pub(crate) timers: BTreeSet<Timer>,
+    /// The deadline under which the task's index holds this run (never later than `next_due`).
+    #[serde(skip)]
+    pub(crate) indexed_due: Option<Millis>,
+    /// Changed since the task last handed its changes to the store.
+    #[serde(skip)]
+    pub(crate) dirty: bool,
 }
+
+impl PartialEq for RunState {
+    fn eq(&self, other: &Self) -> bool {
+        self.first_record_ms == other.first_record_ms
+            && self.last_event_ms == other.last_event_ms
+            && self.max_sequence == other.max_sequence
+            && self.sequences == other.sequences
+            && self.episode == other.episode
+            && self.episode_state == other.episode_state
+            && self.cut == other.cut
+    }
+}
+
+impl Eq for RunState {}
 
 impl RunState {
     pub fn new(first_record_ms: Millis) -> Self {

@@ -5,7 +5,9 @@
 //! Before a record with event time e is applied, every deadline earlier than e fires, so an
 //! ACK exactly at its deadline is on time and `detected_at` is always the deadline itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,12 +92,15 @@ pub struct Pending {
 pub struct Task {
     policy: Policy,
     meta: TaskMeta,
-    runs: HashMap<RunKey, RunState>,
-    /// Each run's next deadline, so firing finds due runs without a scan.
+    runs: FxHashMap<RunKey, RunState>,
+    /// Each run under a deadline no later than its next one, so firing finds due runs without a
+    /// scan. An entry may be early (a deadline that since went away, a retention moved later):
+    /// firing re-checks the run and re-indexes it, so the index moves only when a deadline
+    /// gets earlier, not on every record.
     due: BTreeSet<(Millis, RunKey)>,
-    indexed: HashMap<RunKey, Millis>,
-    /// Runs changed (or dropped) since the last `take_changes`.
-    dirty: HashSet<RunKey>,
+    /// Runs changed (or dropped) since the last `take_changes`; each run's `dirty` flag keeps
+    /// a key from being listed twice.
+    dirty: Vec<RunKey>,
     meta_dirty: bool,
     counters: Counters,
 }
@@ -108,10 +113,9 @@ impl Task {
         Task {
             policy,
             meta: TaskMeta::default(),
-            runs: HashMap::new(),
+            runs: FxHashMap::default(),
             due: BTreeSet::new(),
-            indexed: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             meta_dirty: false,
             counters: Counters::default(),
         }
@@ -157,8 +161,14 @@ impl Task {
     /// and the task meta when it changed.
     pub fn take_changes(&mut self) -> (Vec<Change<'_>>, Option<TaskMeta>) {
         let meta = std::mem::take(&mut self.meta_dirty).then_some(self.meta);
-        let mut keys: Vec<RunKey> = self.dirty.drain().collect();
+        let mut keys = std::mem::take(&mut self.dirty);
         keys.sort();
+        keys.dedup();
+        for key in &keys {
+            if let Some(run) = self.runs.get_mut(key) {
+                run.dirty = false;
+            }
+        }
         let runs = &self.runs;
         (keys.into_iter().map(|k| {
             let state = runs.get(&k);
@@ -240,13 +250,15 @@ impl Task {
         let policy = self.policy;
         let exempt_from = self.meta.first_record_ms.unwrap_or(record_ms);
         let key = act.run;
-        let run = touch_run(&mut self.runs, &key, record_ms, act.event_ms);
+        touch_run(&mut self.runs, &key, record_ms, act.event_ms);
+        self.mark_dirty(&key);
+        let run = self.runs.get_mut(&key).expect("just touched");
         let seq = act.sequence;
 
         if let Some(existing) = run.sequences.get(&seq).and_then(|s| s.activation.as_ref()) {
             let conflict = existing.etag != act.etag || existing.phase != act.phase;
             let already = run.sequences[&seq].finding(FindingKind::SequenceConflict).is_some();
-            self.dirty.insert(key.clone());
+            self.mark_dirty(&key);
             if conflict && !already {
                 self.counters.tracked += 1;
                 let run = self.runs.get_mut(&key).expect("run exists");
@@ -265,7 +277,7 @@ impl Task {
         if !run.sequences.contains_key(&seq) && run.sequences.len() >= RUN_SEQUENCES_MAX {
             run.cut += 1;
             self.counters.cut("run_sequences", 1);
-            self.dirty.insert(key.clone());
+            self.mark_dirty(&key);
             self.reindex(&key);
             return Outcome::Cut;
         }
@@ -317,7 +329,7 @@ impl Task {
         for kind in [FindingKind::ActivationGap, FindingKind::OrphanAck] {
             self.resolve(&key, seq, kind, act.event_ms, out);
         }
-        self.dirty.insert(key.clone());
+        self.mark_dirty(&key);
         self.reindex(&key);
         Outcome::Tracked
     }
@@ -325,9 +337,10 @@ impl Task {
     fn apply_ack(&mut self, ack: Ack, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
         let policy = self.policy;
         let key = ack.run;
-        let run = touch_run(&mut self.runs, &key, record_ms, ack.event_ms);
+        touch_run(&mut self.runs, &key, record_ms, ack.event_ms);
+        self.mark_dirty(&key);
+        let run = self.runs.get_mut(&key).expect("just touched");
         let seq = ack.sequence;
-        self.dirty.insert(key.clone());
 
         if run.sequences.get(&seq).is_some_and(|s| s.ack_ms.is_some()) {
             self.counters.duplicates += 1;
@@ -436,61 +449,90 @@ impl Task {
 
     // ---- timers --------------------------------------------------------------------------
 
-    fn reindex(&mut self, key: &RunKey) {
-        if let Some(old) = self.indexed.remove(key) {
-            self.due.remove(&(old, key.clone()));
-        }
-        if let Some(run) = self.runs.get(key) {
-            let next = run.next_due(&self.policy);
-            self.due.insert((next, key.clone()));
-            self.indexed.insert(key.clone(), next);
+    fn mark_dirty(&mut self, key: &RunKey) {
+        if let Some(run) = self.runs.get_mut(key) {
+            if !run.dirty {
+                run.dirty = true;
+                self.dirty.push(key.clone());
+            }
         }
     }
 
-    /// Fires every deadline earlier than stream time, run by run in deadline order.
+    /// Makes sure the index holds the run no later than its next deadline (see `due`).
+    fn reindex(&mut self, key: &RunKey) {
+        let Some(run) = self.runs.get_mut(key) else { return };
+        let next = run.next_due(&self.policy);
+        match run.indexed_due {
+            Some(indexed) if indexed <= next => {}
+            old => {
+                run.indexed_due = Some(next);
+                if let Some(old) = old {
+                    self.due.remove(&(old, key.clone()));
+                }
+                self.due.insert((next, key.clone()));
+            }
+        }
+    }
+
+    /// Fires every deadline earlier than stream time, in deadline order across all runs (ties:
+    /// by run key), so the order of outputs depends only on the records, not on the history of
+    /// the index.
     fn fire_due(&mut self, out: &mut Vec<Output>) {
         let Some(now) = self.meta.stream_time else { return };
-        while let Some((due, _)) = self.due.first() {
-            if *due >= now {
+        while let Some(&(indexed, _)) = self.due.first() {
+            if indexed >= now {
                 break;
             }
             let (_, key) = self.due.pop_first().expect("checked non-empty");
-            self.indexed.remove(&key);
-            self.fire_run(&key, now, out);
+            let Some(run) = self.runs.get_mut(&key) else { continue };
+            run.indexed_due = None;
+            let due = run.next_due(&self.policy);
+            if due > indexed {
+                // An early entry: index the run at its real next deadline instead.
+                self.reindex(&key);
+                continue;
+            }
+            self.fire_run_at(&key, due, out);
             self.reindex(&key);
         }
     }
 
-    fn fire_run(&mut self, key: &RunKey, now: Millis, out: &mut Vec<Output>) {
-        self.dirty.insert(key.clone());
+    /// Fires the run's timers due at `due` (one finding event per kind), or drops the run when
+    /// `due` is its retention deadline.
+    fn fire_run_at(&mut self, key: &RunKey, due: Millis, out: &mut Vec<Output>) {
+        let run = self.runs.get_mut(key).expect("indexed run exists");
+        if run.timers.first().is_none_or(|t| t.due != due) {
+            debug_assert!(run.timers.is_empty(), "retention is never before a pending deadline");
+            let run = self.runs.remove(key).expect("run exists");
+            if !run.dirty {
+                self.dirty.push(key.clone());
+            }
+            self.counters.runs_dropped += 1;
+            out.push(Output::RunDropped { run: key.clone(), summary: run.summary() });
+            return;
+        }
+        self.mark_dirty(key);
         loop {
-            let run = self.runs.get_mut(key).expect("indexed run exists");
-            let Some(&first) = run.timers.first().filter(|t| t.due < now) else { break };
+            let run = self.runs.get_mut(key).expect("run exists");
+            let Some(&first) = run.timers.first().filter(|t| t.due == due) else { break };
             match first.kind {
                 TimerKind::Finding(kind) => {
-                    // Every sequence of this kind due at the same deadline forms one finding event.
                     let group: Vec<Timer> =
-                        run.timers.iter().take_while(|t| t.due == first.due && t.kind == first.kind).copied().collect();
+                        run.timers.iter().take_while(|t| t.due == due && t.kind == first.kind).copied().collect();
                     let policy = self.policy;
                     let mut phase = None;
                     for t in &group {
                         run.untrack(t.sequence, &policy);
                         let state = run.sequences.get_mut(&t.sequence).expect("timer's sequence exists");
-                        state.findings[kind.index()] = Some(FindingState { detected_at: first.due, resolved_at: None });
+                        state.findings[kind.index()] = Some(FindingState { detected_at: due, resolved_at: None });
                         phase = phase.or(state.phase());
                         run.track(t.sequence, &policy);
                     }
                     let sequences = group.iter().map(|t| t.sequence).collect();
-                    self.raise(key, kind, sequences, phase, first.due, out);
+                    self.raise(key, kind, sequences, phase, due, out);
                 }
-                TimerKind::Rollback => self.fire_rollback(key, first.due, out),
+                TimerKind::Rollback => self.fire_rollback(key, due, out),
             }
-        }
-        let run = &self.runs[key];
-        if run.timers.is_empty() && run.retention_due(&self.policy) < now {
-            let run = self.runs.remove(key).expect("run exists");
-            self.counters.runs_dropped += 1;
-            out.push(Output::RunDropped { run: key.clone(), summary: run.summary() });
         }
     }
 
@@ -513,8 +555,11 @@ impl Task {
 }
 
 /// Gets or creates the run of a record, counting the record towards retention.
-fn touch_run<'a>(runs: &'a mut HashMap<RunKey, RunState>, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
-    let run = runs.entry(key.clone()).or_insert_with(|| RunState::new(record_ms));
+fn touch_run<'a>(runs: &'a mut FxHashMap<RunKey, RunState>, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
+    if !runs.contains_key(key) {
+        runs.insert(key.clone(), RunState::new(record_ms));
+    }
+    let run = runs.get_mut(key).expect("just inserted");
     run.last_event_ms = run.last_event_ms.max(event_ms);
     run
 }

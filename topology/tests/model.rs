@@ -211,6 +211,9 @@ struct Expected {
 
 /// SPEC §2 evaluated directly.
 fn model(policy: &Policy, order: &[Rec]) -> Expected {
+    if order.is_empty() {
+        return Expected::default();
+    }
     // Stream time after position p: the largest event time of a tracked activation or ack so far.
     let mut max_e = vec![i64::MIN; order.len()];
     let mut m = i64::MIN;
