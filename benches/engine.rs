@@ -5,6 +5,10 @@ use ackwatch::sim::{generate, TrafficSpec};
 use ackwatch_topology::{Policy, RawRecord, Source, Task};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The binary's allocator, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
+
 fn engine(c: &mut Criterion) {
     let records = generate(&TrafficSpec { records: 400_000, ..TrafficSpec::default() });
     let raw: Vec<(Source, i64, i64, Vec<u8>, Vec<u8>)> = records

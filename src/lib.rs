@@ -7,3 +7,7 @@ pub mod audit;
 pub mod kcat;
 pub mod settings;
 pub mod sim;
+
+/// The allocator of the ackwatch binary and its benchmarks: the engine allocates small, short
+/// lived values per record (run keys, etags, outputs); mimalloc handles that pattern well.
+pub type Allocator = mimalloc::MiMalloc;

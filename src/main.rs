@@ -5,6 +5,9 @@ use ackwatch::audit::{summary, FileAudit};
 use ackwatch::settings::Settings;
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[global_allocator]
+static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
+
 /// ackwatch watches ControlBus activation ACKs: missing ACKs, sequence gaps, orphan ACKs and
 /// conflicts, ACK latency, and pause/rollback/resume signals for WorldService.
 #[derive(Parser)]

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::limits::{ETAG_BYTES_MAX, ID_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
 use crate::time::{parse_rfc3339_ms, Millis};
-use crate::RunKey;
+use crate::RunRef;
 
 /// Which input topic a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,18 +65,18 @@ impl Phase {
 
 /// A tracked activation: `ActivationUpdated` with `requires_ack=true` and a sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Activation {
-    pub run: RunKey,
+pub struct Activation<'a> {
+    pub run: RunRef<'a>,
     pub sequence: u64,
     pub phase: Option<Phase>,
-    pub etag: Option<String>,
+    pub etag: Option<Cow<'a, str>>,
     pub event_ms: Millis,
 }
 
 /// An `ActivationAck` published by a Gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ack {
-    pub run: RunKey,
+pub struct Ack<'a> {
+    pub run: RunRef<'a>,
     pub sequence: u64,
     pub phase: Option<Phase>,
     pub event_ms: Millis,
@@ -84,9 +84,9 @@ pub struct Ack {
 
 /// The classification of one record (SPEC §1).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decoded {
-    Tracked(Activation),
-    Ack(Ack),
+pub enum Decoded<'a> {
+    Tracked(Activation<'a>),
+    Ack(Ack<'a>),
     /// An activation without `requires_ack`, or any other ControlBus event.
     Untracked,
     Invalid(Invalid),
@@ -161,7 +161,7 @@ pub struct Invalid {
     pub detail: String,
 }
 
-fn invalid(reason: InvalidReason, detail: impl Into<String>) -> Decoded {
+fn invalid(reason: InvalidReason, detail: impl Into<String>) -> Decoded<'static> {
     Decoded::Invalid(Invalid { reason, detail: detail.into() })
 }
 
@@ -204,7 +204,7 @@ enum Kind {
     Other,
 }
 
-type FieldResult<T> = Result<T, Decoded>;
+type FieldResult<T> = Result<T, Decoded<'static>>;
 
 fn is_null(raw: Option<&RawValue>) -> bool {
     raw.is_none_or(|r| r.get() == "null")
@@ -221,7 +221,7 @@ fn string_field<'a>(raw: Option<&'a RawValue>, name: &'static str) -> FieldResul
     }
 }
 
-fn required_id(raw: Option<&RawValue>, name: &'static str) -> FieldResult<String> {
+fn required_id<'a>(raw: Option<&'a RawValue>, name: &'static str) -> FieldResult<Cow<'a, str>> {
     match string_field(raw, name)? {
         None => Err(invalid(InvalidReason::MissingField(name), format!("{name} is missing"))),
         Some(s) if s.is_empty() => Err(invalid(InvalidReason::MissingField(name), format!("{name} is empty"))),
@@ -229,7 +229,7 @@ fn required_id(raw: Option<&RawValue>, name: &'static str) -> FieldResult<String
             InvalidReason::FieldTooLong(name),
             format!("{name} is {} bytes, more than {ID_BYTES_MAX}", s.len()),
         )),
-        Some(s) => Ok(s.into_owned()),
+        Some(s) => Ok(s),
     }
 }
 
@@ -269,7 +269,7 @@ fn time_field(raw: Option<&RawValue>, name: &'static str) -> FieldResult<Option<
 }
 
 /// Decodes one record. Never panics, whatever the bytes (a property test holds it to that).
-pub fn decode(record: &RawRecord<'_>) -> Decoded {
+pub fn decode<'a>(record: &RawRecord<'a>) -> Decoded<'a> {
     match decode_inner(record) {
         Ok(decoded) | Err(decoded) => decoded,
     }
@@ -278,7 +278,7 @@ pub fn decode(record: &RawRecord<'_>) -> Decoded {
 /// The fields of CloudEvents `data` (a `data` inside it is ignored).
 type Data<'a> = Fields<'a, IgnoredAny>;
 
-fn decode_inner(record: &RawRecord<'_>) -> FieldResult<Decoded> {
+fn decode_inner<'a>(record: &RawRecord<'a>) -> Result<Decoded<'a>, Decoded<'static>> {
     let Some(bytes) = record.value else { return Err(invalid(InvalidReason::NoValue, "record has no value")) };
     if bytes.len() > RECORD_VALUE_BYTES_MAX {
         return Err(invalid(
@@ -306,10 +306,10 @@ fn decode_inner(record: &RawRecord<'_>) -> FieldResult<Decoded> {
 
 /// Dispatches on the envelope; `data` yields CloudEvents `data` when it is needed.
 fn classify<'a, D>(
-    record: &RawRecord<'_>,
+    record: &RawRecord<'a>,
     top: &Fields<'a, D>,
     data: impl FnOnce() -> FieldResult<Option<Data<'a>>>,
-) -> FieldResult<Decoded> {
+) -> Result<Decoded<'a>, Decoded<'static>> {
     if !is_null(top.specversion) {
         match string_field(top.specversion, "specversion")?.as_deref() {
             Some("1.0") => {}
@@ -361,11 +361,11 @@ fn event_kind(raw: Option<&RawValue>) -> FieldResult<Kind> {
     }
 }
 
-fn run_key<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>) -> FieldResult<RunKey> {
+fn run_key<'a, D>(record: &RawRecord<'a>, fields: &Fields<'a, D>) -> FieldResult<RunRef<'a>> {
     let world_id = required_id(fields.world_id, "world_id")?;
     let run_id = required_id(fields.run_id, "run_id")?;
     match record.key {
-        Some(key) if key == world_id.as_bytes() => Ok(RunKey { world_id, run_id }),
+        Some(key) if key == world_id.as_bytes() => Ok(RunRef { world_id, run_id }),
         Some(key) => Err(invalid(
             InvalidReason::KeyMismatch,
             format!("record key {:?} is not world_id {world_id:?}", String::from_utf8_lossy(key)),
@@ -374,7 +374,11 @@ fn run_key<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>) -> FieldResult<Run
     }
 }
 
-fn activation<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: Option<&RawValue>) -> FieldResult<Decoded> {
+fn activation<'a, D>(
+    record: &RawRecord<'a>,
+    fields: &Fields<'a, D>,
+    envelope_time: Option<&RawValue>,
+) -> Result<Decoded<'a>, Decoded<'static>> {
     let requires_ack = match fields.requires_ack.filter(|r| r.get() != "null").map(RawValue::get) {
         None | Some("false") => false,
         Some("true") => true,
@@ -390,7 +394,7 @@ fn activation<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: 
         Some(e) if e.len() > ETAG_BYTES_MAX => {
             return Err(invalid(InvalidReason::FieldTooLong("etag"), format!("etag is more than {ETAG_BYTES_MAX} bytes")))
         }
-        e => e.map(Cow::into_owned),
+        e => e,
     };
     let event_ms = match time_field(fields.ts, "ts")? {
         Some(ms) => Some(ms),
@@ -401,7 +405,11 @@ fn activation<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: 
     Ok(Decoded::Tracked(Activation { run, sequence, phase, etag, event_ms }))
 }
 
-fn ack<D>(record: &RawRecord<'_>, fields: &Fields<'_, D>, envelope_time: Option<&RawValue>) -> FieldResult<Decoded> {
+fn ack<'a, D>(
+    record: &RawRecord<'a>,
+    fields: &Fields<'a, D>,
+    envelope_time: Option<&RawValue>,
+) -> Result<Decoded<'a>, Decoded<'static>> {
     let sequence = sequence_field(fields.sequence)?;
     let run = run_key(record, fields)?;
     let phase = phase_field(fields.phase)?;

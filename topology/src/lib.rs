@@ -21,6 +21,9 @@ pub mod run;
 pub mod task;
 pub mod time;
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use decode::{decode, Decoded, Phase, RawRecord, Source};
@@ -30,11 +33,38 @@ pub use run::{FindingKind, RunState};
 pub use task::{Counters, Pending, Task, TaskMeta};
 pub use time::Millis;
 
-/// A run: `(world_id, run_id)`.
+/// A run: `(world_id, run_id)`. Shared strings, so the many places that name a run (index,
+/// change list, outputs) share one allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RunKey {
-    pub world_id: String,
-    pub run_id: String,
+    pub world_id: Arc<str>,
+    pub run_id: Arc<str>,
+}
+
+impl RunKey {
+    pub fn new(world_id: &str, run_id: &str) -> Self {
+        RunKey { world_id: world_id.into(), run_id: run_id.into() }
+    }
+}
+
+/// A run named by strings borrowed from a record, for lookups that allocate nothing.
+/// Hashes exactly like [`RunKey`] (both hash two `str`s in order).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RunRef<'a> {
+    pub world_id: Cow<'a, str>,
+    pub run_id: Cow<'a, str>,
+}
+
+impl RunRef<'_> {
+    pub fn to_key(&self) -> RunKey {
+        RunKey::new(&self.world_id, &self.run_id)
+    }
+}
+
+impl hashbrown::Equivalent<RunKey> for RunRef<'_> {
+    fn equivalent(&self, key: &RunKey) -> bool {
+        *self.world_id == *key.world_id && *self.run_id == *key.run_id
+    }
 }
 
 impl std::fmt::Display for RunKey {

@@ -129,14 +129,14 @@ impl ReportBuilder {
     pub fn observe(&mut self, output: &Output) {
         match output {
             Output::Detected(d) => {
-                let run = RunKey { world_id: d.world_id.clone(), run_id: d.run_id.clone() };
+                let run = RunKey::new(&d.world_id, &d.run_id);
                 for &seq in &d.sequences {
                     let facts = FindingFacts { phase: d.phase, detected_at: d.detected_at, resolved_at: None };
                     self.findings.insert((run.clone(), d.kind, seq), facts);
                 }
             }
             Output::Resolved(r) => {
-                let run = RunKey { world_id: r.world_id.clone(), run_id: r.run_id.clone() };
+                let run = RunKey::new(&r.world_id, &r.run_id);
                 for &seq in &r.sequences {
                     if let Some(f) = self.findings.get_mut(&(run.clone(), r.kind, seq)) {
                         f.resolved_at = Some(r.resolved_at);
@@ -144,7 +144,7 @@ impl ReportBuilder {
                 }
             }
             Output::Signal(s) => {
-                let run = RunKey { world_id: s.world_id.clone(), run_id: s.run_id.clone() };
+                let run = RunKey::new(&s.world_id, &s.run_id);
                 self.signals.push((s.at, run, s.action, s.episode, s.idempotency_key.clone()));
             }
             Output::RunDropped { run, summary } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
@@ -169,8 +169,8 @@ impl ReportBuilder {
             .into_iter()
             .map(|(at, run, action, episode, key)| SignalRow {
                 action,
-                world_id: run.world_id,
-                run_id: run.run_id,
+                world_id: run.world_id.to_string(),
+                run_id: run.run_id.to_string(),
                 episode,
                 at: format_rfc3339_ms(at),
                 idempotency_key: key,
@@ -181,8 +181,8 @@ impl ReportBuilder {
         for p in &self.pending {
             match pending_at_end.last_mut() {
                 Some(last)
-                    if last.world_id == p.run.world_id
-                        && last.run_id == p.run.run_id
+                    if *last.world_id == *p.run.world_id
+                        && *last.run_id == *p.run.run_id
                         && last.kind == p.kind
                         && last.due == format_rfc3339_ms(p.due) =>
                 {
@@ -190,8 +190,8 @@ impl ReportBuilder {
                 }
                 _ => pending_at_end.push(PendingRow {
                     kind: p.kind,
-                    world_id: p.run.world_id.clone(),
-                    run_id: p.run.run_id.clone(),
+                    world_id: p.run.world_id.to_string(),
+                    run_id: p.run.run_id.to_string(),
                     sequences: vec![p.sequence],
                     due: format_rfc3339_ms(p.due),
                 }),
@@ -203,8 +203,8 @@ impl ReportBuilder {
             .runs
             .into_iter()
             .map(|(run, s)| RunRow {
-                world_id: run.world_id,
-                run_id: run.run_id,
+                world_id: run.world_id.to_string(),
+                run_id: run.run_id.to_string(),
                 tracked: s.tracked,
                 acked: s.acked,
                 latency_ms: Percentiles::of_sorted(&s.latencies_ms),
@@ -256,8 +256,8 @@ fn group_findings(facts: &BTreeMap<(RunKey, FindingKind, u64), FindingFacts>) ->
             f.detected_at,
             FindingRow {
                 kind: *kind,
-                world_id: run.world_id.clone(),
-                run_id: run.run_id.clone(),
+                world_id: run.world_id.to_string(),
+                run_id: run.run_id.to_string(),
                 sequences: vec![*seq],
                 phase: f.phase,
                 detected_at: format_rfc3339_ms(f.detected_at),

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+
+type RunMap = hashbrown::HashMap<RunKey, RunState, FxBuildHasher>;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +19,7 @@ use crate::output::{detected_key, resolved_key, signal_key, Action, GapDetected,
 use crate::policy::Policy;
 use crate::run::{ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, Timer, TimerKind};
 use crate::time::Millis;
-use crate::RunKey;
+use crate::{RunKey, RunRef};
 
 /// Task-level state that must survive a restart along with the runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +94,7 @@ pub struct Pending {
 pub struct Task {
     policy: Policy,
     meta: TaskMeta,
-    runs: FxHashMap<RunKey, RunState>,
+    runs: RunMap,
     /// Each run under a deadline no later than its next one, so firing finds due runs without a
     /// scan. An entry may be early (a deadline that since went away, a retention moved later):
     /// firing re-checks the run and re-indexes it, so the index moves only when a deadline
@@ -113,7 +115,7 @@ impl Task {
         Task {
             policy,
             meta: TaskMeta::default(),
-            runs: FxHashMap::default(),
+            runs: RunMap::default(),
             due: BTreeSet::new(),
             dirty: Vec::new(),
             meta_dirty: false,
@@ -246,17 +248,17 @@ impl Task {
     // ---- applying records -------------------------------------------------------------
 
 
-    fn apply_activation(&mut self, act: Activation, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
+    fn apply_activation(&mut self, act: Activation<'_>, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
         let policy = self.policy;
         let exempt_from = self.meta.first_record_ms.unwrap_or(record_ms);
-        let key = act.run;
+        let key = self.key_of(&act.run);
         touch_run(&mut self.runs, &key, record_ms, act.event_ms);
         self.mark_dirty(&key);
         let run = self.runs.get_mut(&key).expect("just touched");
         let seq = act.sequence;
 
         if let Some(existing) = run.sequences.get(&seq).and_then(|s| s.activation.as_ref()) {
-            let conflict = existing.etag != act.etag || existing.phase != act.phase;
+            let conflict = existing.etag.as_deref() != act.etag.as_deref() || existing.phase != act.phase;
             let already = run.sequences[&seq].finding(FindingKind::SequenceConflict).is_some();
             self.mark_dirty(&key);
             if conflict && !already {
@@ -320,7 +322,7 @@ impl Task {
 
         run.untrack(seq, &policy);
         let state = run.sequences.entry(seq).or_default();
-        state.activation = Some(ActivationSeen { event_ms: act.event_ms, phase: act.phase, etag: act.etag });
+        state.activation = Some(ActivationSeen { event_ms: act.event_ms, phase: act.phase, etag: act.etag.map(|e| e.into_owned()) });
         let latency = state.ack_ms.map(|ack_ms| ack_ms.saturating_sub(act.event_ms));
         run.track(seq, &policy);
         if let Some(raw) = latency {
@@ -334,9 +336,9 @@ impl Task {
         Outcome::Tracked
     }
 
-    fn apply_ack(&mut self, ack: Ack, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
+    fn apply_ack(&mut self, ack: Ack<'_>, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
         let policy = self.policy;
-        let key = ack.run;
+        let key = self.key_of(&ack.run);
         touch_run(&mut self.runs, &key, record_ms, ack.event_ms);
         self.mark_dirty(&key);
         let run = self.runs.get_mut(&key).expect("just touched");
@@ -368,6 +370,14 @@ impl Task {
         Outcome::Ack
     }
 
+    /// The run's key: the stored one when the run exists (no allocation), else a new one.
+    fn key_of(&self, run: &RunRef<'_>) -> RunKey {
+        match self.runs.get_key_value(run) {
+            Some((key, _)) => key.clone(),
+            None => run.to_key(),
+        }
+    }
+
     fn observe_latency(&mut self, phase: Option<Phase>, raw_ms: Millis, out: &mut Vec<Output>) {
         let clock_skew = raw_ms < 0;
         self.counters.clock_skew += u64::from(clock_skew);
@@ -387,8 +397,8 @@ impl Task {
         let detected_at = finding.detected_at;
         self.counters.findings_resolved[kind.index()] += 1;
         out.push(Output::Resolved(GapResolved {
-            world_id: key.world_id.clone(),
-            run_id: key.run_id.clone(),
+            world_id: key.world_id.to_string(),
+            run_id: key.run_id.to_string(),
             kind,
             sequences: vec![seq],
             phase,
@@ -416,8 +426,8 @@ impl Task {
         self.counters.findings_raised[kind.index()] += sequences.len() as u64;
         for chunk in sequences.chunks(EVENT_SEQUENCES_MAX) {
             out.push(Output::Detected(GapDetected {
-                world_id: key.world_id.clone(),
-                run_id: key.run_id.clone(),
+                world_id: key.world_id.to_string(),
+                run_id: key.run_id.to_string(),
                 kind,
                 sequences: chunk.to_vec(),
                 phase,
@@ -438,8 +448,8 @@ impl Task {
         let episode = self.runs[key].episode;
         self.counters.signals[action as usize] += 1;
         out.push(Output::Signal(Signal {
-            world_id: key.world_id.clone(),
-            run_id: key.run_id.clone(),
+            world_id: key.world_id.to_string(),
+            run_id: key.run_id.to_string(),
             action,
             episode,
             at,
@@ -555,7 +565,7 @@ impl Task {
 }
 
 /// Gets or creates the run of a record, counting the record towards retention.
-fn touch_run<'a>(runs: &'a mut FxHashMap<RunKey, RunState>, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
+fn touch_run<'a>(runs: &'a mut RunMap, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
     if !runs.contains_key(key) {
         runs.insert(key.clone(), RunState::new(record_ms));
     }

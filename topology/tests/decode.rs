@@ -32,14 +32,14 @@ fn check(key: Option<&str>, record_ts: Option<i64>, value: Option<&str>, want: W
     };
     let got = match decode(&record) {
         Decoded::Tracked(a) => Want::Tracked {
-            world: a.run.world_id,
-            run: a.run.run_id,
+            world: a.run.world_id.into_owned(),
+            run: a.run.run_id.into_owned(),
             seq: a.sequence,
             phase: a.phase,
-            etag: a.etag,
+            etag: a.etag.map(|e| e.into_owned()),
             ms: a.event_ms,
         },
-        Decoded::Ack(a) => Want::Ack { world: a.run.world_id, run: a.run.run_id, seq: a.sequence, ms: a.event_ms },
+        Decoded::Ack(a) => Want::Ack { world: a.run.world_id.into_owned(), run: a.run.run_id.into_owned(), seq: a.sequence, ms: a.event_ms },
         Decoded::Untracked => Want::Untracked,
         Decoded::Invalid(i) => {
             assert!(!i.detail.is_empty(), "an invalid record always says why");
@@ -152,7 +152,7 @@ fn every_reason_has_a_distinct_label() {
     assert_eq!(labels.len(), InvalidReason::LABELS.len());
 }
 
-fn decode_bytes(key: Option<&[u8]>, value: &[u8]) -> Decoded {
+fn decode_bytes<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> Decoded<'a> {
     decode(&RawRecord { source: Source::Ack, partition: 0, offset: 0, timestamp_ms: Some(0), key, value: Some(value) })
 }
 

@@ -62,7 +62,7 @@ impl Rec {
                 } else {
                     format!(r#"{{"type":"ActivationUpdated","version":1,{fields}}}"#)
                 };
-                (run.world_id.clone(), value)
+                (run.world_id.to_string(), value)
             }
             Event::Ack { run, seq } => {
                 let fields = format!(r#""world_id":"{}","run_id":"{}","sequence":{seq},"ack_ts":"{ts}""#, run.world_id, run.run_id);
@@ -71,7 +71,7 @@ impl Rec {
                 } else {
                     format!(r#"{{"type":"ActivationAck","version":1,{fields}}}"#)
                 };
-                (run.world_id.clone(), value)
+                (run.world_id.to_string(), value)
             }
             Event::Untracked { world } => {
                 (world.clone(), format!(r#"{{"specversion":"1.0","type":"policy_updated","data":{{"world_id":"{world}"}}}}"#))
@@ -104,7 +104,7 @@ fn generate(seed: u64) -> Scenario {
         let world = format!("w{w}");
         let mut run_start = base + rng.range(0, 3000);
         for r in 0..rng.range(1, 3) {
-            let run = RunKey { world_id: world.clone(), run_id: format!("r{r}") };
+            let run = RunKey::new(&world, &format!("r{r}"));
             let n = rng.range(1, 7) as u64;
             let first = if rng.chance(15) { rng.range(2, 4) as u64 } else { 1 };
             let step = rng.range(50, 900);
@@ -358,12 +358,12 @@ fn actual(task: &Task, outputs: &[Output]) -> Expected {
         match o {
             Output::Detected(d) => {
                 for &seq in &d.sequences {
-                    let run = RunKey { world_id: d.world_id.clone(), run_id: d.run_id.clone() };
+                    let run = RunKey::new(&d.world_id, &d.run_id);
                     assert!(findings.insert((d.kind, run, seq), (d.detected_at, None)).is_none(), "raised twice: {d:?}");
                 }
             }
             Output::Resolved(r) => {
-                let run = RunKey { world_id: r.world_id.clone(), run_id: r.run_id.clone() };
+                let run = RunKey::new(&r.world_id, &r.run_id);
                 let f = findings.get_mut(&(r.kind, run, r.sequences[0])).expect("resolved before detected");
                 assert!(f.1.replace(r.resolved_at).is_none(), "resolved twice: {r:?}");
             }
@@ -384,7 +384,7 @@ fn check_signals(policy: &Policy, expected: &Expected, outputs: &[Output]) {
     let mut by_run: BTreeMap<RunKey, Vec<(Action, u32, i64)>> = BTreeMap::new();
     for o in outputs {
         if let Output::Signal(s) = o {
-            by_run.entry(RunKey { world_id: s.world_id.clone(), run_id: s.run_id.clone() }).or_default().push((s.action, s.episode, s.at));
+            by_run.entry(RunKey::new(&s.world_id, &s.run_id)).or_default().push((s.action, s.episode, s.at));
         }
     }
     let runs: BTreeSet<RunKey> = expected.findings.iter().map(|f| f.run.clone()).chain(by_run.keys().cloned()).collect();
