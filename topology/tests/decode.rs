@@ -1,7 +1,7 @@
 //! Decoding and classification (SPEC §1), table-driven through one `check`, plus a property
 //! that no byte sequence panics the decoder.
 
-use ackwatch_topology::decode::{decode, Decoded, InvalidReason, Phase, RawRecord, Source};
+use ackwatch_topology::decode::{decode, decode_precise, Decoded, InvalidReason, Phase, RawRecord, Source};
 use proptest::prelude::*;
 
 /// What a record should decode to, compactly.
@@ -30,7 +30,9 @@ fn check(key: Option<&str>, record_ts: Option<i64>, value: Option<&str>, want: W
         key: key.map(str::as_bytes),
         value: value.map(str::as_bytes),
     };
-    let got = match decode(&record) {
+    let decoded = decode(&record);
+    assert_eq!(decoded, decode_precise(&record), "fast and precise paths disagree on {value:?}");
+    let got = match decoded {
         Decoded::Tracked(a) => Want::Tracked {
             world: a.run.world_id.into_owned(),
             run: a.run.run_id.into_owned(),
@@ -152,8 +154,12 @@ fn every_reason_has_a_distinct_label() {
     assert_eq!(labels.len(), InvalidReason::LABELS.len());
 }
 
+/// Decodes through both paths and requires them to agree exactly.
 fn decode_bytes<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> Decoded<'a> {
-    decode(&RawRecord { source: Source::Ack, partition: 0, offset: 0, timestamp_ms: Some(0), key, value: Some(value) })
+    let record = RawRecord { source: Source::Ack, partition: 0, offset: 0, timestamp_ms: Some(0), key, value: Some(value) };
+    let fast = decode(&record);
+    assert_eq!(fast, decode_precise(&record), "fast and precise paths disagree on {:?}", String::from_utf8_lossy(value));
+    fast
 }
 
 const SAMPLE: &str = r#"{"specversion":"1.0","type":"activation_ack","time":"2026-03-02T09:00:03Z","data":{"world_id":"w","run_id":"r","sequence":2,"phase":"freeze","ts":"2026-03-02T09:00:02Z","ack_ts":"2026-03-02T09:00:01Z"}}"#;
@@ -175,7 +181,7 @@ proptest! {
         let _ = decode_bytes(Some(b"w"), &bytes[..cut]);
     }
 
-    /// Any JSON value in any field position classifies without panicking.
+    /// Any JSON value in any field position classifies without panicking, identically on both paths.
     #[test]
     fn any_field_values_never_panic(
         field in "(world_id|run_id|sequence|requires_ack|phase|etag|ts|ack_ts|time|data|type|specversion|version)",
