@@ -1,0 +1,83 @@
+//! Encoding of stored values and keys. Every value starts with a format-version byte, so a store
+//! or changelog written by another format is a clear error, never a misread.
+
+use ackwatch_topology::{RunKey, RunState, TaskMeta};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The format of stored run states and task meta. Bump it when `RunState` changes shape.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Changelog/store key of the task meta (stream time, first record time). Run keys start with
+/// a length byte pair, so no run key equals it.
+pub const META_KEY: &[u8] = b"\xff\xffmeta";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("stored value has format version {found}, this ackwatch reads {FORMAT_VERSION}: restore the store from the changelog or run a matching version")]
+    UnknownFormat { found: u8 },
+    #[error("stored value is empty")]
+    Empty,
+    #[error("stored value does not decode: {0}")]
+    Corrupt(String),
+    #[error("stored key is not a run key")]
+    BadKey,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail");
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownFormat { found: version });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Corrupt(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(value)
+}
+
+pub fn encode_run(state: &RunState) -> Vec<u8> {
+    encode(state)
+}
+
+pub fn decode_run(bytes: &[u8]) -> Result<RunState, CodecError> {
+    decode(bytes)
+}
+
+pub fn encode_meta(meta: &TaskMeta) -> Vec<u8> {
+    encode(meta)
+}
+
+pub fn decode_meta(bytes: &[u8]) -> Result<TaskMeta, CodecError> {
+    decode(bytes)
+}
+
+/// `len(world_id) as u16 BE, world_id, run_id`: unambiguous whatever the ids contain.
+pub fn encode_key(run: &RunKey) -> Vec<u8> {
+    let world = run.world_id.as_bytes();
+    let len = u16::try_from(world.len()).expect("world_id is bounded by ID_BYTES_MAX");
+    let mut out = Vec::with_capacity(2 + world.len() + run.run_id.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(world);
+    out.extend_from_slice(run.run_id.as_bytes());
+    out
+}
+
+pub fn decode_key(bytes: &[u8]) -> Result<RunKey, CodecError> {
+    let (len, rest) = bytes.split_first_chunk::<2>().ok_or(CodecError::BadKey)?;
+    let len = u16::from_be_bytes(*len) as usize;
+    if rest.len() < len || bytes == META_KEY {
+        return Err(CodecError::BadKey);
+    }
+    let world = std::str::from_utf8(&rest[..len]).map_err(|_| CodecError::BadKey)?;
+    let run = std::str::from_utf8(&rest[len..]).map_err(|_| CodecError::BadKey)?;
+    Ok(RunKey::new(world, run))
+}

@@ -1,0 +1,209 @@
+//! A task's local state store: RocksDB under `state.dir/<application id>/<partition>/`, holding
+//! every run's state and the task meta, written as one `WriteBatch` per commit.
+//!
+//! The store is a cache of the changelog topic: when it cannot be trusted (cannot be opened,
+//! written by another format, belongs to another application id) it is wiped and the caller
+//! restores it from the changelog.
+
+use std::path::{Path, PathBuf};
+
+use ackwatch_topology::{RunKey, RunState, TaskMeta};
+use anyhow::Context;
+use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::codec::{self, META_KEY};
+
+/// Identity of a store: which application wrote it, in which format.
+const IDENTITY_KEY: &[u8] = b"\xff\xffidentity";
+
+/// RocksDB sizing, chosen so one instance with many tasks stays small (see ARCHITECTURE.md).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Block cache shared by nothing else; run states are read at restore time, rarely after.
+    pub block_cache_bytes: usize,
+    /// Memtable size; a commit's batch is small (runs changed in 100 ms).
+    pub write_buffer_bytes: usize,
+    pub max_write_buffers: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { block_cache_bytes: 16 << 20, write_buffer_bytes: 8 << 20, max_write_buffers: 2 }
+    }
+}
+
+/// How opening went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// The store was there and is this application's, in this format.
+    Existing,
+    /// There was no store.
+    Created,
+    /// There was a store that could not be used; it was wiped. The reason says why.
+    Wiped(String),
+}
+
+pub struct TaskStore {
+    db: DB,
+    dir: PathBuf,
+}
+
+/// What a store holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Contents {
+    pub meta: Option<TaskMeta>,
+    pub runs: Vec<(RunKey, RunState)>,
+}
+
+impl TaskStore {
+    pub fn dir_for(state_dir: &Path, application_id: &str, partition: i32) -> PathBuf {
+        state_dir.join(application_id).join(partition.to_string())
+    }
+
+    /// Opens (or creates) the store of `partition`, wiping one that cannot be used.
+    pub fn open(state_dir: &Path, application_id: &str, partition: i32, options: &StoreOptions) -> anyhow::Result<(TaskStore, Opened)> {
+        let dir = Self::dir_for(state_dir, application_id, partition);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create state dir {}: is state.dir writable?", dir.display()))?;
+        let db_dir = dir.join("rocksdb");
+        let existed = db_dir.join("CURRENT").exists();
+        let identity = identity(application_id);
+        let mut opened = if existed { Opened::Existing } else { Opened::Created };
+        let db = match open_db(&db_dir, options) {
+            Ok(db) => match db.get(IDENTITY_KEY) {
+                Ok(Some(found)) if found == identity => Some(db),
+                Ok(Some(found)) => {
+                    opened = Opened::Wiped(format!(
+                        "store belongs to {:?}, expected {:?}",
+                        String::from_utf8_lossy(&found),
+                        String::from_utf8_lossy(&identity)
+                    ));
+                    None
+                }
+                Ok(None) if !existed => Some(db),
+                Ok(None) => {
+                    opened = Opened::Wiped("store has no identity record".into());
+                    None
+                }
+                Err(e) => {
+                    opened = Opened::Wiped(format!("store cannot be read: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                opened = Opened::Wiped(format!("store cannot be opened: {e}"));
+                None
+            }
+        };
+        let db = match db {
+            Some(db) => db,
+            None => {
+                checkpoint::remove(&dir)?;
+                std::fs::remove_dir_all(&db_dir).with_context(|| format!("cannot wipe {}", db_dir.display()))?;
+                open_db(&db_dir, options).with_context(|| format!("cannot create store in {}", db_dir.display()))?
+            }
+        };
+        db.put(IDENTITY_KEY, identity)?;
+        Ok((TaskStore { db, dir }, opened))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        checkpoint::read(&self.dir)
+    }
+
+    /// Everything in the store; a value of another format is an error that names the fix.
+    pub fn load(&self) -> anyhow::Result<Contents> {
+        let mut contents = Contents::default();
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            if &*key == IDENTITY_KEY {
+                continue;
+            }
+            if &*key == META_KEY {
+                contents.meta = Some(codec::decode_meta(&value)?);
+                continue;
+            }
+            contents.runs.push((codec::decode_key(&key)?, codec::decode_run(&value)?));
+        }
+        Ok(contents)
+    }
+
+    /// Applies one commit's changes as one synced `WriteBatch`, then records the changelog
+    /// offset the store now reflects (when the caller knows it).
+    pub fn commit<'a>(
+        &self,
+        runs: impl IntoIterator<Item = (&'a RunKey, Option<&'a RunState>)>,
+        meta: Option<&TaskMeta>,
+        changelog_end: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, state) in runs {
+            match state {
+                Some(state) => batch.put(codec::encode_key(key), codec::encode_run(state)),
+                None => batch.delete(codec::encode_key(key)),
+            }
+        }
+        if let Some(meta) = meta {
+            batch.put(META_KEY, codec::encode_meta(meta));
+        }
+        self.write(batch)?;
+        if let Some(offset) = changelog_end {
+            checkpoint::write(&self.dir, Checkpoint { changelog_offset: offset })?;
+        }
+        Ok(())
+    }
+
+    /// Applies changelog records (key, value or tombstone) during restore, validating each.
+    pub fn apply_changelog<'a>(&self, records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> anyhow::Result<u64> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for (key, value) in records {
+            if key == META_KEY {
+                if let Some(value) = value {
+                    codec::decode_meta(value)?;
+                }
+            } else {
+                codec::decode_key(key)?;
+                if let Some(value) = value {
+                    codec::decode_run(value)?;
+                }
+            }
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+            n += 1;
+        }
+        self.write(batch)?;
+        Ok(n)
+    }
+
+    fn write(&self, batch: WriteBatch) -> anyhow::Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options).with_context(|| format!("cannot write the store in {}", self.dir.display()))
+    }
+}
+
+fn identity(application_id: &str) -> Vec<u8> {
+    format!("{application_id}/format-{}", codec::FORMAT_VERSION).into_bytes()
+}
+
+fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_write_buffer_size(options.write_buffer_bytes);
+    opts.set_max_write_buffer_number(options.max_write_buffers);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_keep_log_file_num(2);
+    opts.set_max_open_files(64);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
+    table.set_cache_index_and_filter_blocks(true);
+    opts.set_block_based_table_factory(&table);
+    DB::open(&opts, path)
+}
