@@ -4,6 +4,7 @@
 //! decides where records come from and where outputs go.
 
 pub mod audit;
+pub mod changelog;
 pub mod kcat;
 pub mod settings;
 pub mod sim;

@@ -13,4 +13,4 @@ pub mod checkpoint;
 pub mod codec;
 pub mod store;
 
-pub use store::{Contents, Opened, StoreOptions, TaskStore};
+pub use store::{encode_changes, Contents, Opened, Record, StoreOptions, TaskStore};

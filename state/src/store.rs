@@ -140,21 +140,36 @@ impl TaskStore {
         meta: Option<&TaskMeta>,
         changelog_end: Option<i64>,
     ) -> anyhow::Result<()> {
+        let records = encode_changes(runs, meta);
+        self.commit_records(&records, changelog_end)
+    }
+
+    /// Like [`Self::commit`] for changes already encoded (the runtime encodes once for the
+    /// changelog and the store).
+    pub fn commit_records(&self, records: &[Record], changelog_end: Option<i64>) -> anyhow::Result<()> {
         let mut batch = WriteBatch::default();
-        for (key, state) in runs {
-            match state {
-                Some(state) => batch.put(codec::encode_key(key), codec::encode_run(state)),
-                None => batch.delete(codec::encode_key(key)),
+        for (key, value) in records {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
             }
-        }
-        if let Some(meta) = meta {
-            batch.put(META_KEY, codec::encode_meta(meta));
         }
         self.write(batch)?;
         if let Some(offset) = changelog_end {
             checkpoint::write(&self.dir, Checkpoint { changelog_offset: offset })?;
         }
         Ok(())
+    }
+
+    /// Deletes everything but the store's identity, and the checkpoint: before a restore from
+    /// the changelog's beginning, so runs the changelog no longer holds cannot linger.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        checkpoint::remove(&self.dir)?;
+        let identity = identity_of(&self.db)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(&[][..], &[0xffu8; 16][..]);
+        batch.put(IDENTITY_KEY, identity);
+        self.write(batch)
     }
 
     /// Applies changelog records (key, value or tombstone) during restore, validating each.
@@ -187,6 +202,26 @@ impl TaskStore {
         options.set_sync(true);
         self.db.write_opt(batch, &options).with_context(|| format!("cannot write the store in {}", self.dir.display()))
     }
+}
+
+/// One changelog/store record: key and value, `None` for a tombstone.
+pub type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// Encodes a commit's changes once, for both the changelog and the store.
+pub fn encode_changes<'a>(
+    runs: impl IntoIterator<Item = (&'a RunKey, Option<&'a RunState>)>,
+    meta: Option<&TaskMeta>,
+) -> Vec<Record> {
+    let mut records: Vec<Record> =
+        runs.into_iter().map(|(key, state)| (codec::encode_key(key), state.map(codec::encode_run))).collect();
+    if let Some(meta) = meta {
+        records.push((META_KEY.to_vec(), Some(codec::encode_meta(meta))));
+    }
+    records
+}
+
+fn identity_of(db: &DB) -> anyhow::Result<Vec<u8>> {
+    Ok(db.get(IDENTITY_KEY)?.unwrap_or_default())
 }
 
 fn identity(application_id: &str) -> Vec<u8> {

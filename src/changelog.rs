@@ -1,0 +1,197 @@
+//! The changelog topic of the run stores: creation and validation, writing a commit's changes,
+//! and restoring a task's store from it (Kafka I/O; the store itself is `ackwatch-state`).
+
+use std::time::{Duration, Instant};
+
+use ackwatch_state::{Record, TaskStore};
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Records applied to the store per batch while restoring. Cost: this many records in memory.
+pub const RESTORE_BATCH_RECORDS_MAX: usize = 10_000;
+
+pub fn topic_name(application_id: &str) -> String {
+    format!("{application_id}-runs-changelog")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ensured {
+    Created,
+    Existing,
+}
+
+/// Creates the changelog topic (compacted, `partitions` partitions) when it is missing; refuses,
+/// saying what to do, when an existing one has another partition count or is not compacted.
+pub async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32, replication: i32) -> anyhow::Result<Ensured> {
+    let admin: AdminClient<DefaultClientContext> = config.create().context("cannot create a Kafka admin client")?;
+    let metadata = admin.inner().fetch_metadata(Some(topic), ADMIN_TIMEOUT).context("cannot read cluster metadata")?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32);
+    match found {
+        None => {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact");
+            let results = admin.create_topics([&new], &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT))).await?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => bail!("cannot create changelog topic {name}: {code}"),
+                }
+            }
+            Ok(Ensured::Created)
+        }
+        Some(n) if n != partitions => bail!(
+            "changelog topic {topic} has {n} partitions but the input topics have {partitions}: each task's \
+             changelog partition must match its input partition; delete {topic} (ackwatch recreates it and \
+             restores state from scratch) or restore the input partition count"
+        ),
+        Some(_) => {
+            let resource = ResourceSpecifier::Topic(topic);
+            let configs = admin.describe_configs([&resource], &AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT))).await?;
+            let policy = configs
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c.entries)
+                .find(|e| e.name == "cleanup.policy")
+                .and_then(|e| e.value);
+            match policy {
+                Some(p) if p.split(',').any(|v| v.trim() == "compact") => Ok(Ensured::Existing),
+                other => bail!(
+                    "changelog topic {topic} has cleanup.policy={}, not compact: old run states would expire and \
+                     restores lose state; set cleanup.policy=compact on it",
+                    other.as_deref().unwrap_or("(unknown)")
+                ),
+            }
+        }
+    }
+}
+
+/// Writes a commit's changes to partition p of the changelog.
+pub struct ChangelogWriter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl ChangelogWriter {
+    pub fn new(config: &ClientConfig, topic: &str) -> anyhow::Result<Self> {
+        let producer = config
+            .clone()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .context("cannot create the changelog producer")?;
+        Ok(ChangelogWriter { producer, topic: topic.to_string() })
+    }
+
+    /// Produces the records and waits until the broker has them all; returns the offset after
+    /// the last one (what the store's checkpoint records), or `None` when there was nothing.
+    pub async fn write(&self, partition: i32, records: &[Record]) -> anyhow::Result<Option<i64>> {
+        let mut pending = Vec::with_capacity(records.len());
+        for (key, value) in records {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).key(&key[..]);
+            if let Some(value) = value {
+                record = record.payload(&value[..]);
+            }
+            // Waits for queue space rather than failing: the commit must write every change.
+            let mut record = record;
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break delivery,
+                    Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        record = r;
+                    }
+                    Err((e, _)) => bail!("cannot produce to changelog {}: {e}", self.topic),
+                }
+            };
+            pending.push(delivery);
+        }
+        let mut end = None;
+        for delivery in pending {
+            let delivered = delivery.await.context("changelog producer closed")?;
+            let delivery = delivered.map_err(|(e, _)| anyhow::anyhow!("changelog {} refused a record: {e}", self.topic))?;
+            end = Some(end.unwrap_or(0).max(delivery.offset + 1));
+        }
+        Ok(end)
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub from_offset: i64,
+    pub to_offset: i64,
+    pub records: u64,
+    pub bytes: u64,
+    pub duration: Duration,
+}
+
+/// Brings `store` up to the end of partition p of the changelog: from the store's checkpoint when
+/// it is within the partition's retained range, from the beginning (after clearing the store)
+/// otherwise. Records the new end as the checkpoint.
+pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskStore) -> anyhow::Result<RestoreStats> {
+    let started = Instant::now();
+    // librdkafka wants a group id even for a manual assignment; it joins no group and commits
+    // nothing, so the restore never touches any consumer group's offsets.
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", format!("{topic}-restore"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("cannot create the restore consumer")?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
+        .with_context(|| format!("cannot read the offsets of {topic}[{partition}]"))?;
+    let from = match store.checkpoint() {
+        Some(c) if (low..=high).contains(&c.changelog_offset) => c.changelog_offset,
+        _ => {
+            store.clear()?;
+            low
+        }
+    };
+    let mut stats = RestoreStats { from_offset: from, to_offset: high, records: 0, bytes: 0, duration: Duration::ZERO };
+    if from < high {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        consumer.assign(&assignment)?;
+        drop(assignment);
+        let mut batch: Vec<Record> = Vec::with_capacity(RESTORE_BATCH_RECORDS_MAX);
+        let mut next = from;
+        while next < high {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    let key = m.key().context("changelog record without a key")?.to_vec();
+                    stats.bytes += (key.len() + m.payload().map_or(0, <[u8]>::len)) as u64;
+                    batch.push((key, m.payload().map(<[u8]>::to_vec)));
+                    if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
+                        stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+                        batch.clear();
+                    }
+                }
+                Some(Err(e)) => bail!("cannot read changelog {topic}[{partition}]: {e}"),
+                // The last offsets may hold no record (transaction markers): the position says.
+                None => next = next.max(position(&consumer, topic, partition)?.unwrap_or(next)),
+            }
+        }
+        stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+    }
+    store.commit_records(&[], Some(high))?;
+    stats.duration = started.elapsed();
+    Ok(stats)
+}
+
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
+    let list = consumer.position()?;
+    Ok(list.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
+}
