@@ -147,6 +147,10 @@ pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskS
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // Restore reads one partition as fast as it can: large fetches, deep local queue.
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("queued.max.messages.kbytes", "262144")
         .create()
         .context("cannot create the restore consumer")?;
     let (low, high) = consumer

@@ -31,11 +31,18 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnknownFormat { found: version });
+/// Checks a stored value's format byte without decoding the value.
+pub fn check_format(bytes: &[u8]) -> Result<(), CodecError> {
+    match bytes.first() {
+        None => Err(CodecError::Empty),
+        Some(&FORMAT_VERSION) => Ok(()),
+        Some(&found) => Err(CodecError::UnknownFormat { found }),
     }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    check_format(bytes)?;
+    let body = &bytes[1..];
     let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if used != body.len() {

@@ -172,23 +172,21 @@ impl TaskStore {
         self.write(batch)
     }
 
-    /// Applies changelog records (key, value or tombstone) during restore, validating each.
+    /// Applies changelog records (key, value or tombstone) during restore. Each key is checked
+    /// and each value's format byte, so a changelog of another format is refused before it
+    /// reaches the store; values are fully decoded by [`Self::load`], once.
     pub fn apply_changelog<'a>(&self, records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> anyhow::Result<u64> {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, value) in records {
-            if key == META_KEY {
-                if let Some(value) = value {
-                    codec::decode_meta(value)?;
-                }
-            } else {
+            if key != META_KEY {
                 codec::decode_key(key)?;
-                if let Some(value) = value {
-                    codec::decode_run(value)?;
-                }
             }
             match value {
-                Some(value) => batch.put(key, value),
+                Some(value) => {
+                    codec::check_format(value)?;
+                    batch.put(key, value)
+                }
                 None => batch.delete(key),
             }
             n += 1;
