@@ -57,3 +57,47 @@ impl Settings {
         Ok(settings)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str, expected: Result<Settings, &str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ackwatch.toml");
+        std::fs::write(&path, toml).unwrap();
+        match (Settings::load(Some(&path)), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{toml}"),
+            (Err(got), Err(want)) => {
+                let text = format!("{got:#}");
+                assert!(text.contains(want), "{toml}: error {text:?} should mention {want:?}");
+            }
+            (got, want) => panic!("{toml}: got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_every_default() {
+        let example = include_str!("../deploy/ackwatch.example.toml");
+        check(example, Ok(Settings::default()));
+        // And it names every key the settings have.
+        let keys = serde_json::to_value(Settings::default()).unwrap();
+        for (section, fields) in keys.as_object().unwrap() {
+            assert!(example.contains(&format!("[{section}]")), "example lacks [{section}]");
+            for key in fields.as_object().unwrap().keys() {
+                assert!(example.contains(&format!("\n{key} = ")), "example lacks {section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_configuration_names_the_key() {
+        check("[policy]\nack_timeout_ms = 5000\n", Ok(Settings { policy: Policy { ack_timeout_ms: 5000, ..Policy::default() }, ..Settings::default() }));
+        check("[policy]\nack_timeout_msec = 5000\n", Err("ack_timeout_msec"));
+        check("[policy]\nack_timeout_ms = \"soon\"\n", Err("ack_timeout_ms"));
+        check("[policy]\ngap_timeout_ms = 0\n", Err("policy key `gap_timeout_ms`: 0 is not between 1 ms and one year"));
+        check("[policy]\nrun_retention_ms = 1000\n", Err("run_retention_ms"));
+        check("[topic]\nack = \"x\"\n", Err("topic"));
+        check("not toml at all [", Err("ackwatch.toml"));
+    }
+}
