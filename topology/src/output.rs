@@ -83,8 +83,9 @@ pub enum Output {
     Escalated { run: RunKey, episode: u32, at: Millis },
     /// An ACK latency sample (once per sequence).
     Latency { phase: Option<Phase>, ms: u64, clock_skew: bool },
-    /// The run's state was dropped by retention (the store writes a tombstone).
-    RunDropped { run: RunKey, summary: RunSummary },
+    /// The run's state was dropped by retention (the store writes a tombstone). The summary is
+    /// absent when the run was evicted from memory at the time (live processing only).
+    RunDropped { run: RunKey, summary: Option<RunSummary> },
 }
 
 /// How one input record was classified and applied.
@@ -98,6 +99,9 @@ pub enum Outcome {
     Invalid(Invalid),
     /// A valid record a limit did not let the run track; counted in `limit_cut`.
     Cut,
+    /// The record's run was evicted from memory: load it from the store, `restore_run` it, and
+    /// process the record again. Nothing was changed or counted.
+    NeedsRun(RunKey),
 }
 
 /// Escapes `%` and `:` so the parts of a key cannot run into each other.

@@ -147,7 +147,8 @@ impl ReportBuilder {
                 let run = RunKey::new(&s.world_id, &s.run_id);
                 self.signals.push((s.at, run, s.action, s.episode, s.idempotency_key.clone()));
             }
-            Output::RunDropped { run, summary } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
+            Output::RunDropped { run, summary: Some(summary) } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
+            Output::RunDropped { summary: None, .. } => {}
             Output::Escalated { .. } | Output::Latency { .. } => {}
         }
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::FxBuildHasher;
 
 type RunMap = hashbrown::HashMap<RunKey, RunState, FxBuildHasher>;
+type EvictedMap = hashbrown::HashMap<RunKey, Millis, FxBuildHasher>;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +95,11 @@ pub struct Pending {
 pub struct Task {
     policy: Policy,
     meta: TaskMeta,
+    /// Runs held in memory.
     runs: RunMap,
+    /// Runs with nothing pending whose state lives only in the store: their retention deadline
+    /// (also in `due`). A record of one of them asks the caller to load it (`NeedsRun`).
+    evicted: EvictedMap,
     /// Each run under a deadline no later than its next one, so firing finds due runs without a
     /// scan. An entry may be early (a deadline that since went away, a retention moved later):
     /// firing re-checks the run and re-indexes it, so the index moves only when a deadline
@@ -116,6 +121,7 @@ impl Task {
             policy,
             meta: TaskMeta::default(),
             runs: RunMap::default(),
+            evicted: EvictedMap::default(),
             due: BTreeSet::new(),
             dirty: Vec::new(),
             meta_dirty: false,
@@ -143,8 +149,33 @@ impl Task {
         self.runs.get(key)
     }
 
+    /// Runs known to the task, in memory or evicted.
     pub fn run_count(&self) -> usize {
+        self.runs.len() + self.evicted.len()
+    }
+
+    /// Runs held in memory.
+    pub fn resident_count(&self) -> usize {
         self.runs.len()
+    }
+
+    /// Evicts from memory those of `keys` that have nothing pending and no uncommitted change
+    /// (call it after the store has the task's changes); returns how many it evicted. Their
+    /// state must be in the store: a later record of one of them returns `NeedsRun`.
+    pub fn evict_settled(&mut self, keys: impl IntoIterator<Item = RunKey>) -> usize {
+        let mut evicted = 0;
+        for key in keys {
+            let Some(run) = self.runs.get(&key).filter(|r| !r.dirty && r.timers.is_empty()) else { continue };
+            let due = run.retention_due(&self.policy);
+            if let Some(old) = run.indexed_due {
+                self.due.remove(&(old, key.clone()));
+            }
+            self.runs.remove(&key);
+            self.due.insert((due, key.clone()));
+            self.evicted.insert(key, due);
+            evicted += 1;
+        }
+        evicted
     }
 
     /// Restores task state from the store (before any record is processed).
@@ -154,6 +185,9 @@ impl Task {
 
     /// Restores one run from the store; its timers are rebuilt under the current policy.
     pub fn restore_run(&mut self, key: RunKey, mut state: RunState) {
+        if let Some(due) = self.evicted.remove(&key) {
+            self.due.remove(&(due, key.clone()));
+        }
         state.rebuild_timers(&self.policy);
         self.runs.insert(key.clone(), state);
         self.reindex(&key);
@@ -180,8 +214,13 @@ impl Task {
 
     /// Applies one record.
     pub fn process(&mut self, record: &RawRecord<'_>, out: &mut Vec<Output>) -> Outcome {
-        self.counters.records += 1;
         let decoded = decode(record);
+        if let Decoded::Tracked(Activation { run, .. }) | Decoded::Ack(Ack { run, .. }) = &decoded {
+            if self.evicted.contains_key(run) {
+                return Outcome::NeedsRun(run.to_key());
+            }
+        }
+        self.counters.records += 1;
         let record_ms = record.timestamp_ms.or(match &decoded {
             Decoded::Tracked(a) => Some(a.event_ms),
             Decoded::Ack(a) => Some(a.event_ms),
@@ -494,6 +533,10 @@ impl Task {
                 break;
             }
             let (_, key) = self.due.pop_first().expect("checked non-empty");
+            if let Some(&due) = self.evicted.get(&key) {
+                self.fire_evicted(key, indexed, due, out);
+                continue;
+            }
             let Some(run) = self.runs.get_mut(&key) else { continue };
             run.indexed_due = None;
             let due = run.next_due(&self.policy);
@@ -518,7 +561,7 @@ impl Task {
                 self.dirty.push(key.clone());
             }
             self.counters.runs_dropped += 1;
-            out.push(Output::RunDropped { run: key.clone(), summary: run.summary() });
+            out.push(Output::RunDropped { run: key.clone(), summary: Some(run.summary()) });
             return;
         }
         self.mark_dirty(key);
@@ -544,6 +587,18 @@ impl Task {
                 TimerKind::Rollback => self.fire_rollback(key, due, out),
             }
         }
+    }
+
+    /// An evicted run has only its retention deadline: drop it then (a tombstone for the store).
+    fn fire_evicted(&mut self, key: RunKey, indexed: Millis, due: Millis, out: &mut Vec<Output>) {
+        if due > indexed {
+            self.due.insert((due, key));
+            return;
+        }
+        self.evicted.remove(&key);
+        self.dirty.push(key.clone());
+        self.counters.runs_dropped += 1;
+        out.push(Output::RunDropped { run: key, summary: None });
     }
 
     fn fire_rollback(&mut self, key: &RunKey, due: Millis, out: &mut Vec<Output>) {

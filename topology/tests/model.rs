@@ -325,7 +325,7 @@ fn run_engine(s: &Scenario, delivery: &[Source]) -> (Task, Vec<Output>) {
     let mut group = PartitionGroup::new(i64::MAX);
     let mut next = [0usize, 0usize];
     let mut outputs = vec![];
-    let mut drain = |group: &mut PartitionGroup<(usize, usize)>, task: &mut Task, bounded: bool, outputs: &mut Vec<Output>| {
+    let drain = |group: &mut PartitionGroup<(usize, usize)>, task: &mut Task, bounded: bool, outputs: &mut Vec<Output>| {
         while let Next::Record(source, (side, i)) = group.next(0, [bounded, bounded]) {
             let (key, value, ts) = &payloads[side][i];
             let raw = RawRecord { source, partition: 0, offset: i as i64, timestamp_ms: Some(*ts), key: Some(key.as_bytes()), value: Some(value.as_bytes()) };
@@ -513,4 +513,88 @@ proptest! {
         prop_assert_eq!(a, b);
         prop_assert_eq!(whole.pending(), restored.pending());
     }
+}
+
+/// Evicting settled runs after commits (their state kept only in a store, here a map of
+/// serialized states) and loading them back on `NeedsRun` changes no output and no state.
+/// Returns how many loads and drops of evicted runs happened, so the test can show it exercised both.
+fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
+    let mut s = generate(seed);
+    // Short retention, so runs are also dropped (while resident and while evicted).
+    s.policy.run_retention_ms = s.policy.rollback_after_ms.max(s.policy.ack_timeout_ms) + 1000;
+    let order = merge(&s.topics);
+    let raw: Vec<(String, String, Rec)> = order.iter().map(|r| { let (k, v) = r.payload(s.cloud_events); (k, v, r.clone()) }).collect();
+    let record = |(k, v, r): &(String, String, Rec)| (r.source, r.record_ms, k.clone(), v.clone());
+
+    let mut plain = Task::new(s.policy);
+    let mut plain_out = vec![];
+    for item in &raw {
+        let (source, ts, k, v) = record(item);
+        plain.process(&RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(ts), key: Some(k.as_bytes()), value: Some(v.as_bytes()) }, &mut plain_out);
+    }
+    // A far punctuation at the end, so retention drops happen.
+    plain.punctuate(2_000_000_000_000, &mut plain_out);
+
+    let mut task = Task::new(s.policy);
+    let mut store: BTreeMap<RunKey, String> = BTreeMap::new();
+    let mut out = vec![];
+    let mut loads = 0;
+    let mut commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
+        let (changes, _) = task.take_changes();
+        let mut keys = vec![];
+        for (key, state) in changes {
+            match state {
+                Some(state) => { store.insert(key.clone(), serde_json::to_string(state).unwrap()); }
+                None => { store.remove(&key); }
+            }
+            keys.push(key);
+        }
+        task.evict_settled(keys);
+    };
+    for (i, item) in raw.iter().enumerate() {
+        let (source, ts, k, v) = record(item);
+        let rec = RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(ts), key: Some(k.as_bytes()), value: Some(v.as_bytes()) };
+        if let ackwatch_topology::Outcome::NeedsRun(key) = task.process(&rec, &mut out) {
+            let state: RunState = serde_json::from_str(&store[&key]).unwrap();
+            task.restore_run(key, state);
+            loads += 1;
+            let again = task.process(&rec, &mut out);
+            assert!(!matches!(again, ackwatch_topology::Outcome::NeedsRun(_)));
+        }
+        if i % commit_every == 0 {
+            commit(&mut task, &mut store);
+        }
+    }
+    commit(&mut task, &mut store);
+    task.punctuate(2_000_000_000_000, &mut out);
+    // Dropped-run summaries are absent for runs dropped while evicted; all else is equal.
+    let evicted_drops = out.iter().filter(|o| matches!(o, Output::RunDropped { summary: None, .. })).count();
+    let strip = |o: &Output| match o { Output::RunDropped { run, .. } => Output::RunDropped { run: run.clone(), summary: None }, other => other.clone() };
+    let a: Vec<Output> = plain_out.iter().map(strip).collect();
+    let b: Vec<Output> = out.iter().map(strip).collect();
+    assert_eq!(a, b, "seed {seed}, loads {loads}");
+    assert_eq!(plain.pending(), task.pending());
+    assert_eq!(plain.run_count(), task.run_count());
+    assert_eq!(plain.counters(), task.counters());
+    (loads, evicted_drops)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    #[test]
+    fn eviction_changes_nothing(seed in any::<u64>(), commit_every in 1usize..12) {
+        check_eviction(seed, commit_every);
+    }
+}
+
+#[test]
+fn eviction_property_exercises_loads_and_evicted_drops() {
+    let (mut loads, mut drops) = (0, 0);
+    for seed in 0..300 {
+        let (l, d) = check_eviction(seed, 1 + (seed as usize % 5));
+        loads += l;
+        drops += d;
+    }
+    assert!(loads > 50 && drops > 50, "loads {loads}, drops of evicted runs {drops}");
 }
