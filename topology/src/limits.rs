@@ -30,6 +30,11 @@ pub const GAP_SPAN_MAX: u64 = 1024;
 /// Cost: the size of one output record (about 8 bytes per sequence).
 pub const EVENT_SEQUENCES_MAX: usize = 256;
 
+/// Distinct world ids a task shares between its run keys (runs of a world share one string).
+/// When full it is cleared: sharing is only a memory saving, never needed for correctness.
+/// Cost: about 60 bytes per world.
+pub const WORLDS_INTERNED_MAX: usize = 100_000;
+
 /// Records buffered per input partition of a task before the runtime stops fetching it.
 pub const PARTITION_BUFFER_RECORDS_MAX: usize = 10_000;
 

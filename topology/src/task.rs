@@ -6,16 +6,18 @@
 //! ACK exactly at its deadline is on time and `detected_at` is always the deadline itself.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
 
 type RunMap = hashbrown::HashMap<RunKey, RunState, FxBuildHasher>;
-type EvictedMap = hashbrown::HashMap<RunKey, Millis, FxBuildHasher>;
+/// Evicted runs by a 64-bit hash of their key: how many evicted runs have that hash.
+type EvictedMap = hashbrown::HashMap<u64, u32, FxBuildHasher>;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{decode, Ack, Activation, Decoded, Phase, RawRecord};
-use crate::limits::{EVENT_SEQUENCES_MAX, GAP_SPAN_MAX, RUN_SEQUENCES_MAX};
+use crate::limits::{EVENT_SEQUENCES_MAX, GAP_SPAN_MAX, RUN_SEQUENCES_MAX, WORLDS_INTERNED_MAX};
 use crate::output::{detected_key, resolved_key, signal_key, Action, GapDetected, GapResolved, Outcome, Output, Signal};
 use crate::policy::Policy;
 use crate::run::{ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, Timer, TimerKind};
@@ -97,9 +99,15 @@ pub struct Task {
     meta: TaskMeta,
     /// Runs held in memory.
     runs: RunMap,
-    /// Runs with nothing pending whose state lives only in the store: their retention deadline
-    /// (also in `due`). A record of one of them asks the caller to load it (`NeedsRun`).
+    /// Runs with nothing pending whose state lives only in the store, by key hash (8 bytes a
+    /// run instead of a key); their retention deadline is in `due`. A record of one of them asks
+    /// the caller to load it (`NeedsRun`).
     evicted: EvictedMap,
+    evicted_count: usize,
+    /// Keys whose hash matched an evicted run but that the store does not have (a collision).
+    absent: hashbrown::HashSet<RunKey, FxBuildHasher>,
+    /// One shared string per world id, for new run keys (bounded by `WORLDS_INTERNED_MAX`).
+    worlds: hashbrown::HashSet<Arc<str>, FxBuildHasher>,
     /// Each run under a deadline no later than its next one, so firing finds due runs without a
     /// scan. An entry may be early (a deadline that since went away, a retention moved later):
     /// firing re-checks the run and re-indexes it, so the index moves only when a deadline
@@ -122,6 +130,9 @@ impl Task {
             meta: TaskMeta::default(),
             runs: RunMap::default(),
             evicted: EvictedMap::default(),
+            evicted_count: 0,
+            absent: Default::default(),
+            worlds: Default::default(),
             due: BTreeSet::new(),
             dirty: Vec::new(),
             meta_dirty: false,
@@ -151,7 +162,7 @@ impl Task {
 
     /// Runs known to the task, in memory or evicted.
     pub fn run_count(&self) -> usize {
-        self.runs.len() + self.evicted.len()
+        self.runs.len() + self.evicted_count
     }
 
     /// Runs held in memory.
@@ -171,8 +182,10 @@ impl Task {
                 self.due.remove(&(old, key.clone()));
             }
             self.runs.remove(&key);
-            self.due.insert((due, key.clone()));
-            self.evicted.insert(key, due);
+            self.absent.remove(&key);
+            *self.evicted.entry(key_hash(&key)).or_default() += 1;
+            self.evicted_count += 1;
+            self.due.insert((due, key));
             evicted += 1;
         }
         evicted
@@ -184,11 +197,14 @@ impl Task {
     }
 
     /// Restores one run from the store; its timers are rebuilt under the current policy.
-    pub fn restore_run(&mut self, key: RunKey, mut state: RunState) {
-        if let Some(due) = self.evicted.remove(&key) {
-            self.due.remove(&(due, key.clone()));
-        }
+    pub fn restore_run(&mut self, mut key: RunKey, mut state: RunState) {
+        key.world_id = self.intern_world(&key.world_id);
         state.rebuild_timers(&self.policy);
+        self.absent.remove(&key);
+        if !self.runs.contains_key(&key) && self.due.remove(&(state.retention_due(&self.policy), key.clone())) {
+            // It was evicted: its index entry was its retention deadline (same policy, same facts).
+            self.forget_evicted(&key);
+        }
         self.runs.insert(key.clone(), state);
         self.reindex(&key);
     }
@@ -216,7 +232,11 @@ impl Task {
     pub fn process(&mut self, record: &RawRecord<'_>, out: &mut Vec<Output>) -> Outcome {
         let decoded = decode(record);
         if let Decoded::Tracked(Activation { run, .. }) | Decoded::Ack(Ack { run, .. }) = &decoded {
-            if self.evicted.contains_key(run) {
+            if !self.evicted.is_empty()
+                && !self.runs.contains_key(run)
+                && self.evicted.contains_key(&key_hash(run))
+                && !self.absent.contains(run)
+            {
                 return Outcome::NeedsRun(run.to_key());
             }
         }
@@ -409,12 +429,25 @@ impl Task {
         Outcome::Ack
     }
 
-    /// The run's key: the stored one when the run exists (no allocation), else a new one.
-    fn key_of(&self, run: &RunRef<'_>) -> RunKey {
+    /// The run's key: the stored one when the run exists (no allocation), else a new one
+    /// sharing its world's string.
+    fn key_of(&mut self, run: &RunRef<'_>) -> RunKey {
         match self.runs.get_key_value(run) {
             Some((key, _)) => key.clone(),
-            None => run.to_key(),
+            None => RunKey { world_id: self.intern_world(&run.world_id), run_id: Arc::from(&*run.run_id) },
         }
+    }
+
+    fn intern_world(&mut self, world_id: &str) -> Arc<str> {
+        if let Some(shared) = self.worlds.get(world_id) {
+            return shared.clone();
+        }
+        if self.worlds.len() >= WORLDS_INTERNED_MAX {
+            self.worlds.clear();
+        }
+        let shared: Arc<str> = Arc::from(world_id);
+        self.worlds.insert(shared.clone());
+        shared
     }
 
     fn observe_latency(&mut self, phase: Option<Phase>, raw_ms: Millis, out: &mut Vec<Output>) {
@@ -533,11 +566,11 @@ impl Task {
                 break;
             }
             let (_, key) = self.due.pop_first().expect("checked non-empty");
-            if let Some(&due) = self.evicted.get(&key) {
-                self.fire_evicted(key, indexed, due, out);
+            let Some(run) = self.runs.get_mut(&key) else {
+                // Only evicted runs are indexed without being in memory.
+                self.drop_evicted(key, out);
                 continue;
-            }
-            let Some(run) = self.runs.get_mut(&key) else { continue };
+            };
             run.indexed_due = None;
             let due = run.next_due(&self.policy);
             if due > indexed {
@@ -589,13 +622,26 @@ impl Task {
         }
     }
 
-    /// An evicted run has only its retention deadline: drop it then (a tombstone for the store).
-    fn fire_evicted(&mut self, key: RunKey, indexed: Millis, due: Millis, out: &mut Vec<Output>) {
-        if due > indexed {
-            self.due.insert((due, key));
-            return;
+    /// The caller's answer to `NeedsRun` when the store has no such run: the key only shared
+    /// a hash with an evicted run. Records of it are new from now on.
+    pub fn run_not_stored(&mut self, key: RunKey) {
+        self.absent.insert(key);
+    }
+
+    fn forget_evicted(&mut self, key: &RunKey) {
+        let hash = key_hash(key);
+        let count = self.evicted.get_mut(&hash).expect("an evicted run is counted under its hash");
+        *count -= 1;
+        if *count == 0 {
+            self.evicted.remove(&hash);
         }
-        self.evicted.remove(&key);
+        self.evicted_count -= 1;
+    }
+
+    /// An evicted run has only its retention deadline (its index entry, exact since eviction):
+    /// drop it then, a tombstone for the store.
+    fn drop_evicted(&mut self, key: RunKey, out: &mut Vec<Output>) {
+        self.forget_evicted(&key);
         self.dirty.push(key.clone());
         self.counters.runs_dropped += 1;
         out.push(Output::RunDropped { run: key, summary: None });
@@ -627,4 +673,10 @@ fn touch_run<'a>(runs: &'a mut RunMap, key: &RunKey, record_ms: Millis, event_ms
     let run = runs.get_mut(key).expect("just inserted");
     run.last_event_ms = run.last_event_ms.max(event_ms);
     run
+}
+
+/// The hash evicted runs are remembered by. Equal for a `RunKey` and a `RunRef` of the same run.
+fn key_hash<K: std::hash::Hash + ?Sized>(key: &K) -> u64 {
+    use std::hash::BuildHasher;
+    FxBuildHasher.hash_one(key)
 }

@@ -555,8 +555,10 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
         let (source, ts, k, v) = record(item);
         let rec = RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(ts), key: Some(k.as_bytes()), value: Some(v.as_bytes()) };
         if let ackwatch_topology::Outcome::NeedsRun(key) = task.process(&rec, &mut out) {
-            let state: RunState = serde_json::from_str(&store[&key]).unwrap();
-            task.restore_run(key, state);
+            match store.get(&key) {
+                Some(json) => task.restore_run(key, serde_json::from_str::<RunState>(json).unwrap()),
+                None => task.run_not_stored(key),
+            }
             loads += 1;
             let again = task.process(&rec, &mut out);
             assert!(!matches!(again, ackwatch_topology::Outcome::NeedsRun(_)));
