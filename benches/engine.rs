@@ -1,8 +1,8 @@
 //! Engine with decoding, on one core: CloudEvents records as the producers write them, 10,000
 //! concurrently open runs, 5% faults. `cargo bench --bench engine`.
 
-use ackwatch::sim::{generate, TrafficSpec};
-use ackwatch_topology::{Policy, RawRecord, Source, Task};
+use ackwatch::sim::{generate, OwnedRecord, TrafficSpec};
+use ackwatch_topology::{Policy, Task};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// The binary's allocator, so the figure is the binary's.
@@ -11,14 +11,8 @@ static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 
 fn engine(c: &mut Criterion) {
     let records = generate(&TrafficSpec { records: 400_000, ..TrafficSpec::default() });
-    let raw: Vec<(Source, i64, i64, Vec<u8>, Vec<u8>)> = records
-        .iter()
-        .map(|r| {
-            let source = if r.topic == "activation" { Source::Activation } else { Source::Ack };
-            (source, r.offset, r.ts.unwrap(), r.key.clone().unwrap().into_bytes(), r.payload.clone().unwrap().into_bytes())
-        })
-        .collect();
-    let bytes: usize = raw.iter().map(|r| r.4.len()).sum();
+    let raw: Vec<OwnedRecord> = records.iter().map(OwnedRecord::from_kcat).collect();
+    let bytes: usize = raw.iter().map(|r| r.value.len()).sum();
     eprintln!("{} records, {} bytes of values, mean {} B", raw.len(), bytes, bytes / raw.len());
 
     let mut group = c.benchmark_group("engine");
@@ -28,9 +22,8 @@ fn engine(c: &mut Criterion) {
         b.iter(|| {
             let mut task = Task::new(Policy::default());
             let mut out = Vec::with_capacity(64);
-            for (source, offset, ts, key, value) in &raw {
-                let record = RawRecord { source: *source, partition: 0, offset: *offset, timestamp_ms: Some(*ts), key: Some(key), value: Some(value) };
-                task.process(&record, &mut out);
+            for record in &raw {
+                task.process(&record.as_raw(), &mut out);
                 out.clear();
             }
             assert!(task.run_count() >= 10_000);

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use ackwatch::sim::{generate, TrafficSpec};
+use ackwatch::sim::{generate, OwnedRecord, TrafficSpec};
 use ackwatch_state::{encode_changes, StoreOptions, TaskStore};
-use ackwatch_topology::{Policy, RawRecord, Source, Task};
+use ackwatch_topology::{Policy, Task};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[global_allocator]
@@ -16,13 +16,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 fn engine_store(c: &mut Criterion) {
     let records = generate(&TrafficSpec { records: 400_000, ..TrafficSpec::default() });
-    let raw: Vec<(Source, i64, i64, Vec<u8>, Vec<u8>)> = records
-        .iter()
-        .map(|r| {
-            let source = if r.topic == "activation" { Source::Activation } else { Source::Ack };
-            (source, r.offset, r.ts.unwrap(), r.key.clone().unwrap().into_bytes(), r.payload.clone().unwrap().into_bytes())
-        })
-        .collect();
+    let raw: Vec<OwnedRecord> = records.iter().map(OwnedRecord::from_kcat).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut iteration = 0;
 
@@ -37,14 +31,13 @@ fn engine_store(c: &mut Criterion) {
             let mut out = Vec::with_capacity(64);
             let mut last_commit = Instant::now();
             let mut commits = 0;
-            for (i, (source, offset, ts, key, value)) in raw.iter().enumerate() {
-                let record = RawRecord { source: *source, partition: 0, offset: *offset, timestamp_ms: Some(*ts), key: Some(key), value: Some(value) };
-                task.process(&record, &mut out);
+            for (i, record) in raw.iter().enumerate() {
+                task.process(&record.as_raw(), &mut out);
                 out.clear();
                 if i % 1024 == 0 && last_commit.elapsed() >= COMMIT_INTERVAL {
                     let (changes, meta) = task.take_changes();
                     let batch = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref());
-                    store.commit_records(&batch, Some(*offset)).unwrap();
+                    store.commit_records(&batch, Some(record.offset)).unwrap();
                     last_commit = Instant::now();
                     commits += 1;
                 }

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_commit = Instant::now();
     let t0 = 1_772_442_000_000i64;
-    let mut commit = |task: &mut Task| -> anyhow::Result<()> {
+    let commit = |task: &mut Task| -> anyhow::Result<()> {
         let (changes, meta) = task.take_changes();
         let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref());
         let keys: Vec<_> = changes.into_iter().map(|(k, _)| k).collect();

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 records="${1:-1000000}"
-command -v /usr/bin/time >/dev/null || { apt-get install -y -qq time >/dev/null; }
+bash scripts/setup.sh >/dev/null
 cargo build --release --quiet --bin ackwatch --example gen_kcat
 target="${CARGO_TARGET_DIR:-target}/release"
 file="$(mktemp -t ackwatch-bench.XXXXXX.jsonl)"

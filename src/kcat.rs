@@ -73,7 +73,10 @@ pub fn parse_line(line: &str) -> Result<KcatLine<'_>, String> {
 mod tests {
     use super::*;
 
-    fn check(line: &str, expected: Result<(&str, i32, i64, Option<i64>, Option<&str>, Option<&str>), &str>) {
+    /// topic, partition, offset, timestamp, key, payload
+    type Fields<'a> = (&'a str, i32, i64, Option<i64>, Option<&'a str>, Option<&'a str>);
+
+    fn check(line: &str, expected: Result<Fields<'_>, &str>) {
         let got = parse_line(line).map(|l| {
             (l.topic.into_owned(), l.partition, l.offset, l.timestamp_ms, l.key.map(|k| k.into_owned()), l.payload.map(|p| p.into_owned()))
         });
@@ -84,7 +87,7 @@ mod tests {
                 "line {line}"
             ),
             (Err(g), Err(e)) => assert!(g.contains(e), "line {line}: error {g:?} should contain {e:?}"),
-            (g, e) => panic!("line {line}: got {:?}, expected {e:?}", g.map(|_| ()).map_err(|e| e)),
+            (g, e) => panic!("line {line}: got {:?}, expected {e:?}", g.map(|_| ())),
         }
     }
 

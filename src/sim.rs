@@ -5,7 +5,7 @@
 //! Not yet the full simulator with ground truth of the demo/loadgen issue; it is the same shape.
 
 use ackwatch_topology::time::format_rfc3339_ms;
-use ackwatch_topology::Millis;
+use ackwatch_topology::{Millis, RawRecord, Source};
 
 use crate::kcat::KcatRecord;
 
@@ -142,4 +142,36 @@ fn ack(world: &str, run: &str, seq: u64, phase: &str, t: Millis, rng: &mut Rng) 
         seq = seq,
         phase = phase,
     )
+}
+
+/// A generated record held in memory as the engine takes it (benchmarks feed these).
+pub struct OwnedRecord {
+    pub source: Source,
+    pub offset: i64,
+    pub timestamp_ms: Millis,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl OwnedRecord {
+    pub fn from_kcat(record: &KcatRecord) -> Self {
+        OwnedRecord {
+            source: if record.topic == "activation" { Source::Activation } else { Source::Ack },
+            offset: record.offset,
+            timestamp_ms: record.ts.expect("generated records have timestamps"),
+            key: record.key.clone().expect("generated records have keys").into_bytes(),
+            value: record.payload.clone().expect("generated records have values").into_bytes(),
+        }
+    }
+
+    pub fn as_raw(&self) -> RawRecord<'_> {
+        RawRecord {
+            source: self.source,
+            partition: 0,
+            offset: self.offset,
+            timestamp_ms: Some(self.timestamp_ms),
+            key: Some(&self.key),
+            value: Some(&self.value),
+        }
+    }
 }

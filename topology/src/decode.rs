@@ -267,7 +267,7 @@ trait Value<'a> {
 enum Integer {
     Unsigned(u64),
     Negative,
-    NotInteger,
+    Other,
 }
 
 impl<'a> Value<'a> for Val<'a> {
@@ -284,7 +284,7 @@ impl<'a> Value<'a> for Val<'a> {
         match self {
             Val::Unsigned(n) => Integer::Unsigned(*n),
             Val::Negative => Integer::Negative,
-            _ => Integer::NotInteger,
+            _ => Integer::Other,
         }
     }
     fn boolean(&self) -> Result<bool, ()> {
@@ -314,7 +314,7 @@ impl<'a> Value<'a> for &'a RawValue {
         } else if serde_json::from_str::<i64>(self.get()).is_ok() {
             Integer::Negative
         } else {
-            Integer::NotInteger
+            Integer::Other
         }
     }
     fn boolean(&self) -> Result<bool, ()> {
@@ -364,7 +364,7 @@ fn sequence_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<u64> {
     match raw.integer() {
         Integer::Unsigned(n) => Ok(n),
         Integer::Negative => Err(invalid(InvalidReason::NegativeSequence, "sequence is negative")),
-        Integer::NotInteger => Err(invalid(InvalidReason::MistypedField("sequence"), "sequence is not an integer")),
+        Integer::Other => Err(invalid(InvalidReason::MistypedField("sequence"), "sequence is not an integer")),
     }
 }
 

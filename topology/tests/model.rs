@@ -539,7 +539,7 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     let mut store: BTreeMap<RunKey, String> = BTreeMap::new();
     let mut out = vec![];
     let mut loads = 0;
-    let mut commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
+    let commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
         let (changes, _) = task.take_changes();
         let mut keys = vec![];
         for (key, state) in changes {
