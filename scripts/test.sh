@@ -23,7 +23,7 @@ fi
 if [ -z "${ACKWATCH_TEST_ALERTMANAGER:-}" ]; then
   started_am=1
   ACKWATCH_TEST_ALERTMANAGER="$(bash scripts/alertmanager.sh start "$run_dir/alertmanager")"
-  export ACKWATCH_TEST_ALERTMANAGER
+  export ACKWATCH_TEST_ALERTMANAGER ACKWATCH_TEST_ALERTMANAGER_DIR="$run_dir/alertmanager"
 fi
 echo "test: kafka at $ACKWATCH_TEST_BOOTSTRAP, alertmanager at $ACKWATCH_TEST_ALERTMANAGER"
 cargo test --release --workspace "$@"
