@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ackwatch needs on a fresh Debian machine of this kind, idempotently:
 #   - Debian packages: libclang-dev (RocksDB's bindgen), kcat, prometheus-alertmanager, prometheus (promtool),
-#     and the small tools the scripts use (curl, python3, time, perf for profiling)
+#     and the small tools the scripts use (curl, python3, time)
 #   - the Apache Kafka broker jars from Maven Central, into a cache directory
 # Safe to run repeatedly; each step is skipped when already done.
 set -euo pipefail
@@ -17,7 +17,6 @@ command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v /usr/bin/time >/dev/null 2>&1 || need_pkgs+=(time)
-command -v perf >/dev/null 2>&1 || need_pkgs+=(linux-perf)
 command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
 command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

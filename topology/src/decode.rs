@@ -25,15 +25,6 @@ pub enum Source {
     Ack,
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Activation => "activation",
-            Source::Ack => "ack",
-        }
-    }
-}
-
 /// One Kafka record as the engine sees it, borrowed from wherever it was read.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
@@ -52,15 +43,6 @@ pub struct RawRecord<'a> {
 pub enum Phase {
     Freeze,
     Unfreeze,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Freeze => "freeze",
-            Phase::Unfreeze => "unfreeze",
-        }
-    }
 }
 
 /// A tracked activation: `ActivationUpdated` with `requires_ack=true` and a sequence.

@@ -35,9 +35,6 @@ pub const EVENT_SEQUENCES_MAX: usize = 256;
 /// Cost: about 60 bytes per world.
 pub const WORLDS_INTERNED_MAX: usize = 100_000;
 
-/// Records buffered per input partition of a task before the runtime stops fetching it.
-pub const PARTITION_BUFFER_RECORDS_MAX: usize = 10_000;
-
 const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
 const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);
 const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MAX);

@@ -51,15 +51,6 @@ impl Action {
             Action::Resume => "resume",
         }
     }
-
-    /// The event type WorldService receives.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Action::Pause => "ApplyPauseRequested",
-            Action::Rollback => "ApplyRollbackRequested",
-            Action::Resume => "ApplyResumeAllowed",
-        }
-    }
 }
 
 /// A signal to WorldService: at most one per run, action and episode.

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 
 use crate::decode::Source;
-use crate::limits::PARTITION_BUFFER_RECORDS_MAX;
 use crate::time::Millis;
 
 fn side(source: Source) -> usize {
@@ -46,15 +45,6 @@ impl<T> PartitionGroup<T> {
     /// Buffers a record; `timestamp_ms` is its record timestamp (records without one sort first).
     pub fn push(&mut self, source: Source, timestamp_ms: Option<Millis>, item: T) {
         self.queues[side(source)].push_back((timestamp_ms.unwrap_or(Millis::MIN), item));
-    }
-
-    pub fn buffered(&self, source: Source) -> usize {
-        self.queues[side(source)].len()
-    }
-
-    /// Whether the runtime should stop fetching this partition until the task drains it.
-    pub fn is_full(&self, source: Source) -> bool {
-        self.buffered(source) >= PARTITION_BUFFER_RECORDS_MAX
     }
 
     /// The next record to process. `caught_up[s]` says partition s has been read to its high

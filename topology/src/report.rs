@@ -179,16 +179,12 @@ impl ReportBuilder {
             .collect();
         self.pending.sort_by(|a, b| (&a.run, a.kind, a.due, a.sequence).cmp(&(&b.run, b.kind, b.due, b.sequence)));
         let mut pending_at_end: Vec<PendingRow> = vec![];
+        let mut previous: Option<&Pending> = None;
         for p in &self.pending {
+            let same_group = previous.is_some_and(|q| (&q.run, q.kind, q.due) == (&p.run, p.kind, p.due));
+            previous = Some(p);
             match pending_at_end.last_mut() {
-                Some(last)
-                    if *last.world_id == *p.run.world_id
-                        && *last.run_id == *p.run.run_id
-                        && last.kind == p.kind
-                        && last.due == format_rfc3339_ms(p.due) =>
-                {
-                    last.sequences.push(p.sequence)
-                }
+                Some(last) if same_group => last.sequences.push(p.sequence),
                 _ => pending_at_end.push(PendingRow {
                     kind: p.kind,
                     world_id: p.run.world_id.to_string(),

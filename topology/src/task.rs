@@ -140,10 +140,6 @@ impl Task {
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     pub fn meta(&self) -> TaskMeta {
         self.meta
     }
@@ -667,10 +663,7 @@ impl Task {
 
 /// Gets or creates the run of a record, counting the record towards retention.
 fn touch_run<'a>(runs: &'a mut RunMap, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
-    if !runs.contains_key(key) {
-        runs.insert(key.clone(), RunState::new(record_ms));
-    }
-    let run = runs.get_mut(key).expect("just inserted");
+    let run = runs.entry(key.clone()).or_insert_with(|| RunState::new(record_ms));
     run.last_event_ms = run.last_event_ms.max(event_ms);
     run
 }
