@@ -43,6 +43,14 @@ fn open(dir: &Path, app: &str) -> (TaskStore, Opened) {
     TaskStore::open(dir, app, 3, &StoreOptions::default()).unwrap()
 }
 
+/// Commits all of `task`'s changes to the store of `app` under `dir`, and returns the store.
+fn commit_all(task: &mut Task, dir: &Path, app: &str, changelog_end: Option<i64>) -> TaskStore {
+    let (changes, meta) = task.take_changes();
+    let (store, _) = open(dir, app);
+    store.commit(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), changelog_end).unwrap();
+    store
+}
+
 #[test]
 fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,10 +83,7 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
 fn a_restored_task_continues_like_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let mut original = busy_task();
-    let (changes, meta) = original.take_changes();
-    let (store, _) = open(dir.path(), "app");
-    store.commit(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), None).unwrap();
-    let contents = store.load().unwrap();
+    let contents = commit_all(&mut original, dir.path(), "app", None).load().unwrap();
     let mut restored = Task::new(Policy::default());
     restored.restore_meta(contents.meta.unwrap());
     for (k, v) in contents.runs {
@@ -96,12 +101,7 @@ fn a_restored_task_continues_like_the_original() {
 #[test]
 fn a_store_of_another_application_is_wiped() {
     let dir = tempfile::tempdir().unwrap();
-    let mut task = busy_task();
-    let (changes, meta) = task.take_changes();
-    {
-        let (store, _) = open(dir.path(), "app");
-        store.commit(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), Some(7)).unwrap();
-    }
+    drop(commit_all(&mut busy_task(), dir.path(), "app", Some(7)));
     // Another application id uses another directory; move this one under it to simulate a
     // state dir copied between applications.
     std::fs::rename(dir.path().join("app"), dir.path().join("other")).unwrap();
