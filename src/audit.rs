@@ -26,6 +26,10 @@ pub struct FileAudit {
     pub topics: Topics,
     pub policy: Policy,
     pub progress: bool,
+    /// When the replayed window ends: deadlines before it fire (as they did live, where stream
+    /// time follows the wall clock) instead of being reported as `pending_at_end`. `None`: the
+    /// input ends at the largest event time it holds (SPEC §4).
+    pub end_ms: Option<Millis>,
 }
 
 struct Buffered {
@@ -41,7 +45,14 @@ struct PartitionTask {
 }
 
 impl PartitionTask {
-    fn drain(&mut self, partition: i32, bounded_end: bool, outputs: &mut Vec<Output>, report: &mut ReportBuilder) {
+    fn drain(
+        &mut self,
+        partition: i32,
+        bounded_end: bool,
+        outputs: &mut Vec<Output>,
+        report: &mut ReportBuilder,
+        observe: &mut dyn FnMut(&Output),
+    ) {
         // A file gives no high watermark: until its end, wait for both topics to have a head.
         let caught_up = [bounded_end, bounded_end];
         while let Next::Record(source, record) = self.group.next(0, caught_up) {
@@ -55,6 +66,7 @@ impl PartitionTask {
             };
             self.task.process(&raw, outputs);
             for output in outputs.drain(..) {
+                observe(&output);
                 report.observe(&output);
             }
         }
@@ -63,6 +75,12 @@ impl PartitionTask {
 
 impl FileAudit {
     pub fn run(&self) -> anyhow::Result<Report> {
+        self.run_with(&mut |_| {})
+    }
+
+    /// [`Self::run`], showing every engine output to `observe` as it happens (gap events and
+    /// signals carry the idempotency keys the live processor emits).
+    pub fn run_with(&self, observe: &mut dyn FnMut(&Output)) -> anyhow::Result<Report> {
         let total_bytes: u64 = self.inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
         let bar = (self.progress && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total_bytes);
@@ -127,14 +145,21 @@ impl FileAudit {
                         value: record.payload.map(|p| p.as_bytes().into()),
                     },
                 );
-                entry.drain(partition, false, &mut outputs, &mut report);
+                entry.drain(partition, false, &mut outputs, &mut report, observe);
             }
         }
         if report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
             eprintln!("... {} malformed lines in all", report.malformed_lines);
         }
         for (partition, mut entry) in tasks {
-            entry.drain(partition, true, &mut outputs, &mut report);
+            entry.drain(partition, true, &mut outputs, &mut report, observe);
+            if let Some(end) = self.end_ms {
+                entry.task.punctuate(end, &mut outputs);
+                for output in outputs.drain(..) {
+                    observe(&output);
+                    report.observe(&output);
+                }
+            }
             report.finish_task(&entry.task);
         }
         if let Some(bar) = bar {

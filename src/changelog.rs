@@ -138,6 +138,17 @@ pub struct RestoreStats {
 /// it is within the partition's retained range, from the beginning (after clearing the store)
 /// otherwise. Records the new end as the checkpoint.
 pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskStore) -> anyhow::Result<RestoreStats> {
+    restore_with_progress(config, topic, partition, store, &|_| {})
+}
+
+/// [`restore`], reporting the changelog offsets left to read after every applied batch.
+pub fn restore_with_progress(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    store: &TaskStore,
+    progress: &dyn Fn(i64),
+) -> anyhow::Result<RestoreStats> {
     let started = Instant::now();
     // librdkafka wants a group id even for a manual assignment; it joins no group and commits
     // nothing, so the restore never touches any consumer group's offsets.
@@ -147,6 +158,8 @@ pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskS
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // Only committed changelog records: an aborted exactly_once_v2 commit never reaches a store.
+        .set("isolation.level", "read_committed")
         // Restore reads one partition as fast as it can: large fetches, deep local queue.
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "16777216")
@@ -181,6 +194,7 @@ pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskS
                     if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
                         stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
                         batch.clear();
+                        progress(high - next);
                     }
                 }
                 Some(Err(e)) => bail!("cannot read changelog {topic}[{partition}]: {e}"),

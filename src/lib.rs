@@ -5,9 +5,13 @@
 
 pub mod audit;
 pub mod changelog;
+pub mod events;
 pub mod kcat;
+pub mod metrics;
+pub mod runtime;
 pub mod settings;
 pub mod sim;
+pub mod sink;
 
 /// The allocator of the ackwatch binary and its benchmarks: the engine allocates small, short
 /// lived values per record (run keys, etags, outputs); mimalloc handles that pattern well.

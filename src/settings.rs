@@ -1,7 +1,8 @@
 //! ackwatch's configuration: a TOML file plus `ACKWATCH__SECTION__KEY` environment overrides,
 //! read with the `config` crate. Every key has a default; an unknown key is an error naming it.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use ackwatch_topology::Policy;
 use anyhow::Context;
@@ -30,11 +31,133 @@ impl Default for Topics {
     }
 }
 
+/// How ackwatch reaches Kafka. `properties` are passed to librdkafka as they are (security.protocol,
+/// sasl.*, ssl.* ...), for every client ackwatch creates; values of secret keys are never logged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    pub bootstrap_servers: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Kafka { bootstrap_servers: "127.0.0.1:9092".into(), properties: BTreeMap::new() }
+    }
+}
+
+impl Kafka {
+    /// The librdkafka configuration every client starts from.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The properties as they may be logged: secret values replaced.
+    pub fn redacted_properties(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| (k.clone(), if is_secret(k) { "[redacted]".to_string() } else { v.clone() }))
+            .collect()
+    }
+}
+
+/// librdkafka keys whose values are credentials.
+pub fn is_secret(key: &str) -> bool {
+    ["password", "secret", "jaas", "token", "key.pem", "private"].iter().any(|s| key.contains(s))
+}
+
+/// `processing.guarantee`, as Kafka Streams names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs and changelog acknowledged, then the store, then input offsets. A crash may
+    /// re-emit outputs (same idempotency keys), never lose one.
+    #[default]
+    AtLeastOnce,
+    /// One Kafka transaction per commit: outputs, changelog records and input offsets.
+    ExactlyOnceV2,
+}
+
+/// The live processor's runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// Consumer group id, changelog topic prefix and store directory name.
+    pub application_id: String,
+    /// This instance's stable name (the transactional id under exactly_once_v2, so a restarted
+    /// instance fences its predecessor at once). Empty: the host name.
+    pub instance_id: String,
+    /// Where the task stores live: `<state_dir>/<application_id>/<partition>/`.
+    pub state_dir: PathBuf,
+    pub processing_guarantee: Guarantee,
+    /// How often tasks commit (state, changelog, outputs, offsets).
+    pub commit_interval_ms: u64,
+    /// How long a task waits for an empty, lagging partition before going on (SPEC §4).
+    pub max_task_idle_ms: u64,
+    /// Live stream time follows the wall clock minus this, while both partitions are caught up.
+    pub lateness_ms: u64,
+    /// Replication factor of the changelog topic when ackwatch creates it (-1: broker default).
+    pub changelog_replication_factor: i32,
+    /// Longest a shutdown (drain, commit, leave the group) may take before the process exits.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            application_id: "ackwatch".into(),
+            instance_id: String::new(),
+            state_dir: PathBuf::from("/var/lib/ackwatch"),
+            processing_guarantee: Guarantee::AtLeastOnce,
+            commit_interval_ms: 1000,
+            max_task_idle_ms: 1000,
+            lateness_ms: 500,
+            changelog_replication_factor: -1,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Runtime {
+    pub fn instance_id(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "ackwatch".into())
+    }
+}
+
+/// The HTTP endpoint: metrics, health, readiness, run queries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { listen: "127.0.0.1:9464".into() }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub topics: Topics,
     pub policy: Policy,
+    pub kafka: Kafka,
+    pub runtime: Runtime,
+    pub http: Http,
 }
 
 impl Settings {
@@ -53,8 +176,39 @@ impl Settings {
                 Some(p) => format!("invalid configuration in {} (or ACKWATCH__* environment)", p.display()),
                 None => "invalid configuration in ACKWATCH__* environment".to_string(),
             })?;
-        settings.policy.validate().context("invalid configuration")?;
+        settings.validate().context("invalid configuration")?;
         Ok(settings)
+    }
+
+    /// Checks what the types alone cannot; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.policy.validate()?;
+        let r = &self.runtime;
+        for (key, value, min, max) in [
+            ("runtime.commit_interval_ms", r.commit_interval_ms, 10, 600_000),
+            ("runtime.max_task_idle_ms", r.max_task_idle_ms, 0, 600_000),
+            ("runtime.lateness_ms", r.lateness_ms, 0, 3_600_000),
+            ("runtime.shutdown_timeout_ms", r.shutdown_timeout_ms, 1000, 600_000),
+        ] {
+            anyhow::ensure!((min..=max).contains(&value), "{key} = {value} is not between {min} and {max}");
+        }
+        anyhow::ensure!(!r.application_id.is_empty(), "runtime.application_id must not be empty");
+        anyhow::ensure!(
+            r.changelog_replication_factor == -1 || r.changelog_replication_factor >= 1,
+            "runtime.changelog_replication_factor = {} must be -1 (broker default) or at least 1",
+            r.changelog_replication_factor
+        );
+        anyhow::ensure!(!self.kafka.bootstrap_servers.is_empty(), "kafka.bootstrap_servers must not be empty");
+        anyhow::ensure!(
+            self.topics.activation != self.topics.ack,
+            "topics.activation and topics.ack must differ (both are {:?})",
+            self.topics.ack
+        );
+        self.http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("http.listen = {:?} is not an address like 127.0.0.1:9464: {e}", self.http.listen))?;
+        Ok(())
     }
 }
 
@@ -85,9 +239,29 @@ mod tests {
         for (section, fields) in keys.as_object().unwrap() {
             assert!(example.contains(&format!("[{section}]")), "example lacks [{section}]");
             for key in fields.as_object().unwrap().keys() {
-                assert!(example.contains(&format!("\n{key} = ")), "example lacks {section}.{key}");
+                let table = format!("[{section}.{key}]");
+                assert!(
+                    example.contains(&format!("\n{key} = ")) || example.contains(&table),
+                    "example lacks {section}.{key}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let kafka = Kafka {
+            properties: [("sasl.password", "hunter2"), ("sasl.username", "me"), ("ssl.key.password", "x"), ("sasl.oauthbearer.client.secret", "y")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Kafka::default()
+        };
+        let shown = format!("{:?}", kafka.redacted_properties());
+        for secret in ["hunter2", "\"x\"", "\"y\""] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("\"me\""), "{shown}");
     }
 
     #[test]
@@ -99,5 +273,17 @@ mod tests {
         check("[policy]\nrun_retention_ms = 1000\n", Err("run_retention_ms"));
         check("[topic]\nack = \"x\"\n", Err("topic"));
         check("not toml at all [", Err("ackwatch.toml"));
+        check("[runtime]\ncommit_interval_ms = 0\n", Err("runtime.commit_interval_ms = 0 is not between 10 and 600000"));
+        check("[runtime]\nprocessing_guarantee = \"exactly_once\"\n", Err("processing_guarantee"));
+        check("[http]\nlisten = \"localhost\"\n", Err("http.listen"));
+        check("[topics]\nactivation = \"a\"\nack = \"a\"\n", Err("topics.activation and topics.ack must differ"));
+        check(
+            "[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n",
+            Ok(Settings {
+                runtime: Runtime { processing_guarantee: Guarantee::ExactlyOnceV2, ..Runtime::default() },
+                kafka: Kafka { properties: [("security.protocol".to_string(), "SSL".to_string())].into(), ..Kafka::default() },
+                ..Settings::default()
+            }),
+        );
     }
 }

@@ -35,7 +35,11 @@ fn scenarios() -> BTreeMap<String, (PathBuf, PathBuf)> {
 }
 
 fn audit(input: &Path, policy: Policy) -> Report {
-    FileAudit { inputs: vec![input.to_path_buf()], topics: Topics::default(), policy, progress: false }.run().unwrap()
+    audit_until(input, policy, None)
+}
+
+fn audit_until(input: &Path, policy: Policy, end_ms: Option<i64>) -> Report {
+    FileAudit { inputs: vec![input.to_path_buf()], topics: Topics::default(), policy, progress: false, end_ms }.run().unwrap()
 }
 
 /// Flattens a report the way the expected files are written (fixtures/README.md).
@@ -102,6 +106,24 @@ fn every_scenario_matches_its_expected_outcome() {
     assert!(all.len() >= 4, "expected the four public scenarios at least, found {:?}", all.keys());
     for (name, (input, expected)) in &all {
         check(name, input, expected);
+    }
+}
+
+/// `--end-time` after every deadline turns exactly the pending deadlines into open findings
+/// (what the live processor raises once the wall clock passes them).
+#[test]
+fn an_end_time_after_every_deadline_turns_pending_into_findings() {
+    for (name, (input, expected_path)) in scenarios() {
+        let expected: Value = serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+        let policy: Policy = serde_json::from_value(expected.get("config").cloned().unwrap_or(Value::Object(Default::default()))).unwrap();
+        let bounded = flatten(&audit(&input, policy));
+        let ended = flatten(&audit_until(&input, policy, Some(i64::MAX / 4)));
+        let mut want: Vec<Value> = bounded["findings"].as_array().unwrap().clone();
+        for p in bounded["pending_at_end"].as_array().unwrap() {
+            want.push(serde_json::json!([p[0], p[1], p[2], p[3], false]));
+        }
+        assert_eq!(ended["findings"], sorted(&Value::Array(want)), "{name}");
+        assert_eq!(ended["pending_at_end"], Value::Array(vec![]), "{name}");
     }
 }
 

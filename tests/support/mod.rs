@@ -61,3 +61,239 @@ pub fn broker_version_line() -> Option<String> {
     let log = std::fs::read_to_string(format!("{dir}/server.log")).ok()?;
     log.lines().find_map(|l| l.find("Kafka version: ").map(|i| l[i..].to_string()))
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the process under test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1, so tests need no HTTP client: (status, body).
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The topics of one live test, all unique.
+#[derive(Clone, Debug)]
+pub struct LiveTopics {
+    pub activation: String,
+    pub ack: String,
+    pub gap: String,
+    pub signal: String,
+    pub dead_letter: String,
+}
+
+impl LiveTopics {
+    pub async fn create(prefix: &str, partitions: i32) -> LiveTopics {
+        let base = unique(prefix);
+        let topics = LiveTopics {
+            activation: format!("{base}.activation"),
+            ack: format!("{base}.ack"),
+            gap: format!("{base}.gap"),
+            signal: format!("{base}.signal"),
+            dead_letter: format!("{base}.dlq"),
+        };
+        create_topic(&topics.activation, partitions, &[]).await;
+        create_topic(&topics.ack, partitions, &[]).await;
+        for t in [&topics.gap, &topics.signal, &topics.dead_letter] {
+            create_topic(t, 1, &[]).await;
+        }
+        topics
+    }
+
+    /// The test topic standing for a kcat record's topic.
+    pub fn input(&self, kcat_topic: &str) -> &str {
+        if kcat_topic == "activation" {
+            &self.activation
+        } else {
+            &self.ack
+        }
+    }
+}
+
+/// Produces kcat records to the test's input topics, keeping partition, key, value and timestamp.
+pub async fn produce_kcat(records: &[ackwatch::kcat::KcatRecord], topics: &LiveTopics) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = client_config().set("linger.ms", "5").set("message.max.bytes", "2000000").create().unwrap();
+    let mut pending = Vec::new();
+    for r in records {
+        let mut record = FutureRecord::<str, str>::to(topics.input(&r.topic)).partition(r.partition);
+        if let Some(key) = &r.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = &r.payload {
+            record = record.payload(payload);
+        }
+        if let Some(ts) = r.ts {
+            record = record.timestamp(ts);
+        }
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await.unwrap().map_err(|(e, _)| e).expect("delivered");
+            }
+        }
+    }
+    for d in pending {
+        d.await.unwrap().map_err(|(e, _)| e).expect("delivered");
+    }
+}
+
+/// One record read back from an output topic.
+#[derive(Clone, Debug)]
+pub struct OutRecord {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl OutRecord {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("output values are JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads every record of `topic` (all partitions, from the beginning) until at least `min`
+/// arrived and nothing new came for `quiet`, or `timeout` passed.
+pub fn read_topic(topic: &str, read_committed: bool, min: usize, quiet: Duration, timeout: Duration) -> Vec<OutRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+        .set("fetch.message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    drop(list);
+    let started = std::time::Instant::now();
+    let mut last_new = std::time::Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < timeout && !(out.len() >= min && last_new.elapsed() >= quiet) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("read output");
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default();
+            out.push(OutRecord {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+            last_new = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+/// An `ackwatch run` child process with its own config, state dir and HTTP port.
+pub struct Processor {
+    pub child: std::process::Child,
+    pub http: String,
+    pub config: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+}
+
+/// Writes a config for a live test: the test topics, the test broker, a state dir, a port.
+pub fn live_config(dir: &std::path::Path, topics: &LiveTopics, app: &str, instance: &str, guarantee: &str, extra: &str) -> (std::path::PathBuf, String) {
+    let http = format!("127.0.0.1:{}", free_port());
+    let text = format!(
+        "[topics]\nactivation = {:?}\nack = {:?}\ngap = {:?}\nsignal = {:?}\ndead_letter = {:?}\n\
+         [kafka]\nbootstrap_servers = {:?}\n\
+         [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
+         [runtime]\napplication_id = {app:?}\ninstance_id = {instance:?}\nstate_dir = {:?}\nprocessing_guarantee = {guarantee:?}\n\
+         commit_interval_ms = 200\nshutdown_timeout_ms = 20000\n{extra}\n\
+         [http]\nlisten = {http:?}\n",
+        topics.activation,
+        topics.ack,
+        topics.gap,
+        topics.signal,
+        topics.dead_letter,
+        bootstrap(),
+        dir.join(format!("state-{instance}")).display().to_string(),
+    );
+    let path = dir.join(format!("{instance}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, http)
+}
+
+impl Processor {
+    pub fn start(config: &std::path::Path, http: &str) -> Processor {
+        let log = config.with_extension(format!("{}.log", unique("run")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ackwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start ackwatch run");
+        Processor { child, http: http.to_string(), config: config.to_path_buf(), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200, failing with the process log otherwise.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ackwatch exited early with {status}:\n{}", self.log_text());
+            }
+            if http_get(&self.http, "/readyz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ackwatch not ready after {timeout:?}:\n{}", self.log_text());
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (within `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < timeout, "ackwatch did not stop within {timeout:?} of SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -47,6 +47,11 @@ impl<T> PartitionGroup<T> {
         self.queues[side(source)].push_back((timestamp_ms.unwrap_or(Millis::MIN), item));
     }
 
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.queues[0].is_empty() && self.queues[1].is_empty()
+    }
+
     /// The next record to process. `caught_up[s]` says partition s has been read to its high
     /// watermark (always true for a bounded input); `now_ms` is the caller's clock, used only
     /// to bound the wait.

@@ -1,0 +1,128 @@
+//! Internal events of the live processor, one struct per occurrence: `emit` writes the log line
+//! and bumps the metric together, so the two never disagree.
+
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+
+pub struct TaskRestored<'a> {
+    pub partition: i32,
+    pub changelog: &'a str,
+    pub from_offset: i64,
+    pub to_offset: i64,
+    pub records: u64,
+    pub runs: usize,
+    pub duration: Duration,
+    pub store: &'a str,
+}
+
+impl TaskRestored<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(
+            partition = self.partition,
+            changelog = self.changelog,
+            from_offset = self.from_offset,
+            to_offset = self.to_offset,
+            records = self.records,
+            runs = self.runs,
+            duration_ms = self.duration.as_millis() as u64,
+            store = self.store,
+            "task restored"
+        );
+        metrics.restore_records.inc_by(self.records);
+    }
+}
+
+pub struct TaskClosed {
+    pub partition: i32,
+    pub reason: &'static str,
+}
+
+impl TaskClosed {
+    pub fn emit(&self, _metrics: &Metrics) {
+        tracing::info!(partition = self.partition, reason = self.reason, "task closed");
+    }
+}
+
+pub struct RecordDeadLettered<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'static str,
+    pub cut: bool,
+}
+
+impl RecordDeadLettered<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::debug!(topic = self.topic, partition = self.partition, offset = self.offset, reason = self.reason, cut = self.cut, "record dead-lettered");
+        metrics.dead_letters.inc();
+        metrics.invalid.with_label_values(&[self.reason]).inc();
+        if self.cut {
+            metrics.dead_letters_cut.inc();
+            metrics.limit_cut.with_label_values(&["DEAD_LETTER_VALUE_BYTES_MAX"]).inc();
+        }
+    }
+}
+
+pub struct CommitFailed<'a> {
+    pub error: &'a anyhow::Error,
+}
+
+impl CommitFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(error = format!("{:#}", self.error), "commit failed; exiting so a restart recovers from the changelog");
+        metrics.commit_failures.inc();
+    }
+}
+
+pub struct OffsetCommitFailed<'a> {
+    pub error: &'a str,
+}
+
+impl OffsetCommitFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        // State and outputs are durable already; the next commit carries the offsets again.
+        tracing::warn!(error = self.error, "input offset commit failed; retried at the next commit");
+        metrics.commit_failures.inc();
+    }
+}
+
+pub struct RunEscalated<'a> {
+    pub world_id: &'a str,
+    pub run_id: &'a str,
+    pub episode: u32,
+}
+
+impl RunEscalated<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(world_id = self.world_id, run_id = self.run_id, episode = self.episode, "run still failing after rollback_after_ms; escalated to an operator");
+        metrics.escalations.inc();
+    }
+}
+
+pub struct KafkaClientError<'a> {
+    pub code: String,
+    pub reason: &'a str,
+    pub all_brokers_down: bool,
+}
+
+impl KafkaClientError<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(code = self.code.as_str(), reason = self.reason, "kafka client error");
+        metrics.kafka_errors.with_label_values(&[&self.code]).inc();
+        if self.all_brokers_down {
+            metrics.all_brokers_down.set(1);
+        }
+    }
+}
+
+pub struct PartitionsAssigned<'a> {
+    pub partitions: &'a [i32],
+}
+
+impl PartitionsAssigned<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(partitions = ?self.partitions, "partitions assigned");
+        metrics.assigned_partitions.set(self.partitions.len() as i64);
+    }
+}

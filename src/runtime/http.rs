@@ -1,0 +1,147 @@
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and read-only queries of the runs
+//! this instance owns (Kafka Streams' interactive queries): `/runs/{world_id}` and
+//! `/runs/{world_id}/{run_id}`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ackwatch_topology::report::Percentiles;
+use ackwatch_topology::run::EpisodeState;
+use ackwatch_topology::time::format_rfc3339_ms;
+use ackwatch_topology::{FindingKind, RunKey, RunState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::Shared;
+
+/// Runs listed by one `/runs/{world_id}` answer. Cost: one JSON object per run in the reply.
+pub const RUNS_PER_WORLD_LISTED_MAX: usize = 1000;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/runs/{world_id}", get(world))
+        .route("/runs/{world_id}/{run_id}", get(run))
+        .with_state(shared)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.fatal() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed: {e}\n")).into_response(),
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned yet, or a task is restoring its store\n").into_response()
+    }
+}
+
+fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
+    let summary = run.summary();
+    let pending: Vec<u64> =
+        run.sequences.iter().filter(|(_, s)| s.activation.is_some() && s.ack_ms.is_none()).map(|(q, _)| *q).collect();
+    let mut open = Vec::new();
+    for (seq, state) in &run.sequences {
+        for kind in FindingKind::ALL {
+            if let Some(f) = state.finding(kind).filter(|f| f.is_open()) {
+                open.push(json!({"kind": kind.as_str(), "sequence": seq, "detected_at": format_rfc3339_ms(f.detected_at)}));
+            }
+        }
+    }
+    let episode = match run.episode_state {
+        EpisodeState::Idle => json!({"state": "idle", "episode": run.episode}),
+        EpisodeState::Paused { at, escalated } => {
+            json!({"state": "paused", "episode": run.episode, "since": format_rfc3339_ms(at), "escalated": escalated})
+        }
+        EpisodeState::RolledBack { at } => json!({"state": "rolled_back", "episode": run.episode, "since": format_rfc3339_ms(at)}),
+    };
+    json!({
+        "world_id": &*key.world_id,
+        "run_id": &*key.run_id,
+        "partition": partition,
+        "tracked": summary.tracked,
+        "acked": summary.acked,
+        "pending_acks": pending,
+        "open_findings": open,
+        "latency_ms": Percentiles::of_sorted(&summary.latencies_ms),
+        "episode": episode,
+        "last_event_at": format_rfc3339_ms(run.last_event_ms),
+    })
+}
+
+fn not_here(shared: &Shared, what: String) -> Response {
+    let partitions = shared.worker().partitions();
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "error": format!("{what} is not in the state of this instance"),
+            "owned_partitions": partitions,
+            "hint": "a world lives on the instance that owns its partition; ask the others, or the world has no live run",
+        })),
+    )
+        .into_response()
+}
+
+async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) -> Response {
+    tokio::task::spawn_blocking(move || {
+        let mut runs = Vec::new();
+        let mut total = 0usize;
+        {
+            let worker = shared.worker();
+            for task in worker.tasks.values() {
+                for (key, run) in task.engine.runs() {
+                    if *key.world_id == *world_id {
+                        total += 1;
+                        if runs.len() < RUNS_PER_WORLD_LISTED_MAX {
+                            runs.push(run_view(key, run, task.partition));
+                        }
+                    }
+                }
+            }
+        }
+        if total == 0 {
+            return not_here(&shared, format!("world {world_id:?}"));
+        }
+        runs.sort_by(|a, b| a["run_id"].as_str().cmp(&b["run_id"].as_str()));
+        Json(json!({"world_id": world_id, "runs": runs, "runs_total": total, "runs_listed_max": RUNS_PER_WORLD_LISTED_MAX}))
+            .into_response()
+    })
+    .await
+    .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+async fn run(State(shared): State<Arc<Shared>>, Path((world_id, run_id)): Path<(String, String)>) -> Response {
+    tokio::task::spawn_blocking(move || {
+        let key = RunKey::new(&world_id, &run_id);
+        let found = {
+            let worker = shared.worker();
+            worker.tasks.values().find_map(|task| task.engine.run(&key).map(|run| run_view(&key, run, task.partition)))
+        };
+        match found {
+            Some(view) => Json(view).into_response(),
+            None => not_here(&shared, format!("run {world_id:?}/{run_id:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}

@@ -1,0 +1,373 @@
+//! The live processor (`ackwatch run`): a consumer-group member that owns some partitions of
+//! the two input topics, one [`task::StreamTask`] per partition pair, and runs Kafka Streams'
+//! loop on one processing thread:
+//!
+//! ```text
+//!   poll one record ──> buffer in its task ──> process what the PartitionGroup releases
+//!        ^                                      (outputs and dead letters produced at once)
+//!        |                                                   |
+//!        +── commit every commit_interval_ms <── punctuate every PUNCTUATE_INTERVAL
+//!            (changelog, outputs, store, offsets)    (waits run out; wall-clock stream time)
+//! ```
+//!
+//! Rebalance callbacks run inside `poll` on the same thread: a revocation commits and closes
+//! the tasks, an assignment checks co-partitioning and pauses the new partitions until their
+//! stores are restored. Everything the loop and the callbacks share is in [`Shared`], under one
+//! mutex that is never held across `poll`. The HTTP server runs on a small tokio runtime and
+//! reads metrics without that mutex; only `/runs` queries take it.
+
+pub mod http;
+mod task;
+mod worker;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ackwatch_topology::Millis;
+use anyhow::{bail, Context as _};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+pub use task::TASK_BUFFERED_RECORDS_MAX;
+pub use worker::{Worker, COMMIT_TIMEOUT};
+
+use crate::changelog;
+use crate::events::{CommitFailed, KafkaClientError, PartitionsAssigned};
+use crate::metrics::Metrics;
+use crate::settings::{Guarantee, Settings};
+
+/// Longest a `poll` blocks when nothing arrives: bounds how late a punctuation or commit runs.
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+/// How often every task is processed and punctuated without a new record.
+const PUNCTUATE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the state-summarising gauges are recomputed (a scan of the tasks' runs).
+const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the processing thread, the rebalance callbacks and the HTTP server share.
+pub struct Shared {
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub worker: Mutex<Worker>,
+    /// Partitions assigned and every task restored.
+    pub ready: AtomicBool,
+    pub shutdown: AtomicBool,
+    fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.worker.lock().expect("a panic on the processing thread ends the process")
+    }
+
+    fn set_fatal(&self, error: String) {
+        tracing::error!(error = error.as_str(), "fatal error; the processor stops");
+        self.fatal.lock().expect("not poisoned").get_or_insert(error);
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("not poisoned").clone()
+    }
+}
+
+/// The consumer's context: client errors into metrics, rebalances into the worker.
+pub struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        KafkaClientError {
+            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+            reason,
+            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
+        }
+        .emit(&self.shared.metrics);
+    }
+}
+
+fn partitions_by_topic(list: &TopicPartitionList, topic: &str) -> BTreeSet<i32> {
+    list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let topics = &self.shared.settings.topics;
+            let mut revoked = partitions_by_topic(list, &topics.activation);
+            revoked.extend(partitions_by_topic(list, &topics.ack));
+            self.shared.ready.store(false, Ordering::SeqCst);
+            let mut worker = self.shared.worker();
+            if let Err(e) = worker.commit(consumer) {
+                CommitFailed { error: &e }.emit(&self.shared.metrics);
+                self.shared.set_fatal(format!("commit on revocation failed: {e:#}"));
+            }
+            worker.close_tasks(&revoked, "revoked");
+            PartitionsAssigned { partitions: &worker.partitions() }.emit(&self.shared.metrics);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let topics = &self.shared.settings.topics;
+                let activation = partitions_by_topic(list, &topics.activation);
+                let ack = partitions_by_topic(list, &topics.ack);
+                if activation != ack {
+                    self.shared.set_fatal(format!(
+                        "assignment is not co-partitioned: {} partitions {activation:?} but {} partitions {ack:?}; \
+                         every instance must use partition.assignment.strategy=range and subscribe to both topics",
+                        topics.activation, topics.ack
+                    ));
+                    return;
+                }
+                // Paused until the task's store is restored (the processing loop starts it).
+                if let Err(e) = consumer.pause(list) {
+                    self.shared.set_fatal(format!("cannot pause newly assigned partitions: {e}"));
+                    return;
+                }
+                let mut worker = self.shared.worker();
+                worker.to_start.extend(activation);
+                PartitionsAssigned { partitions: &worker.partitions() }.emit(&self.shared.metrics);
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn wall_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// What `check` and `run` verify about the cluster before processing: every topic exists, the
+/// inputs are co-partitioned, the changelog matches them. Returns the input partition count and
+/// one line per check.
+pub async fn check_cluster(settings: &Settings, create_changelog: bool) -> anyhow::Result<(i32, Vec<String>)> {
+    let config = settings.kafka.client_config();
+    let admin: AdminClient<DefaultClientContext> = config.create().context("cannot create a Kafka admin client")?;
+    let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT).with_context(|| {
+        format!("cannot reach Kafka at {} (kafka.bootstrap_servers): is it running and reachable?", settings.kafka.bootstrap_servers)
+    })?;
+    let count = |name: &str| {
+        metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len() as i32)
+    };
+    let mut lines = vec![format!("ok: reached Kafka at {} ({} brokers)", settings.kafka.bootstrap_servers, metadata.brokers().len())];
+    let topics = &settings.topics;
+    let (Some(activation), Some(ack)) = (count(&topics.activation), count(&topics.ack)) else {
+        let missing: Vec<&str> = [&topics.activation, &topics.ack].into_iter().filter(|t| count(t).is_none()).map(String::as_str).collect();
+        bail!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned");
+    };
+    if activation != ack {
+        bail!(
+            "input topics are not co-partitioned: {} has {activation} partitions, {} has {ack}; \
+             partition p of one must join partition p of the other (SPEC §1), give them the same count",
+            topics.activation,
+            topics.ack
+        );
+    }
+    lines.push(format!("ok: {} and {} are co-partitioned ({activation} partitions)", topics.activation, topics.ack));
+    let missing: Vec<&str> =
+        [&topics.gap, &topics.signal, &topics.dead_letter].into_iter().filter(|t| count(t).is_none()).map(String::as_str).collect();
+    if !missing.is_empty() {
+        bail!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them");
+    }
+    lines.push(format!("ok: output topics {}, {}, {} exist", topics.gap, topics.signal, topics.dead_letter));
+    let changelog = changelog::topic_name(&settings.runtime.application_id);
+    match count(&changelog) {
+        Some(n) if n != activation => bail!(
+            "changelog topic {changelog} has {n} partitions but the input topics have {activation}: delete it \
+             (ackwatch recreates it and restores from scratch) or restore the input partition count"
+        ),
+        None if !create_changelog => lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
+        _ => {
+            let ensured = changelog::ensure_topic(&config, &changelog, activation, settings.runtime.changelog_replication_factor).await?;
+            lines.push(format!("ok: changelog topic {changelog} ({ensured:?}, compacted, {activation} partitions)"));
+        }
+    }
+    Ok((activation, lines))
+}
+
+/// The consumer of the input topics: the group, range assignment (co-partitioning), offsets
+/// committed only by the commit protocol.
+fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
+    let mut config = settings.kafka.client_config();
+    config
+        .set("group.id", &settings.runtime.application_id)
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// Runs the processor until SIGTERM/SIGINT or a fatal error.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(
+        application_id = settings.runtime.application_id.as_str(),
+        bootstrap_servers = settings.kafka.bootstrap_servers.as_str(),
+        properties = ?settings.kafka.redacted_properties(),
+        guarantee = ?settings.runtime.processing_guarantee,
+        "starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (_, lines) = runtime.block_on(check_cluster(&settings, true))?;
+    for line in lines {
+        tracing::info!("{line}");
+    }
+    std::fs::create_dir_all(&settings.runtime.state_dir)
+        .with_context(|| format!("cannot create runtime.state_dir {}: is it writable?", settings.runtime.state_dir.display()))?;
+    let metrics = Arc::new(Metrics::new([&settings.topics.activation, &settings.topics.ack]));
+    let worker = Worker::new(settings.clone(), metrics.clone())?;
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        metrics,
+        worker: Mutex::new(worker),
+        ready: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+    });
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&settings.http.listen))
+        .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
+    tracing::info!(address = settings.http.listen.as_str(), "http listening");
+    runtime.spawn(http::serve(listener, shared.clone()));
+    let on_signal = shared.clone();
+    let shutdown_timeout = Duration::from_millis(settings.runtime.shutdown_timeout_ms);
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: draining, committing, leaving the group");
+        on_signal.shutdown.store(true, Ordering::SeqCst);
+        tokio::time::sleep(shutdown_timeout).await;
+        tracing::error!("shutdown took longer than runtime.shutdown_timeout_ms; exiting");
+        std::process::exit(2);
+    });
+    let processing = shared.clone();
+    let result = std::thread::Builder::new()
+        .name("processing".into())
+        .spawn(move || processing_loop(processing))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let settings = &shared.settings;
+    let consumer: BaseConsumer<Ctx> =
+        consumer_config(settings).create_with_context(Ctx { shared: shared.clone() }).context("cannot create the consumer")?;
+    consumer.subscribe(&[&settings.topics.activation, &settings.topics.ack]).context("cannot subscribe")?;
+    let commit_interval = Duration::from_millis(settings.runtime.commit_interval_ms);
+    let mut last_punctuate = Instant::now();
+    let mut last_refresh = Instant::now();
+    let result = loop {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let message = consumer.poll(POLL_TIMEOUT);
+        let now = wall_ms();
+        let mut worker = shared.worker();
+        if let Some(fatal) = shared.fatal() {
+            break Err(anyhow::anyhow!(fatal));
+        }
+        if !worker.to_start.is_empty() {
+            shared.ready.store(false, Ordering::SeqCst);
+            if let Err(e) = worker.start_tasks(&consumer) {
+                break Err(e.context("cannot start a task"));
+            }
+        }
+        let step = (|| -> anyhow::Result<()> {
+            match message {
+                Some(Ok(m)) => {
+                    shared.metrics.all_brokers_down.set(0);
+                    worker.accept(&consumer, &m, now)?;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            worker.poll_producer();
+            if last_punctuate.elapsed() >= PUNCTUATE_INTERVAL {
+                last_punctuate = Instant::now();
+                for p in worker.tasks.keys().copied().collect::<Vec<_>>() {
+                    worker.process_task(&consumer, p, now)?;
+                }
+            }
+            if worker.last_commit.elapsed() >= commit_interval {
+                worker.commit(&consumer).inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
+            }
+            if last_refresh.elapsed() >= METRICS_REFRESH_INTERVAL {
+                last_refresh = Instant::now();
+                worker.refresh_metrics(&consumer);
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            break Err(e);
+        }
+        shared.ready.store(!worker.tasks.is_empty() && worker.to_start.is_empty(), Ordering::SeqCst);
+    };
+    shared.ready.store(false, Ordering::SeqCst);
+    if result.is_ok() {
+        let mut worker = shared.worker();
+        worker.commit(&consumer).inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
+        let all: BTreeSet<i32> = worker.partitions().into_iter().collect();
+        worker.close_tasks(&all, "shutdown");
+    }
+    // Leaving the group: the consumer's close runs the revocation callback (nothing left to
+    // commit) and tells the coordinator, so the partitions move at once.
+    drop(consumer);
+    if result.is_ok() {
+        tracing::info!("stopped cleanly");
+    }
+    result
+}
+
+/// Kafka Streams' `TopologyDescription` of ackwatch: sources, the processor, its store, sinks.
+pub fn describe(settings: &Settings) -> String {
+    let t = &settings.topics;
+    let store = "runs";
+    let changelog = changelog::topic_name(&settings.runtime.application_id);
+    let guarantee = match settings.runtime.processing_guarantee {
+        Guarantee::AtLeastOnce => "at_least_once",
+        Guarantee::ExactlyOnceV2 => "exactly_once_v2",
+    };
+    format!(
+        "Topologies:\n   \
+         Sub-topology: 0 (application.id {app}, processing.guarantee {guarantee})\n    \
+         Source: activation-source (topics: [{act}])\n      --> ack-join\n    \
+         Source: ack-source (topics: [{ack}])\n      --> ack-join\n    \
+         Processor: ack-join (stores: [{store}])\n      --> gap-sink, signal-sink, dead-letter-sink\n      \
+         <-- activation-source, ack-source\n    \
+         Sink: gap-sink (topic: {gap})\n      <-- ack-join\n    \
+         Sink: signal-sink (topic: {signal})\n      <-- ack-join\n    \
+         Sink: dead-letter-sink (topic: {dlq})\n      <-- ack-join\n\
+         State stores:\n    \
+         {store}: RocksDB per task, key (world_id, run_id), changelog {changelog} (compacted)\n",
+        app = settings.runtime.application_id,
+        act = t.activation,
+        ack = t.ack,
+        gap = t.gap,
+        signal = t.signal,
+        dlq = t.dead_letter,
+    )
+}

@@ -1,0 +1,563 @@
+//! The worker: this instance's tasks, its producer, and the commit protocol. Driven by the
+//! processing loop (`super::processing_loop`) and by the consumer's rebalance callbacks, always
+//! on the processing thread, under the one `Mutex` of [`super::Shared`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ackwatch_state::{encode_changes, StoreOptions, TaskStore};
+use ackwatch_topology::partition_group::Next;
+use ackwatch_topology::time::format_rfc3339_ms;
+use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::task::{side, Buffered, StreamTask, TASK_BUFFERED_RECORDS_MAX};
+use super::Ctx;
+use crate::changelog;
+use crate::events::{RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
+use crate::metrics::Metrics;
+use crate::settings::{Guarantee, Settings};
+use crate::sink::{self, Sink};
+
+/// Longest a commit waits for the broker to acknowledge outputs and changelog records before
+/// the process gives up and exits (a restart recovers from the changelog).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a metadata or offsets request at task start may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Delivery reports of the output/changelog producer.
+pub struct ProducerCtx {
+    changelog_topic: String,
+    failures: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+    /// Per changelog partition, the offset after the last record the broker acknowledged.
+    changelog_end: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let mut ends = self.changelog_end.lock().expect("not poisoned");
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_failure.lock().expect("not poisoned");
+                first.get_or_insert_with(|| format!("{}[{}]: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    topic_names: [String; 2],
+    topic_cnames: [CString; 2],
+    changelog_topic: String,
+    producer: BaseProducer<ProducerCtx>,
+    in_transaction: bool,
+    pub tasks: BTreeMap<i32, StreamTask>,
+    /// Assigned partitions whose tasks are not restored yet.
+    pub to_start: BTreeSet<i32>,
+    outputs: Vec<Output>,
+    pub last_commit: Instant,
+}
+
+impl Worker {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
+        let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
+        let mut config = settings.kafka.client_config();
+        config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5").set("compression.type", "lz4");
+        if settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2 {
+            let id = format!("{}-{}", settings.runtime.application_id, settings.runtime.instance_id());
+            config.set("transactional.id", id);
+            if !settings.kafka.properties.contains_key("transaction.timeout.ms") {
+                // A crashed instance's open transaction blocks read_committed readers (restores
+                // included) until it times out; keep that short.
+                config.set("transaction.timeout.ms", "10000");
+            }
+        }
+        let ctx = ProducerCtx {
+            changelog_topic: changelog_topic.clone(),
+            failures: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            changelog_end: Mutex::new(BTreeMap::new()),
+        };
+        let producer: BaseProducer<ProducerCtx> = config.create_with_context(ctx).context("cannot create the producer")?;
+        if settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2 {
+            producer.init_transactions(REQUEST_TIMEOUT).context("cannot initialise transactions (exactly_once_v2)")?;
+        }
+        let topic_names = [settings.topics.activation.clone(), settings.topics.ack.clone()];
+        let topic_cnames = [
+            CString::new(topic_names[0].clone()).context("topic name with NUL")?,
+            CString::new(topic_names[1].clone()).context("topic name with NUL")?,
+        ];
+        Ok(Worker {
+            settings,
+            metrics,
+            topic_names,
+            topic_cnames,
+            changelog_topic,
+            producer,
+            in_transaction: false,
+            tasks: BTreeMap::new(),
+            to_start: BTreeSet::new(),
+            outputs: Vec::new(),
+            last_commit: Instant::now(),
+        })
+    }
+
+    fn eos(&self) -> bool {
+        self.settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2
+    }
+
+    pub fn side_of(&self, topic: &str) -> Option<usize> {
+        self.topic_names.iter().position(|t| t == topic)
+    }
+
+    /// Restores and starts the tasks of newly assigned partitions (their partitions were paused
+    /// at assignment), then seeks each partition to its committed offset and resumes it.
+    pub fn start_tasks(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
+        while let Some(&partition) = self.to_start.first() {
+            self.metrics.restoring_tasks.set(self.to_start.len() as i64);
+            let task = self.start_task(consumer, partition)?;
+            self.to_start.remove(&partition);
+            self.tasks.insert(partition, task);
+        }
+        self.metrics.restoring_tasks.set(0);
+        Ok(())
+    }
+
+    fn start_task(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32) -> anyhow::Result<StreamTask> {
+        let runtime = &self.settings.runtime;
+        let (store, opened) = TaskStore::open(&runtime.state_dir, &runtime.application_id, partition, &StoreOptions::default())?;
+        if let ackwatch_state::Opened::Wiped(why) = &opened {
+            tracing::warn!(partition, why = why.as_str(), "local store unusable; wiped, restoring from the changelog");
+        }
+        let config = self.settings.kafka.client_config();
+        let remaining = &self.metrics.restore_remaining_records;
+        let stats = changelog::restore_with_progress(&config, &self.changelog_topic, partition, &store, &|left| remaining.set(left))?;
+        remaining.set(0);
+        let contents = store.load()?;
+        let mut engine = Task::new(self.settings.policy);
+        if let Some(meta) = contents.meta {
+            engine.restore_meta(meta);
+        }
+        let runs = contents.runs.len();
+        for (key, run) in contents.runs {
+            engine.restore_run(key, run);
+        }
+        TaskRestored {
+            partition,
+            changelog: &self.changelog_topic,
+            from_offset: stats.from_offset,
+            to_offset: stats.to_offset,
+            records: stats.records,
+            runs,
+            duration: stats.duration,
+            store: &store.dir().display().to_string(),
+        }
+        .emit(&self.metrics);
+
+        // Where processing starts: the group's committed offset, else the partition's start.
+        let mut start = [0i64; 2];
+        let mut list = TopicPartitionList::new();
+        for topic in &self.topic_names {
+            list.add_partition(topic, partition);
+        }
+        let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).context("cannot read committed offsets")?;
+        for (s, topic) in self.topic_names.iter().enumerate() {
+            let offset = committed.find_partition(topic, partition).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+            start[s] = match offset {
+                Some(o) => o,
+                None => consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).context("cannot read watermarks")?.0,
+            };
+            consumer
+                .seek(topic, partition, Offset::Offset(start[s]), REQUEST_TIMEOUT)
+                .with_context(|| format!("cannot seek {topic}[{partition}] to {}", start[s]))?;
+        }
+        drop(committed);
+        let mut list = TopicPartitionList::new();
+        for topic in &self.topic_names {
+            list.add_partition(topic, partition);
+        }
+        consumer.resume(&list).context("cannot resume partitions")?;
+        drop(list);
+        Ok(StreamTask::new(partition, engine, store, start, self.settings.runtime.max_task_idle_ms as Millis))
+    }
+
+    /// Closes the tasks of `partitions` (after a commit); their buffered records are dropped
+    /// and will be read again by the partitions' next owner from the committed offsets.
+    pub fn close_tasks(&mut self, partitions: &BTreeSet<i32>, reason: &'static str) {
+        for p in partitions {
+            self.to_start.remove(p);
+            if self.tasks.remove(p).is_some() {
+                TaskClosed { partition: *p, reason }.emit(&self.metrics);
+            }
+        }
+    }
+
+    /// Buffers one fetched record in its task and processes what the task can.
+    pub fn accept(&mut self, consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>, now_ms: Millis) -> anyhow::Result<()> {
+        let Some(s) = self.side_of(message.topic()) else { return Ok(()) };
+        let partition = message.partition();
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            // A record of a partition that is not running (closed, or paused before its start):
+            // its task starts from the committed offset, so nothing is skipped.
+            return Ok(());
+        };
+        if message.offset() < task.fetched_next[s] {
+            return Ok(()); // fetched before a seek: already buffered or processed
+        }
+        task.fetched_next[s] = message.offset() + 1;
+        let source = if s == 0 { Source::Activation } else { Source::Ack };
+        let timestamp_ms = message.timestamp().to_millis();
+        task.group.push(
+            source,
+            timestamp_ms,
+            Buffered { offset: message.offset(), timestamp_ms, key: message.key().map(Into::into), value: message.payload().map(Into::into) },
+        );
+        task.buffered[s] += 1;
+        if task.buffered[s] > TASK_BUFFERED_RECORDS_MAX && !task.paused[s] {
+            task.paused[s] = true;
+            self.set_paused(consumer, s, partition, true)?;
+        }
+        self.process_task(consumer, partition, now_ms)
+    }
+
+    fn set_paused(&self, consumer: &BaseConsumer<Ctx>, s: usize, partition: i32, pause: bool) -> anyhow::Result<()> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic_names[s], partition);
+        if pause {
+            consumer.pause(&list)?;
+            self.metrics.buffer_paused_partitions.inc();
+        } else {
+            consumer.resume(&list)?;
+            self.metrics.buffer_paused_partitions.dec();
+        }
+        Ok(())
+    }
+
+    /// The high watermark of side `s` of `partition` as the client last saw it (no request).
+    fn cached_high_watermark(&self, consumer: &BaseConsumer<Ctx>, s: usize, partition: i32) -> Option<i64> {
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: a valid client pointer and a NUL-terminated topic name; librdkafka only reads
+        // its cached watermarks and writes the two out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                self.topic_cnames[s].as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    }
+
+    /// Whether side `s` of the task has been fetched up to its high watermark.
+    fn caught_up(&self, consumer: &BaseConsumer<Ctx>, task: &StreamTask, s: usize) -> bool {
+        self.cached_high_watermark(consumer, s, task.partition).is_some_and(|high| task.fetched_next[s] >= high)
+    }
+
+    /// Processes what the task's partition group releases, then (caught up on both sides)
+    /// lets stream time follow the wall clock minus `lateness_ms` (SPEC §4).
+    pub fn process_task(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32, now_ms: Millis) -> anyhow::Result<()> {
+        let Some(task) = self.tasks.get(&partition) else { return Ok(()) };
+        let caught_up = [self.caught_up(consumer, task, 0), self.caught_up(consumer, task, 1)];
+        let mut task = self.tasks.remove(&partition).expect("present");
+        let result = self.drain(consumer, &mut task, caught_up, now_ms);
+        if result.is_ok() && caught_up == [true, true] && task.group.is_empty() {
+            let lateness = self.settings.runtime.lateness_ms as Millis;
+            task.engine.punctuate(now_ms - lateness, &mut self.outputs);
+            let result = self.emit_outputs(partition, now_ms);
+            self.tasks.insert(partition, task);
+            return result;
+        }
+        self.tasks.insert(partition, task);
+        result
+    }
+
+    fn drain(&mut self, consumer: &BaseConsumer<Ctx>, task: &mut StreamTask, caught_up: [bool; 2], now_ms: Millis) -> anyhow::Result<()> {
+        while let Next::Record(source, record) = task.group.next(now_ms, caught_up) {
+            let s = side(source);
+            task.buffered[s] -= 1;
+            let raw = RawRecord {
+                source,
+                partition: task.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+            };
+            let outcome = task.engine.process(&raw, &mut self.outputs);
+            let topic = &self.topic_names[s];
+            let label = match &outcome {
+                Outcome::Tracked => "tracked",
+                Outcome::Ack => "ack",
+                Outcome::Untracked => "untracked",
+                Outcome::Duplicate => "duplicate",
+                Outcome::Invalid(_) => "invalid",
+                Outcome::Cut => "cut",
+                Outcome::NeedsRun(_) => panic!("invariant: the live runtime never evicts runs, so no run needs loading"),
+            };
+            self.metrics.records.with_label_values(&[topic, label]).inc();
+            if let Outcome::Invalid(invalid) = outcome {
+                self.dead_letter(&invalid, &raw, s)?;
+            }
+            task.processed_next[s] = record.offset + 1;
+            self.emit_outputs(task.partition, now_ms)?;
+            if task.paused[s] && task.buffered[s] <= TASK_BUFFERED_RECORDS_MAX / 2 {
+                task.paused[s] = false;
+                self.set_paused(consumer, s, task.partition, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, invalid: &ackwatch_topology::decode::Invalid, raw: &RawRecord<'_>, s: usize) -> anyhow::Result<()> {
+        let value = raw.value.unwrap_or_default();
+        let origin = sink::Origin { topic: &self.topic_names[s], partition: raw.partition, offset: raw.offset };
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in sink::dead_letter_headers(invalid, origin, value.len()) {
+            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+        }
+        let cut = value.len() > sink::DEAD_LETTER_VALUE_BYTES_MAX;
+        let topic = self.settings.topics.dead_letter.clone();
+        self.send(&topic, None, raw.key, raw.value.map(|_| sink::dead_letter_value(value)), headers)?;
+        RecordDeadLettered { topic: &self.topic_names[s], partition: raw.partition, offset: raw.offset, reason: invalid.reason.label(), cut }
+            .emit(&self.metrics);
+        Ok(())
+    }
+
+    fn emit_outputs(&mut self, _partition: i32, now_ms: Millis) -> anyhow::Result<()> {
+        let outputs = std::mem::take(&mut self.outputs);
+        for output in &outputs {
+            match output {
+                Output::Detected(d) => {
+                    self.metrics.findings_raised.with_label_values(&[d.kind.as_str()]).inc_by(d.sequences.len() as u64);
+                    self.metrics.detection_delay_ms.observe(now_ms.saturating_sub(d.detected_at).max(0) as f64);
+                }
+                Output::Resolved(r) => {
+                    self.metrics.findings_resolved.with_label_values(&[r.kind.as_str()]).inc_by(r.sequences.len() as u64);
+                }
+                Output::Signal(s) => self.metrics.signals.with_label_values(&[s.action.as_str()]).inc(),
+                Output::Escalated { run, episode, .. } => {
+                    RunEscalated { world_id: &run.world_id, run_id: &run.run_id, episode: *episode }.emit(&self.metrics)
+                }
+                Output::Latency { phase, ms, .. } => {
+                    let phase = phase.map_or("none", |p| if p == ackwatch_topology::Phase::Freeze { "freeze" } else { "unfreeze" });
+                    self.metrics.ack_latency_ms.with_label_values(&[phase]).observe(*ms as f64);
+                }
+                Output::RunDropped { .. } => {}
+            }
+            if let Some(encoded) = sink::encode(output) {
+                let topic = match encoded.sink {
+                    Sink::Gap => self.settings.topics.gap.clone(),
+                    Sink::Signal => self.settings.topics.signal.clone(),
+                };
+                let emitted_at = format_rfc3339_ms(now_ms);
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "ackwatch.idempotency_key", value: Some(encoded.idempotency_key.as_bytes()) })
+                    .insert(Header { key: "ackwatch.emitted_at", value: Some(emitted_at.as_bytes()) });
+                self.send(&topic, None, Some(encoded.key.as_bytes()), Some(encoded.value.as_bytes()), headers)?;
+            }
+        }
+        self.outputs = outputs;
+        self.outputs.clear();
+        Ok(())
+    }
+
+    fn begin_if_needed(&mut self) -> anyhow::Result<()> {
+        if self.eos() && !self.in_transaction {
+            self.producer.begin_transaction().context("cannot begin a transaction")?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Produces one record, waiting for queue space rather than failing.
+    fn send(&mut self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, payload: Option<&[u8]>, headers: OwnedHeaders) -> anyhow::Result<()> {
+        self.begin_if_needed()?;
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+            }
+        }
+    }
+
+    /// Serves the producer's delivery reports.
+    pub fn poll_producer(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// The commit protocol, for every task at once:
+    /// 1. each task's changes go to its changelog partition (encoded once, kept for the store);
+    /// 2. at_least_once: wait until the broker acknowledged every output and changelog record;
+    ///    exactly_once_v2: add the input offsets to the transaction and commit it;
+    /// 3. each store writes its batch (synced) and checkpoints the changelog offset it reflects;
+    /// 4. at_least_once: commit the input offsets.
+    ///
+    /// A crash anywhere re-runs records whose effects may already be out (at_least_once, same
+    /// idempotency keys) or were aborted (exactly_once_v2); the store never gets ahead of the
+    /// changelog, so a restore never loses a change the outputs depend on.
+    pub fn commit(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let changelog_topic = self.changelog_topic.clone();
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for p in &partitions {
+            let task = self.tasks.get_mut(p).expect("listed");
+            let (changes, meta) = task.engine.take_changes();
+            let records = encode_changes(changes.iter().map(|(k, s)| (k, *s)), meta.as_ref());
+            drop(changes);
+            let mut task = self.tasks.remove(p).expect("listed");
+            task.pending_store = records;
+            let mut result = Ok(());
+            for (key, value) in &task.pending_store {
+                result = self.send(&changelog_topic, Some(*p), Some(key), value.as_deref(), OwnedHeaders::new());
+                if result.is_err() {
+                    break;
+                }
+            }
+            self.metrics.changelog_records.inc_by(task.pending_store.len() as u64);
+            self.tasks.insert(*p, task);
+            result?;
+        }
+
+        let mut offsets = TopicPartitionList::new();
+        let mut offsets_moved = false;
+        for task in self.tasks.values() {
+            for (s, topic) in self.topic_names.iter().enumerate() {
+                offsets.add_partition_offset(topic, task.partition, Offset::Offset(task.processed_next[s]))?;
+                offsets_moved |= task.processed_next[s] != task.committed_next[s];
+            }
+        }
+
+        if self.eos() {
+            if offsets_moved || self.in_transaction {
+                self.begin_if_needed()?;
+                let group = consumer.group_metadata().context("no consumer group metadata")?;
+                self.producer.send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).context("cannot add offsets to the transaction")?;
+                self.producer.commit_transaction(COMMIT_TIMEOUT).context("cannot commit the transaction")?;
+                self.in_transaction = false;
+            }
+        } else {
+            self.producer.flush(COMMIT_TIMEOUT).context("outputs and changelog records not acknowledged in time")?;
+        }
+        let failures = self.producer.context().failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            let first = self.producer.context().first_failure.lock().expect("not poisoned").clone().unwrap_or_default();
+            bail!("{failures} records were not delivered (first: {first}); outputs may be missing, so offsets are not committed");
+        }
+
+        let ends = std::mem::take(&mut *self.producer.context().changelog_end.lock().expect("not poisoned"));
+        for task in self.tasks.values_mut() {
+            if !task.pending_store.is_empty() {
+                task.store.commit_records(&task.pending_store, ends.get(&task.partition).copied())?;
+                task.pending_store.clear();
+            }
+        }
+
+        if !self.eos() && offsets_moved {
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                crate::events::OffsetCommitFailed { error: &e.to_string() }.emit(&self.metrics);
+                drop(offsets);
+                self.last_commit = Instant::now();
+                return Ok(());
+            }
+        }
+        drop(offsets);
+        for task in self.tasks.values_mut() {
+            task.committed_next = task.processed_next;
+        }
+        self.metrics.commits.inc();
+        self.metrics.commit_duration_ms.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Refreshes the gauges that summarise task state (open findings, pending ACKs, lag, runs)
+    /// and the counters the engine keeps cumulatively.
+    pub fn refresh_metrics(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let mut open = [0i64; 4];
+        let mut pending_acks = 0i64;
+        let mut oldest: Option<Millis> = None;
+        let mut runs = 0i64;
+        let mut stream_time: Option<Millis> = None;
+        for task in self.tasks.values_mut() {
+            runs += task.engine.run_count() as i64;
+            stream_time = stream_time.max(task.engine.meta().stream_time);
+            for (_, run) in task.engine.runs() {
+                for seq in run.sequences.values() {
+                    for (i, f) in seq.findings.iter().enumerate() {
+                        open[i] += f.is_some_and(|f| f.is_open()) as i64;
+                    }
+                    if let (Some(a), None) = (&seq.activation, seq.ack_ms) {
+                        pending_acks += 1;
+                        oldest = Some(oldest.map_or(a.event_ms, |o: Millis| o.min(a.event_ms)));
+                    }
+                }
+            }
+            let counters = task.engine.counters();
+            for (limit, n) in &counters.limit_cut {
+                let seen = task.seen_limit_cut.entry(limit).or_default();
+                self.metrics.limit_cut.with_label_values(&[limit]).inc_by(n - *seen);
+                *seen = *n;
+            }
+            let idle = task.group.idle_exceeded;
+            self.metrics.task_idle_exceeded.inc_by(idle - task.seen_idle_exceeded);
+            task.seen_idle_exceeded = idle;
+        }
+        for (i, kind) in ackwatch_topology::FindingKind::ALL.iter().enumerate() {
+            self.metrics.findings_open.with_label_values(&[kind.as_str()]).set(open[i]);
+        }
+        self.metrics.pending_acks.set(pending_acks);
+        self.metrics.pending_ack_oldest_age_ms.set(match (oldest, stream_time) {
+            (Some(o), Some(st)) => (st - o).max(0),
+            _ => 0,
+        });
+        self.metrics.runs.set(runs);
+        for task in self.tasks.values() {
+            for (s, topic) in self.topic_names.iter().enumerate() {
+                if let Some(high) = self.cached_high_watermark(consumer, s, task.partition) {
+                    self.metrics.consumer_lag.with_label_values(&[topic, &task.partition.to_string()]).set((high - task.processed_next[s]).max(0));
+                }
+            }
+        }
+    }
+
+    pub fn partitions(&self) -> Vec<i32> {
+        self.tasks.keys().chain(self.to_start.iter()).copied().collect::<BTreeSet<_>>().into_iter().collect()
+    }
+}
