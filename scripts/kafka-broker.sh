@@ -4,11 +4,32 @@
 #   scripts/kafka-broker.sh start DIR   starts it with its log dir in DIR, waits until it answers
 #                                       metadata requests, prints the bootstrap address
 #   scripts/kafka-broker.sh stop DIR    stops it (and removes nothing; DIR is the caller's)
+#   scripts/kafka-broker.sh restart DIR starts a stopped broker again: same ports, same data
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
-cmd="${1:?usage: kafka-broker.sh start|stop DIR}"
-dir="${2:?usage: kafka-broker.sh start|stop DIR}"
+cmd="${1:?usage: kafka-broker.sh start|stop|restart DIR}"
+dir="${2:?usage: kafka-broker.sh start|stop|restart DIR}"
+java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+           -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*")
+
+# Runs the broker of DIR in the background and waits until it answers metadata requests.
+launch() {
+  nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/pid"
+  bootstrap="$(cat "$dir/bootstrap")"
+  for _ in $(seq 1 120); do
+    if kcat -L -b "$bootstrap" -m 2 >/dev/null 2>&1; then
+      grep -h -m1 -o "Kafka version: .*" "$dir/server.log" >&2 || true
+      echo "$bootstrap"
+      exit 0
+    fi
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { echo "kafka broker died; see $dir/stdout.log and $dir/server.log" >&2; tail -20 "$dir/stdout.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "kafka broker did not answer metadata requests within 60 s; see $dir/server.log" >&2
+  exit 1
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -49,26 +70,11 @@ appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = file
 LOG
-  java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-             -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*")
   cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
   java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
     || { cat "$dir/format.log" >&2; exit 1; }
-  nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
-  echo $! > "$dir/pid"
-  bootstrap="127.0.0.1:$port"
-  echo "$bootstrap" > "$dir/bootstrap"
-  for _ in $(seq 1 120); do
-    if kcat -L -b "$bootstrap" -m 2 >/dev/null 2>&1; then
-      grep -h -m1 -o "Kafka version: .*" "$dir/server.log" >&2 || true
-      echo "$bootstrap"
-      exit 0
-    fi
-    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { echo "kafka broker died; see $dir/stdout.log and $dir/server.log" >&2; tail -20 "$dir/stdout.log" >&2; exit 1; }
-    sleep 0.5
-  done
-  echo "kafka broker did not answer metadata requests within 60 s; see $dir/server.log" >&2
-  exit 1
+  echo "127.0.0.1:$port" > "$dir/bootstrap"
+  launch
   ;;
 stop)
   [ -f "$dir/pid" ] || exit 0
@@ -77,5 +83,10 @@ stop)
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
   kill -9 "$pid" 2>/dev/null || true
   ;;
-*) echo "usage: kafka-broker.sh start|stop DIR" >&2; exit 2 ;;
+restart)
+  [ -f "$dir/server.properties" ] || { echo "no broker was started in $dir" >&2; exit 1; }
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then echo "broker in $dir is running" >&2; exit 1; fi
+  launch
+  ;;
+*) echo "usage: kafka-broker.sh start|stop|restart DIR" >&2; exit 2 ;;
 esac

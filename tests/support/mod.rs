@@ -6,6 +6,8 @@
 //! before running `cargo test`.
 #![allow(dead_code)]
 
+pub mod facts;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
