@@ -302,7 +302,19 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
                     shared.metrics.all_brokers_down.set(0);
                     worker.accept(&consumer, &m, now)?;
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                // Client errors (all brokers down, ...) come through `poll` as well as `error`.
+                Some(Err(e)) => {
+                    let code = e.rdkafka_error_code();
+                    KafkaClientError {
+                        code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+                        reason: &e.to_string(),
+                        all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
+                    }
+                    .emit(&shared.metrics);
+                    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+                        bail!("fatal consumer error: {e}");
+                    }
+                }
                 None => {}
             }
             worker.poll_producer();

@@ -1,0 +1,266 @@
+//! The live processor against a real broker, in one run (BENCHMARKS.md, issue #5):
+//! 1. throughput: RECORDS generated records (100,000 concurrently open runs, 5% faults) on two
+//!    partitions; a bare rdkafka consumer reads both topics, then `ackwatch run` processes them;
+//!    the figure is ackwatch's records/s over the bare consumer's;
+//! 2. memory: ackwatch's RSS once it holds those runs;
+//! 3. detection delay while caught up: 30 s of paced traffic with faults, then emitted_at minus
+//!    detected_at of every `ActivationGapDetected`.
+//! `scripts/bench-live.sh` builds the binary, starts a broker and runs this:
+//!   ACKWATCH_TEST_BOOTSTRAP=host:port target/release/examples/bench_live [RECORDS]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ackwatch::kcat::KcatRecord;
+use ackwatch::sim::{generate, TrafficSpec};
+use ackwatch_topology::time::parse_rfc3339_ms;
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+
+#[global_allocator]
+static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+struct Topics {
+    activation: String,
+    ack: String,
+    gap: String,
+    signal: String,
+    dlq: String,
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+async fn create_topics(bootstrap: &str, topics: &Topics, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    let new: Vec<NewTopic> = [(&topics.activation, partitions), (&topics.ack, partitions), (&topics.gap, 1), (&topics.signal, 1), (&topics.dlq, 1)]
+        .into_iter()
+        .map(|(t, p)| NewTopic::new(t, p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin.create_topics(new.iter(), &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn produce(bootstrap: &str, topics: &Topics, records: &[KcatRecord]) -> anyhow::Result<()> {
+    let producer: FutureProducer = client(bootstrap).set("linger.ms", "20").set("compression.type", "lz4").create()?;
+    let mut pending = Vec::new();
+    for r in records {
+        let topic = if r.topic == "activation" { &topics.activation } else { &topics.ack };
+        let record = FutureRecord::to(topic)
+            .partition(r.partition)
+            .key(r.key.as_deref().unwrap_or_default())
+            .payload(r.payload.as_deref().unwrap_or_default())
+            .timestamp(r.ts.unwrap_or_default());
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        if pending.len() >= 50_000 {
+            for d in pending.drain(..) {
+                d.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// A bare rdkafka consumer in a group, reading both topics until `count` records arrived;
+/// touches every payload so the comparison is fair. Returns records/s (first to last record).
+fn bare_consumer(bootstrap: &str, topics: &Topics, count: usize) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", format!("bare-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&topics.activation, &topics.ack])?;
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    let mut first = None;
+    while seen < count {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    let elapsed = first.unwrap().elapsed().as_secs_f64();
+    eprintln!("bare consumer: {seen} records, {} MiB in {elapsed:.2} s", bytes >> 20);
+    Ok(seen as f64 / elapsed)
+}
+
+fn http_get(address: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn rss_kb(child: &Child) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn start_ackwatch(bootstrap: &str, topics: &Topics, dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let http = format!("127.0.0.1:{port}");
+    let config = dir.join("ackwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[topics]\nactivation = {:?}\nack = {:?}\ngap = {:?}\nsignal = {:?}\ndead_letter = {:?}\n\
+             [kafka]\nbootstrap_servers = {bootstrap:?}\n[runtime]\napplication_id = \"bench-{}\"\nstate_dir = {:?}\n\
+             [http]\nlisten = {http:?}\n",
+            topics.activation,
+            topics.ack,
+            topics.gap,
+            topics.signal,
+            topics.dlq,
+            std::process::id(),
+            dir.join("state").display().to_string(),
+        ),
+    )?;
+    let binary: PathBuf = std::env::current_exe()?.parent().and_then(|p| p.parent()).context("target dir")?.join("ackwatch");
+    let child = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("ackwatch.log"))?)
+        .spawn()
+        .with_context(|| format!("start {} (build it: cargo build --release)", binary.display()))?;
+    Ok((child, http))
+}
+
+fn percentile(sorted: &[i64], p: usize) -> i64 {
+    sorted[((p * sorted.len()).div_ceil(100)).max(1) - 1]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let records: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let bootstrap = std::env::var("ACKWATCH_TEST_BOOTSTRAP").map_err(|_| anyhow::anyhow!("set ACKWATCH_TEST_BOOTSTRAP=host:port"))?;
+    let base = format!("bench-live-{}", std::process::id());
+    let topics = Topics {
+        activation: format!("{base}.activation"),
+        ack: format!("{base}.ack"),
+        gap: format!("{base}.gap"),
+        signal: format!("{base}.signal"),
+        dlq: format!("{base}.dlq"),
+    };
+    create_topics(&bootstrap, &topics, 2).await?;
+    let spec = TrafficSpec { concurrent_runs: 100_000, records, fault_percent: 5, partitions: 2, seed: 5, start_ms: now_ms() - 7_200_000 };
+    let traffic = generate(&spec);
+    let produced = Instant::now();
+    produce(&bootstrap, &topics, &traffic).await?;
+    eprintln!("produced {} records in {:.1} s", traffic.len(), produced.elapsed().as_secs_f64());
+    drop(traffic);
+
+    let bare = bare_consumer(&bootstrap, &topics, records.min(spec.records))?;
+
+    let dir = tempfile::tempdir()?;
+    let (mut child, http) = start_ackwatch(&bootstrap, &topics, dir.path())?;
+    let mut first = None;
+    let started = Instant::now();
+    let total = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let Some(metrics) = http_get(&http, "/metrics") else { continue };
+        let done = metric_sum(&metrics, "ackwatch_records_total{");
+        if done > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if done as usize >= records {
+            break done;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "ackwatch did not finish; see {}", dir.path().display());
+    };
+    let elapsed = first.unwrap().elapsed().as_secs_f64();
+    let rate = total / elapsed;
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = http_get(&http, "/metrics").unwrap_or_default();
+    let (rss, hwm) = rss_kb(&child);
+    println!("throughput: bare consumer {bare:.0} records/s; ackwatch {rate:.0} records/s ({total} records in {elapsed:.2} s); ratio {:.2}", rate / bare);
+    println!(
+        "memory: {} runs held; RSS {} MiB, peak {} MiB",
+        metric_sum(&metrics, "ackwatch_runs "),
+        rss / 1024,
+        hwm / 1024
+    );
+
+    // Detection delay while caught up: paced traffic under other world names.
+    let live_spec = TrafficSpec { concurrent_runs: 300, records: 18_000, fault_percent: 10, partitions: 2, seed: 9, start_ms: now_ms() + 1000 };
+    let mut live = generate(&live_spec);
+    for r in &mut live {
+        r.key = r.key.take().map(|k| k.replace("world_", "live_"));
+        r.payload = r.payload.take().map(|p| p.replace("world_", "live_"));
+    }
+    let mut i = 0;
+    while i < live.len() {
+        let wait = live[i].ts.unwrap() - now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        let now = now_ms();
+        let end = live[i..].iter().position(|r| r.ts.unwrap() > now).map_or(live.len(), |n| i + n);
+        produce(&bootstrap, &topics, &live[i..end]).await?;
+        i = end;
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let reader: BaseConsumer =
+        client(&bootstrap).set("group.id", format!("reader-{}", std::process::id())).set("auto.offset.reset", "earliest").create()?;
+    reader.subscribe(&[&topics.gap])?;
+    let mut delays = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(3) {
+        let Some(m) = reader.poll(Duration::from_millis(100)) else { continue };
+        let m = m?;
+        idle = Instant::now();
+        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        if value["type"] != "ActivationGapDetected" || !value["world_id"].as_str().unwrap_or("").starts_with("live_") {
+            continue;
+        }
+        let detected = parse_rfc3339_ms(value["detected_at"].as_str().unwrap()).unwrap();
+        let emitted = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ackwatch.emitted_at").and_then(|h| h.value))
+            .and_then(|v| parse_rfc3339_ms(std::str::from_utf8(v).ok()?))
+            .context("emitted_at header")?;
+        delays.push(emitted - detected);
+    }
+    delays.sort_unstable();
+    anyhow::ensure!(!delays.is_empty(), "no live findings read");
+    println!(
+        "detection delay (emitted - detected_at, lateness_ms 500): {} findings; p50 {} ms, p99 {} ms, max {} ms",
+        delays.len(),
+        percentile(&delays, 50),
+        percentile(&delays, 99),
+        delays.last().unwrap()
+    );
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    child.wait()?;
+    Ok(())
+}
