@@ -10,10 +10,18 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 
 fn engine(c: &mut Criterion) {
-    let records = generate(&TrafficSpec { records: 400_000, ..TrafficSpec::default() });
+    let records = generate(&TrafficSpec {
+        records: 400_000,
+        ..TrafficSpec::default()
+    });
     let raw: Vec<OwnedRecord> = records.iter().map(OwnedRecord::from_kcat).collect();
     let bytes: usize = raw.iter().map(|r| r.value.len()).sum();
-    eprintln!("{} records, {} bytes of values, mean {} B", raw.len(), bytes, bytes / raw.len());
+    eprintln!(
+        "{} records, {} bytes of values, mean {} B",
+        raw.len(),
+        bytes,
+        bytes / raw.len()
+    );
 
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(raw.len() as u64));

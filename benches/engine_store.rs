@@ -15,7 +15,10 @@ static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 fn engine_store(c: &mut Criterion) {
-    let records = generate(&TrafficSpec { records: 400_000, ..TrafficSpec::default() });
+    let records = generate(&TrafficSpec {
+        records: 400_000,
+        ..TrafficSpec::default()
+    });
     let raw: Vec<OwnedRecord> = records.iter().map(OwnedRecord::from_kcat).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut iteration = 0;
@@ -26,7 +29,13 @@ fn engine_store(c: &mut Criterion) {
     group.bench_function("decode+process+commit every 100 ms, 10k open runs", |b| {
         b.iter(|| {
             iteration += 1;
-            let (store, _) = TaskStore::open(dir.path(), &format!("bench-{iteration}"), 0, &StoreOptions::default()).unwrap();
+            let (store, _) = TaskStore::open(
+                dir.path(),
+                &format!("bench-{iteration}"),
+                0,
+                &StoreOptions::default(),
+            )
+            .unwrap();
             let mut task = Task::new(Policy::default());
             let mut out = Vec::with_capacity(64);
             let mut last_commit = Instant::now();
@@ -43,7 +52,12 @@ fn engine_store(c: &mut Criterion) {
                 }
             }
             let (changes, meta) = task.take_changes();
-            store.commit_records(&encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref()), None).unwrap();
+            store
+                .commit_records(
+                    &encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref()),
+                    None,
+                )
+                .unwrap();
             assert!(commits > 0);
             task
         })

@@ -27,7 +27,10 @@ use rdkafka::{ClientConfig, Message};
 static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 struct Topics {
@@ -46,21 +49,37 @@ fn client(bootstrap: &str) -> ClientConfig {
 
 async fn create_topics(bootstrap: &str, topics: &Topics, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
-    let new: Vec<NewTopic> = [(&topics.activation, partitions), (&topics.ack, partitions), (&topics.gap, 1), (&topics.signal, 1), (&topics.dlq, 1)]
-        .into_iter()
-        .map(|(t, p)| NewTopic::new(t, p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin.create_topics(new.iter(), &AdminOptions::new()).await? {
+    let new: Vec<NewTopic> = [
+        (&topics.activation, partitions),
+        (&topics.ack, partitions),
+        (&topics.gap, 1),
+        (&topics.signal, 1),
+        (&topics.dlq, 1),
+    ]
+    .into_iter()
+    .map(|(t, p)| NewTopic::new(t, p, TopicReplication::Fixed(1)))
+    .collect();
+    for r in admin
+        .create_topics(new.iter(), &AdminOptions::new())
+        .await?
+    {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
     }
     Ok(())
 }
 
 async fn produce(bootstrap: &str, topics: &Topics, records: &[KcatRecord]) -> anyhow::Result<()> {
-    let producer: FutureProducer = client(bootstrap).set("linger.ms", "20").set("compression.type", "lz4").create()?;
+    let producer: FutureProducer = client(bootstrap)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()?;
     let mut pending = Vec::new();
     for r in records {
-        let topic = if r.topic == "activation" { &topics.activation } else { &topics.ack };
+        let topic = if r.topic == "activation" {
+            &topics.activation
+        } else {
+            &topics.ack
+        };
         let record = FutureRecord::to(topic)
             .partition(r.partition)
             .key(r.key.as_deref().unwrap_or_default())
@@ -100,7 +119,10 @@ fn bare_consumer(bootstrap: &str, topics: &Topics, count: usize) -> anyhow::Resu
         }
     }
     let elapsed = first.unwrap().elapsed().as_secs_f64();
-    eprintln!("bare consumer: {seen} records, {} MiB in {elapsed:.2} s", bytes >> 20);
+    eprintln!(
+        "bare consumer: {seen} records, {} MiB in {elapsed:.2} s",
+        bytes >> 20
+    );
     Ok(seen as f64 / elapsed)
 }
 
@@ -114,26 +136,41 @@ fn http_get(address: &str, path: &str) -> Option<String> {
 }
 
 fn metric_sum(metrics: &str, prefix: &str) -> f64 {
-    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn rss_kb(child: &Child) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn start_ackwatch(bootstrap: &str, topics: &Topics, dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+fn start_ackwatch(
+    bootstrap: &str,
+    topics: &Topics,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let http = format!("127.0.0.1:{port}");
     let config = dir.join("ackwatch.toml");
     std::fs::write(
         &config,
         format!(
             "[topics]\nactivation = {:?}\nack = {:?}\ngap = {:?}\nsignal = {:?}\ndead_letter = {:?}\n\
-             [kafka]\nbootstrap_servers = {bootstrap:?}\n[runtime]\napplication_id = \"bench-{}\"\nstate_dir = {:?}\n\
+             [kafka]\nbootstrap_servers = {bootstrap:?}\n[runtime]\nmax_task_idle_ms = {idle}\napplication_id = \"bench-{}\"\nstate_dir = {:?}\n\
              [http]\nlisten = {http:?}\n",
             topics.activation,
             topics.ack,
@@ -142,18 +179,56 @@ fn start_ackwatch(bootstrap: &str, topics: &Topics, dir: &std::path::Path) -> an
             topics.dlq,
             std::process::id(),
             dir.join("state").display().to_string(),
+            idle = std::env::var("ACKWATCH_BENCH_IDLE_MS").unwrap_or_else(|_| "1000".into()),
         ),
     )?;
-    let binary: PathBuf = std::env::current_exe()?.parent().and_then(|p| p.parent()).context("target dir")?.join("ackwatch");
-    let child = Command::new(&binary)
+    let binary: PathBuf = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .context("target dir")?
+        .join("ackwatch");
+    // ACKWATCH_BENCH_PERF=FILE records a perf profile of the processor into FILE.
+    let mut command = match std::env::var("ACKWATCH_BENCH_PERF") {
+        Ok(out) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-F", "2000", "-g", "-o", &out, "--"])
+                .arg(&binary);
+            c
+        }
+        Err(_) => Command::new(&binary),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("ackwatch.log"))?)
         .spawn()
-        .with_context(|| format!("start {} (build it: cargo build --release)", binary.display()))?;
+        .with_context(|| {
+            format!(
+                "start {} (build it: cargo build --release)",
+                binary.display()
+            )
+        })?;
     Ok((child, http))
+}
+
+/// CPU seconds (user, system) a process used so far, from /proc.
+fn cpu_seconds(child: &Child) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (ticks(11), ticks(12))
 }
 
 fn percentile(sorted: &[i64], p: usize) -> i64 {
@@ -162,8 +237,13 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let records: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
-    let bootstrap = std::env::var("ACKWATCH_TEST_BOOTSTRAP").map_err(|_| anyhow::anyhow!("set ACKWATCH_TEST_BOOTSTRAP=host:port"))?;
+    let records: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let bootstrap = std::env::var("ACKWATCH_TEST_BOOTSTRAP")
+        .map_err(|_| anyhow::anyhow!("set ACKWATCH_TEST_BOOTSTRAP=host:port"))?;
     let base = format!("bench-live-{}", std::process::id());
     let topics = Topics {
         activation: format!("{base}.activation"),
@@ -173,22 +253,37 @@ async fn main() -> anyhow::Result<()> {
         dlq: format!("{base}.dlq"),
     };
     create_topics(&bootstrap, &topics, 2).await?;
-    let spec = TrafficSpec { concurrent_runs: 100_000, records, fault_percent: 5, partitions: 2, seed: 5, start_ms: now_ms() - 7_200_000 };
+    let spec = TrafficSpec {
+        concurrent_runs: 100_000,
+        records,
+        fault_percent: 5,
+        partitions: 2,
+        seed: 5,
+        start_ms: now_ms() - 7_200_000,
+        world_prefix: "world_",
+    };
     let traffic = generate(&spec);
     let produced = Instant::now();
     produce(&bootstrap, &topics, &traffic).await?;
-    eprintln!("produced {} records in {:.1} s", traffic.len(), produced.elapsed().as_secs_f64());
+    eprintln!(
+        "produced {} records in {:.1} s",
+        traffic.len(),
+        produced.elapsed().as_secs_f64()
+    );
     drop(traffic);
 
     let bare = bare_consumer(&bootstrap, &topics, records.min(spec.records))?;
 
     let dir = tempfile::tempdir()?;
+    eprintln!("ackwatch log: {}/ackwatch.log", dir.path().display());
     let (mut child, http) = start_ackwatch(&bootstrap, &topics, dir.path())?;
     let mut first = None;
     let started = Instant::now();
     let total = loop {
         std::thread::sleep(Duration::from_millis(20));
-        let Some(metrics) = http_get(&http, "/metrics") else { continue };
+        let Some(metrics) = http_get(&http, "/metrics") else {
+            continue;
+        };
         let done = metric_sum(&metrics, "ackwatch_records_total{");
         if done > 0.0 {
             first.get_or_insert_with(Instant::now);
@@ -196,14 +291,28 @@ async fn main() -> anyhow::Result<()> {
         if done as usize >= records {
             break done;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "ackwatch did not finish; see {}", dir.path().display());
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "ackwatch did not finish; see {}",
+            dir.path().display()
+        );
     };
     let elapsed = first.unwrap().elapsed().as_secs_f64();
     let rate = total / elapsed;
+    let (user, system) = cpu_seconds(&child);
+    eprintln!("ackwatch cpu so far: user {user:.2} s, system {system:.2} s (wall since first record {elapsed:.2} s)");
     std::thread::sleep(Duration::from_secs(3));
     let metrics = http_get(&http, "/metrics").unwrap_or_default();
     let (rss, hwm) = rss_kb(&child);
     println!("throughput: bare consumer {bare:.0} records/s; ackwatch {rate:.0} records/s ({total} records in {elapsed:.2} s); ratio {:.2}", rate / bare);
+    for prefix in [
+        "ackwatch_commit_duration_ms_sum",
+        "ackwatch_commit_duration_ms_count",
+        "ackwatch_task_idle_exceeded_total",
+        "ackwatch_changelog_records_total",
+    ] {
+        eprintln!("{prefix} {}", metric_sum(&metrics, prefix));
+    }
     println!(
         "memory: {} runs held; RSS {} MiB, peak {} MiB",
         metric_sum(&metrics, "ackwatch_runs "),
@@ -212,12 +321,16 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Detection delay while caught up: paced traffic under other world names.
-    let live_spec = TrafficSpec { concurrent_runs: 300, records: 18_000, fault_percent: 10, partitions: 2, seed: 9, start_ms: now_ms() + 1000 };
-    let mut live = generate(&live_spec);
-    for r in &mut live {
-        r.key = r.key.take().map(|k| k.replace("world_", "live_"));
-        r.payload = r.payload.take().map(|p| p.replace("world_", "live_"));
-    }
+    let live_spec = TrafficSpec {
+        concurrent_runs: 300,
+        records: 18_000,
+        fault_percent: 10,
+        partitions: 2,
+        seed: 9,
+        start_ms: now_ms() + 1000,
+        world_prefix: "live_",
+    };
+    let live = generate(&live_spec);
     let mut i = 0;
     while i < live.len() {
         let wait = live[i].ts.unwrap() - now_ms();
@@ -225,34 +338,66 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         }
         let now = now_ms();
-        let end = live[i..].iter().position(|r| r.ts.unwrap() > now).map_or(live.len(), |n| i + n);
+        let end = live[i..]
+            .iter()
+            .position(|r| r.ts.unwrap() > now)
+            .map_or(live.len(), |n| i + n);
         produce(&bootstrap, &topics, &live[i..end]).await?;
         i = end;
     }
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let reader: BaseConsumer =
-        client(&bootstrap).set("group.id", format!("reader-{}", std::process::id())).set("auto.offset.reset", "earliest").create()?;
-    reader.subscribe(&[&topics.gap])?;
+    let reader: BaseConsumer = client(&bootstrap)
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(&topics.gap, 0, rdkafka::Offset::Beginning)?;
+    reader.assign(&list)?;
+    drop(list);
     let mut delays = Vec::new();
     let mut idle = Instant::now();
-    while idle.elapsed() < Duration::from_secs(3) {
-        let Some(m) = reader.poll(Duration::from_millis(100)) else { continue };
+    while idle.elapsed() < Duration::from_secs(10) {
+        let Some(m) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let m = m?;
         idle = Instant::now();
         let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        if value["type"] != "ActivationGapDetected" || !value["world_id"].as_str().unwrap_or("").starts_with("live_") {
+        if value["type"] != "ActivationGapDetected"
+            || !value["world_id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("live_")
+        {
             continue;
         }
         let detected = parse_rfc3339_ms(value["detected_at"].as_str().unwrap()).unwrap();
         let emitted = m
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ackwatch.emitted_at").and_then(|h| h.value))
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "ackwatch.emitted_at")
+                    .and_then(|h| h.value)
+            })
             .and_then(|v| parse_rfc3339_ms(std::str::from_utf8(v).ok()?))
             .context("emitted_at header")?;
         delays.push(emitted - detected);
     }
     delays.sort_unstable();
-    anyhow::ensure!(!delays.is_empty(), "no live findings read");
+    if let Some(m) = http_get(&http, "/metrics") {
+        for l in m
+            .lines()
+            .filter(|l| l.starts_with("ackwatch_invalid_records_total") && !l.ends_with(" 0"))
+        {
+            eprintln!("{l}");
+        }
+    }
+    if delays.is_empty() {
+        if std::env::var("ACKWATCH_BENCH_KEEP").is_ok() {
+            eprintln!("kept {}", dir.keep().display());
+        }
+        anyhow::bail!("no live findings read");
+    }
     println!(
         "detection delay (emitted - detected_at, lateness_ms 500): {} findings; p50 {} ms, p99 {} ms, max {} ms",
         delays.len(),
@@ -260,7 +405,13 @@ async fn main() -> anyhow::Result<()> {
         percentile(&delays, 99),
         delays.last().unwrap()
     );
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
     child.wait()?;
+    if std::env::var("ACKWATCH_BENCH_KEEP").is_ok() {
+        let kept = dir.keep();
+        eprintln!("kept {}", kept.display());
+    }
     Ok(())
 }

@@ -15,8 +15,13 @@ static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let records: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
-    let bootstrap = std::env::var("ACKWATCH_TEST_BOOTSTRAP").map_err(|_| anyhow::anyhow!("set ACKWATCH_TEST_BOOTSTRAP=host:port"))?;
+    let records: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let bootstrap = std::env::var("ACKWATCH_TEST_BOOTSTRAP")
+        .map_err(|_| anyhow::anyhow!("set ACKWATCH_TEST_BOOTSTRAP=host:port"))?;
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &bootstrap);
     let app = format!("bench-{}", std::process::id());
@@ -39,11 +44,23 @@ async fn main() -> anyhow::Result<()> {
     let produce_started = Instant::now();
     for chunk_start in (0..records).step_by(50_000) {
         let chunk: Vec<Record> = (chunk_start..(chunk_start + 50_000).min(records))
-            .map(|i| (codec::encode_key(&RunKey::new(&format!("world_{}", i % 10_000), &format!("run{i}"))), Some(value.clone())))
+            .map(|i| {
+                (
+                    codec::encode_key(&RunKey::new(
+                        &format!("world_{}", i % 10_000),
+                        &format!("run{i}"),
+                    )),
+                    Some(value.clone()),
+                )
+            })
             .collect();
         writer.write(0, &chunk).await?;
     }
-    eprintln!("produced {records} changelog records ({} B values) in {:.1?}", value.len(), produce_started.elapsed());
+    eprintln!(
+        "produced {records} changelog records ({} B values) in {:.1?}",
+        value.len(),
+        produce_started.elapsed()
+    );
 
     let dir = tempfile::tempdir()?;
     let (store, _) = TaskStore::open(dir.path(), &app, 0, &StoreOptions::default())?;

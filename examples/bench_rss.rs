@@ -13,11 +13,21 @@ static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
 
 fn status(field: &str) -> String {
     let text = std::fs::read_to_string("/proc/self/status").unwrap();
-    text.lines().find(|l| l.starts_with(field)).unwrap_or("?").split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or("?")
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let (store, _) = TaskStore::open(dir.path(), "bench-rss", 0, &StoreOptions::default())?;
     let mut task = Task::new(Policy::default());
@@ -38,10 +48,21 @@ fn main() -> anyhow::Result<()> {
         let t = t0 + (i as i64) * 2;
         for seq in 1..=2u64 {
             let ts = ackwatch_topology::time::format_rfc3339_ms(t);
-            let act = format!(r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"run{i}","sequence":{seq},"requires_ack":true,"phase":"freeze","etag":"act:{world}:s{seq}:long:{i}","ts":"{ts}"}}"#);
-            let ack = format!(r#"{{"type":"ActivationAck","version":1,"world_id":"{world}","run_id":"run{i}","sequence":{seq},"ack_ts":"{ts}"}}"#);
+            let act = format!(
+                r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"run{i}","sequence":{seq},"requires_ack":true,"phase":"freeze","etag":"act:{world}:s{seq}:long:{i}","ts":"{ts}"}}"#
+            );
+            let ack = format!(
+                r#"{{"type":"ActivationAck","version":1,"world_id":"{world}","run_id":"run{i}","sequence":{seq},"ack_ts":"{ts}"}}"#
+            );
             for (source, value) in [(Source::Activation, act), (Source::Ack, ack)] {
-                let record = RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(t), key: Some(world.as_bytes()), value: Some(value.as_bytes()) };
+                let record = RawRecord {
+                    source,
+                    partition: 0,
+                    offset: 0,
+                    timestamp_ms: Some(t),
+                    key: Some(world.as_bytes()),
+                    value: Some(value.as_bytes()),
+                };
                 let outcome = task.process(&record, &mut out);
                 assert!(!matches!(outcome, Outcome::NeedsRun(_)), "runs are new");
                 out.clear();

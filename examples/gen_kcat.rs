@@ -6,7 +6,10 @@ use std::io::{BufWriter, Write};
 use ackwatch::sim::{generate, TrafficSpec};
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numeric arguments"))
+        .collect();
     let spec = TrafficSpec {
         records: args.first().copied().unwrap_or(1_000_000) as usize,
         concurrent_runs: args.get(1).copied().unwrap_or(10_000) as usize,

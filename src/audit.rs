@@ -81,12 +81,19 @@ impl FileAudit {
     /// [`Self::run`], showing every engine output to `observe` as it happens (gap events and
     /// signals carry the idempotency keys the live processor emits).
     pub fn run_with(&self, observe: &mut dyn FnMut(&Output)) -> anyhow::Result<Report> {
-        let total_bytes: u64 = self.inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let total_bytes: u64 = self
+            .inputs
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         let bar = (self.progress && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total_bytes);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("static template"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("static template"),
             );
             bar
         });
@@ -95,13 +102,16 @@ impl FileAudit {
         let mut tasks: BTreeMap<i32, PartitionTask> = BTreeMap::new();
         let mut outputs = Vec::new();
         for path in &self.inputs {
-            let file = File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+            let file = File::open(path)
+                .with_context(|| format!("cannot open input {}", path.display()))?;
             let mut reader = BufReader::with_capacity(1 << 20, file);
             let mut line = String::new();
             let mut line_no = 0u64;
             loop {
                 line.clear();
-                let n = reader.read_line(&mut line).with_context(|| format!("cannot read {}", path.display()))?;
+                let n = reader
+                    .read_line(&mut line)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 if n == 0 {
                     break;
                 }
@@ -183,22 +193,38 @@ pub fn summary(report: &Report) -> String {
         t.untracked,
         t.duplicates,
         t.invalid,
-        if t.malformed_lines > 0 { format!(", {} malformed lines skipped", t.malformed_lines) } else { String::new() }
+        if t.malformed_lines > 0 {
+            format!(", {} malformed lines skipped", t.malformed_lines)
+        } else {
+            String::new()
+        }
     );
     if !t.invalid_by_reason.is_empty() {
-        let reasons: Vec<String> = t.invalid_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let reasons: Vec<String> = t
+            .invalid_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(s, "invalid by reason: {}", reasons.join(", "));
     }
     let _ = writeln!(s, "runs: {}", report.runs.len());
     match t.latency_ms {
         Some(p) => {
-            let _ = writeln!(s, "ack latency ms: p50 {} p95 {} p99 {} max {}", p.p50, p.p95, p.p99, p.max);
+            let _ = writeln!(
+                s,
+                "ack latency ms: p50 {} p95 {} p99 {} max {}",
+                p.p50, p.p95, p.p99, p.max
+            );
         }
         None => {
             let _ = writeln!(s, "ack latency ms: no acked activations");
         }
     }
-    let raised: Vec<String> = t.findings_raised.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let raised: Vec<String> = t
+        .findings_raised
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(s, "findings (sequences): {}", raised.join(", "));
     for f in &report.findings {
         let state = match &f.resolved_at {
@@ -218,11 +244,27 @@ pub fn summary(report: &Report) -> String {
     }
     let _ = writeln!(s, "signals: {}", report.signals.len());
     for sig in &report.signals {
-        let _ = writeln!(s, "  {} {:<8} {}/{} episode {}", sig.at, sig.action.as_str(), sig.world_id, sig.run_id, sig.episode);
+        let _ = writeln!(
+            s,
+            "  {} {:<8} {}/{} episode {}",
+            sig.at,
+            sig.action.as_str(),
+            sig.world_id,
+            sig.run_id,
+            sig.episode
+        );
     }
     let _ = writeln!(s, "pending at end: {}", report.pending_at_end.len());
     for p in &report.pending_at_end {
-        let _ = writeln!(s, "  due {} {:<17} {}/{} seq {:?}", p.due, p.kind.as_str(), p.world_id, p.run_id, p.sequences);
+        let _ = writeln!(
+            s,
+            "  due {} {:<17} {}/{} seq {:?}",
+            p.due,
+            p.kind.as_str(),
+            p.world_id,
+            p.run_id,
+            p.sequences
+        );
     }
     if !t.limit_cut.is_empty() {
         let _ = writeln!(s, "cut by limits: {:?}", t.limit_cut);

@@ -30,10 +30,25 @@ pub enum Ensured {
 
 /// Creates the changelog topic (compacted, `partitions` partitions) when it is missing; refuses,
 /// saying what to do, when an existing one has another partition count or is not compacted.
-pub async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32, replication: i32) -> anyhow::Result<Ensured> {
-    let admin: AdminClient<DefaultClientContext> = config.create().context("cannot create a Kafka admin client")?;
-    let metadata = admin.inner().fetch_metadata(Some(topic), ADMIN_TIMEOUT).context("cannot read cluster metadata")?;
-    let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32);
+pub async fn ensure_topic(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<Ensured> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .context("cannot read cluster metadata")?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len() as i32);
     match found {
         None => {
             let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact");
@@ -88,7 +103,10 @@ impl ChangelogWriter {
             .set("compression.type", "lz4")
             .create()
             .context("cannot create the changelog producer")?;
-        Ok(ChangelogWriter { producer, topic: topic.to_string() })
+        Ok(ChangelogWriter {
+            producer,
+            topic: topic.to_string(),
+        })
     }
 
     /// Produces the records and waits until the broker has them all; returns the offset after
@@ -96,7 +114,9 @@ impl ChangelogWriter {
     pub async fn write(&self, partition: i32, records: &[Record]) -> anyhow::Result<Option<i64>> {
         let mut pending = Vec::with_capacity(records.len());
         for (key, value) in records {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).key(&key[..]);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(partition)
+                .key(&key[..]);
             if let Some(value) = value {
                 record = record.payload(&value[..]);
             }
@@ -117,7 +137,9 @@ impl ChangelogWriter {
         let mut end = None;
         for delivery in pending {
             let delivered = delivery.await.context("changelog producer closed")?;
-            let delivery = delivered.map_err(|(e, _)| anyhow::anyhow!("changelog {} refused a record: {e}", self.topic))?;
+            let delivery = delivered.map_err(|(e, _)| {
+                anyhow::anyhow!("changelog {} refused a record: {e}", self.topic)
+            })?;
             end = Some(end.unwrap_or(0).max(delivery.offset + 1));
         }
         Ok(end)
@@ -137,7 +159,12 @@ pub struct RestoreStats {
 /// Brings `store` up to the end of partition p of the changelog: from the store's checkpoint when
 /// it is within the partition's retained range, from the beginning (after clearing the store)
 /// otherwise. Records the new end as the checkpoint.
-pub fn restore(config: &ClientConfig, topic: &str, partition: i32, store: &TaskStore) -> anyhow::Result<RestoreStats> {
+pub fn restore(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    store: &TaskStore,
+) -> anyhow::Result<RestoreStats> {
     restore_with_progress(config, topic, partition, store, &|_| {})
 }
 
@@ -176,7 +203,13 @@ pub fn restore_with_progress(
             low
         }
     };
-    let mut stats = RestoreStats { from_offset: from, to_offset: high, records: 0, bytes: 0, duration: Duration::ZERO };
+    let mut stats = RestoreStats {
+        from_offset: from,
+        to_offset: high,
+        records: 0,
+        bytes: 0,
+        duration: Duration::ZERO,
+    };
     if from < high {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
@@ -192,7 +225,8 @@ pub fn restore_with_progress(
                     stats.bytes += (key.len() + m.payload().map_or(0, <[u8]>::len)) as u64;
                     batch.push((key, m.payload().map(<[u8]>::to_vec)));
                     if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
-                        stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+                        stats.records += store
+                            .apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
                         batch.clear();
                         progress(high - next);
                     }
@@ -202,7 +236,8 @@ pub fn restore_with_progress(
                 None => next = next.max(position(&consumer, topic, partition)?.unwrap_or(next)),
             }
         }
-        stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+        stats.records +=
+            store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
     }
     store.commit_records(&[], Some(high))?;
     stats.duration = started.elapsed();
@@ -211,5 +246,7 @@ pub fn restore_with_progress(
 
 fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
     let list = consumer.position()?;
-    Ok(list.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
+    Ok(list
+        .find_partition(topic, partition)
+        .and_then(|e| e.offset().to_raw()))
 }

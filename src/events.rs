@@ -40,7 +40,11 @@ pub struct TaskClosed {
 
 impl TaskClosed {
     pub fn emit(&self, _metrics: &Metrics) {
-        tracing::info!(partition = self.partition, reason = self.reason, "task closed");
+        tracing::info!(
+            partition = self.partition,
+            reason = self.reason,
+            "task closed"
+        );
     }
 }
 
@@ -54,12 +58,22 @@ pub struct RecordDeadLettered<'a> {
 
 impl RecordDeadLettered<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::debug!(topic = self.topic, partition = self.partition, offset = self.offset, reason = self.reason, cut = self.cut, "record dead-lettered");
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            cut = self.cut,
+            "record dead-lettered"
+        );
         metrics.dead_letters.inc();
         metrics.invalid.with_label_values(&[self.reason]).inc();
         if self.cut {
             metrics.dead_letters_cut.inc();
-            metrics.limit_cut.with_label_values(&["DEAD_LETTER_VALUE_BYTES_MAX"]).inc();
+            metrics
+                .limit_cut
+                .with_label_values(&["DEAD_LETTER_VALUE_BYTES_MAX"])
+                .inc();
         }
     }
 }
@@ -70,7 +84,10 @@ pub struct CommitFailed<'a> {
 
 impl CommitFailed<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(error = format!("{:#}", self.error), "commit failed; exiting so a restart recovers from the changelog");
+        tracing::error!(
+            error = format!("{:#}", self.error),
+            "commit failed; exiting so a restart recovers from the changelog"
+        );
         metrics.commit_failures.inc();
     }
 }
@@ -82,7 +99,10 @@ pub struct OffsetCommitFailed<'a> {
 impl OffsetCommitFailed<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         // State and outputs are durable already; the next commit carries the offsets again.
-        tracing::warn!(error = self.error, "input offset commit failed; retried at the next commit");
+        tracing::warn!(
+            error = self.error,
+            "input offset commit failed; retried at the next commit"
+        );
         metrics.commit_failures.inc();
     }
 }
@@ -95,7 +115,12 @@ pub struct RunEscalated<'a> {
 
 impl RunEscalated<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::warn!(world_id = self.world_id, run_id = self.run_id, episode = self.episode, "run still failing after rollback_after_ms; escalated to an operator");
+        tracing::warn!(
+            world_id = self.world_id,
+            run_id = self.run_id,
+            episode = self.episode,
+            "run still failing after rollback_after_ms; escalated to an operator"
+        );
         metrics.escalations.inc();
     }
 }
@@ -108,7 +133,11 @@ pub struct KafkaClientError<'a> {
 
 impl KafkaClientError<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::warn!(code = self.code.as_str(), reason = self.reason, "kafka client error");
+        tracing::warn!(
+            code = self.code.as_str(),
+            reason = self.reason,
+            "kafka client error"
+        );
         metrics.kafka_errors.with_label_values(&[&self.code]).inc();
         if self.all_brokers_down {
             metrics.all_brokers_down.set(1);
@@ -123,6 +152,8 @@ pub struct PartitionsAssigned<'a> {
 impl PartitionsAssigned<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         tracing::info!(partitions = ?self.partitions, "partitions assigned");
-        metrics.assigned_partitions.set(self.partitions.len() as i64);
+        metrics
+            .assigned_partitions
+            .set(self.partitions.len() as i64);
     }
 }

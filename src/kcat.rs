@@ -54,7 +54,8 @@ pub struct KcatLine<'a> {
 
 /// Parses one line; the error says what is wrong with it.
 pub fn parse_line(line: &str) -> Result<KcatLine<'_>, String> {
-    let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| format!("not a kcat -J record: {e}"))?;
+    let parsed: Line<'_> =
+        serde_json::from_str(line).map_err(|e| format!("not a kcat -J record: {e}"))?;
     if parsed.partition < 0 {
         return Err(format!("partition {} is negative", parsed.partition));
     }
@@ -74,11 +75,25 @@ mod tests {
     use super::*;
 
     /// topic, partition, offset, timestamp, key, payload
-    type Fields<'a> = (&'a str, i32, i64, Option<i64>, Option<&'a str>, Option<&'a str>);
+    type Fields<'a> = (
+        &'a str,
+        i32,
+        i64,
+        Option<i64>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
 
     fn check(line: &str, expected: Result<Fields<'_>, &str>) {
         let got = parse_line(line).map(|l| {
-            (l.topic.into_owned(), l.partition, l.offset, l.timestamp_ms, l.key.map(|k| k.into_owned()), l.payload.map(|p| p.into_owned()))
+            (
+                l.topic.into_owned(),
+                l.partition,
+                l.offset,
+                l.timestamp_ms,
+                l.key.map(|k| k.into_owned()),
+                l.payload.map(|p| p.into_owned()),
+            )
         });
         match (got, expected) {
             (Ok(g), Ok(e)) => assert_eq!(
@@ -86,7 +101,10 @@ mod tests {
                 e,
                 "line {line}"
             ),
-            (Err(g), Err(e)) => assert!(g.contains(e), "line {line}: error {g:?} should contain {e:?}"),
+            (Err(g), Err(e)) => assert!(
+                g.contains(e),
+                "line {line}: error {g:?} should contain {e:?}"
+            ),
             (g, e) => panic!("line {line}: got {:?}, expected {e:?}", g.map(|_| ())),
         }
     }
@@ -97,13 +115,22 @@ mod tests {
             r#"{"topic":"activation","partition":0,"offset":3,"tstype":"create","ts":5,"broker":1,"key":"w","payload":"{\"a\":1}"}"#,
             Ok(("activation", 0, 3, Some(5), Some("w"), Some(r#"{"a":1}"#))),
         );
-        check(r#"{"topic":"t","partition":1,"offset":0,"key":null,"payload":null}"#, Ok(("t", 1, 0, None, None, None)));
+        check(
+            r#"{"topic":"t","partition":1,"offset":0,"key":null,"payload":null}"#,
+            Ok(("t", 1, 0, None, None, None)),
+        );
         check(
             r#"{"topic":"t","partition":1,"offset":0,"key":"k","payload":"p","headers":["h","v"]}"#,
             Ok(("t", 1, 0, None, Some("k"), Some("p"))),
         );
-        check(r#"{"topic":"t","partition":2,"offset":9,"tstype":"none","ts":-1,"key":"k","payload":"p"}"#, Ok(("t", 2, 9, None, Some("k"), Some("p"))));
-        check(r#"{"topic":"t","partition":-1,"offset":0,"key":null,"payload":null}"#, Err("negative"));
+        check(
+            r#"{"topic":"t","partition":2,"offset":9,"tstype":"none","ts":-1,"key":"k","payload":"p"}"#,
+            Ok(("t", 2, 9, None, Some("k"), Some("p"))),
+        );
+        check(
+            r#"{"topic":"t","partition":-1,"offset":0,"key":null,"payload":null}"#,
+            Err("negative"),
+        );
         check(r#"{"topic":"t","offset":0}"#, Err("not a kcat -J record"));
         check("% Reached end of topic", Err("not a kcat -J record"));
     }

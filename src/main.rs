@@ -38,8 +38,11 @@ struct ConfigArgs {
 
 fn init_logging() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,librdkafka=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -50,7 +53,9 @@ fn init_logging() {
 fn check(args: ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
     println!("ok: configuration is valid");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (_, lines) = runtime.block_on(ackwatch::runtime::check_cluster(&settings, false))?;
     for line in lines {
         println!("{line}");
@@ -116,17 +121,23 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     policy.auto_rollback |= args.auto_rollback;
     policy.validate()?;
     let end_ms = match &args.end_time {
-        Some(t) => Some(
-            ackwatch_topology::time::parse_rfc3339_ms(t)
-                .ok_or_else(|| anyhow::anyhow!("--end-time {t:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z"))?,
-        ),
+        Some(t) => Some(ackwatch_topology::time::parse_rfc3339_ms(t).ok_or_else(|| {
+            anyhow::anyhow!("--end-time {t:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
+        })?),
         None => None,
     };
-    let report =
-        FileAudit { inputs: args.inputs, topics: settings.topics, policy: settings.policy, progress: !args.quiet, end_ms }.run()?;
+    let report = FileAudit {
+        inputs: args.inputs,
+        topics: settings.topics,
+        policy: settings.policy,
+        progress: !args.quiet,
+        end_ms,
+    }
+    .run()?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.output {
-        std::fs::write(path, &json).map_err(|e| anyhow::anyhow!("cannot write report to {}: {e}", path.display()))?;
+        std::fs::write(path, &json)
+            .map_err(|e| anyhow::anyhow!("cannot write report to {}: {e}", path.display()))?;
     }
     match args.format {
         Format::Json => println!("{json}"),
@@ -144,7 +155,8 @@ fn main() -> ExitCode {
             Settings::load(args.config.as_deref()).and_then(ackwatch::runtime::run)
         }
         Command::Check(args) => check(args),
-        Command::Topology(args) => Settings::load(args.config.as_deref()).map(|s| print!("{}", ackwatch::runtime::describe(&s))),
+        Command::Topology(args) => Settings::load(args.config.as_deref())
+            .map(|s| print!("{}", ackwatch::runtime::describe(&s))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,8 @@
 use ackwatch_topology::decode::InvalidReason;
 use ackwatch_topology::{Action, FindingKind};
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -47,31 +47,42 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
@@ -84,46 +95,156 @@ impl Metrics {
     pub fn new(topics: [&str; 2]) -> Metrics {
         let r = Registry::new();
         let ack_latency_ms = HistogramVec::new(
-            HistogramOpts::new("controlbus_apply_ack_latency_ms", "ACK latency: first ACK event time minus activation event time, ms")
-                .buckets(ms_buckets()),
+            HistogramOpts::new(
+                "controlbus_apply_ack_latency_ms",
+                "ACK latency: first ACK event time minus activation event time, ms",
+            )
+            .buckets(ms_buckets()),
             &["phase"],
         )
         .expect("valid metric");
-        r.register(Box::new(ack_latency_ms.clone())).expect("unique metric");
+        r.register(Box::new(ack_latency_ms.clone()))
+            .expect("unique metric");
         let m = Metrics {
             ack_latency_ms,
-            records: counter_vec(&r, "ackwatch_records_total", "Input records by topic and outcome", &["topic", "outcome"]),
-            invalid: counter_vec(&r, "ackwatch_invalid_records_total", "Invalid input records by reason", &["reason"]),
-            dead_letters: counter(&r, "ackwatch_dead_letters_total", "Records written to the dead-letter topic"),
-            dead_letters_cut: counter(&r, "ackwatch_dead_letters_cut_total", "Dead letters whose value was cut to the limit"),
-            findings_raised: counter_vec(&r, "ackwatch_findings_raised_total", "Sequences found missing, by kind", &["kind"]),
-            findings_resolved: counter_vec(&r, "ackwatch_findings_resolved_total", "Sequences resolved, by kind", &["kind"]),
-            findings_open: gauge_vec(&r, "ackwatch_findings_open", "Open findings (sequences) of owned runs, by kind", &["kind"]),
-            pending_acks: gauge(&r, "ackwatch_pending_acks", "Tracked activations waiting for their ACK"),
-            pending_ack_oldest_age_ms: gauge(&r, "ackwatch_pending_ack_oldest_age_ms", "Age of the oldest pending ACK by stream time, ms"),
-            signals: counter_vec(&r, "ackwatch_signals_total", "Signals emitted to WorldService, by action", &["action"]),
-            escalations: counter(&r, "ackwatch_escalations_total", "Paused runs past rollback_after_ms without auto_rollback"),
+            records: counter_vec(
+                &r,
+                "ackwatch_records_total",
+                "Input records by topic and outcome",
+                &["topic", "outcome"],
+            ),
+            invalid: counter_vec(
+                &r,
+                "ackwatch_invalid_records_total",
+                "Invalid input records by reason",
+                &["reason"],
+            ),
+            dead_letters: counter(
+                &r,
+                "ackwatch_dead_letters_total",
+                "Records written to the dead-letter topic",
+            ),
+            dead_letters_cut: counter(
+                &r,
+                "ackwatch_dead_letters_cut_total",
+                "Dead letters whose value was cut to the limit",
+            ),
+            findings_raised: counter_vec(
+                &r,
+                "ackwatch_findings_raised_total",
+                "Sequences found missing, by kind",
+                &["kind"],
+            ),
+            findings_resolved: counter_vec(
+                &r,
+                "ackwatch_findings_resolved_total",
+                "Sequences resolved, by kind",
+                &["kind"],
+            ),
+            findings_open: gauge_vec(
+                &r,
+                "ackwatch_findings_open",
+                "Open findings (sequences) of owned runs, by kind",
+                &["kind"],
+            ),
+            pending_acks: gauge(
+                &r,
+                "ackwatch_pending_acks",
+                "Tracked activations waiting for their ACK",
+            ),
+            pending_ack_oldest_age_ms: gauge(
+                &r,
+                "ackwatch_pending_ack_oldest_age_ms",
+                "Age of the oldest pending ACK by stream time, ms",
+            ),
+            signals: counter_vec(
+                &r,
+                "ackwatch_signals_total",
+                "Signals emitted to WorldService, by action",
+                &["action"],
+            ),
+            escalations: counter(
+                &r,
+                "ackwatch_escalations_total",
+                "Paused runs past rollback_after_ms without auto_rollback",
+            ),
             detection_delay_ms: histogram(
                 &r,
                 "ackwatch_detection_delay_ms",
                 "Wall-clock emission time minus detected_at of gap findings, ms",
                 ms_buckets(),
             ),
-            consumer_lag: gauge_vec(&r, "ackwatch_consumer_lag", "Records between the processed position and the high watermark", &["topic", "partition"]),
-            assigned_partitions: gauge(&r, "ackwatch_assigned_partitions", "Input partition pairs (tasks) owned by this instance"),
+            consumer_lag: gauge_vec(
+                &r,
+                "ackwatch_consumer_lag",
+                "Records between the processed position and the high watermark",
+                &["topic", "partition"],
+            ),
+            assigned_partitions: gauge(
+                &r,
+                "ackwatch_assigned_partitions",
+                "Input partition pairs (tasks) owned by this instance",
+            ),
             runs: gauge(&r, "ackwatch_runs", "Runs held by this instance's tasks"),
             commits: counter(&r, "ackwatch_commits_total", "Completed commits"),
-            commit_failures: counter(&r, "ackwatch_commit_failures_total", "Commits that failed (the process exits)"),
-            commit_duration_ms: histogram(&r, "ackwatch_commit_duration_ms", "Commit duration, ms", ms_buckets()),
-            changelog_records: counter(&r, "ackwatch_changelog_records_total", "Records written to the changelog topic"),
-            restoring_tasks: gauge(&r, "ackwatch_restoring_tasks", "Tasks restoring their store from the changelog"),
-            restore_records: counter(&r, "ackwatch_restore_records_total", "Changelog records applied by restores"),
-            restore_remaining_records: gauge(&r, "ackwatch_restore_remaining_records", "Changelog offsets left in the running restore"),
-            task_idle_exceeded: counter(&r, "ackwatch_task_idle_exceeded_total", "Waits for a lagging partition that ran past max_task_idle_ms"),
-            limit_cut: counter_vec(&r, "ackwatch_limit_cut_total", "What a named limit cut", &["limit"]),
-            buffer_paused_partitions: gauge(&r, "ackwatch_buffer_paused_partitions", "Input partitions paused because their task buffer is full"),
-            kafka_errors: counter_vec(&r, "ackwatch_kafka_errors_total", "Errors reported by the Kafka client, by code", &["code"]),
-            all_brokers_down: gauge(&r, "ackwatch_kafka_all_brokers_down", "1 while the Kafka client reaches no broker"),
+            commit_failures: counter(
+                &r,
+                "ackwatch_commit_failures_total",
+                "Commits that failed (the process exits)",
+            ),
+            commit_duration_ms: histogram(
+                &r,
+                "ackwatch_commit_duration_ms",
+                "Commit duration, ms",
+                ms_buckets(),
+            ),
+            changelog_records: counter(
+                &r,
+                "ackwatch_changelog_records_total",
+                "Records written to the changelog topic",
+            ),
+            restoring_tasks: gauge(
+                &r,
+                "ackwatch_restoring_tasks",
+                "Tasks restoring their store from the changelog",
+            ),
+            restore_records: counter(
+                &r,
+                "ackwatch_restore_records_total",
+                "Changelog records applied by restores",
+            ),
+            restore_remaining_records: gauge(
+                &r,
+                "ackwatch_restore_remaining_records",
+                "Changelog offsets left in the running restore",
+            ),
+            task_idle_exceeded: counter(
+                &r,
+                "ackwatch_task_idle_exceeded_total",
+                "Waits for a lagging partition that ran past max_task_idle_ms",
+            ),
+            limit_cut: counter_vec(
+                &r,
+                "ackwatch_limit_cut_total",
+                "What a named limit cut",
+                &["limit"],
+            ),
+            buffer_paused_partitions: gauge(
+                &r,
+                "ackwatch_buffer_paused_partitions",
+                "Input partitions paused because their task buffer is full",
+            ),
+            kafka_errors: counter_vec(
+                &r,
+                "ackwatch_kafka_errors_total",
+                "Errors reported by the Kafka client, by code",
+                &["code"],
+            ),
+            all_brokers_down: gauge(
+                &r,
+                "ackwatch_kafka_all_brokers_down",
+                "1 while the Kafka client reaches no broker",
+            ),
             registry: r,
         };
         // Every label value known up front, so dashboards see zeros rather than gaps.
@@ -152,7 +273,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("text format is UTF-8")
     }
 }
@@ -164,7 +287,9 @@ mod tests {
     #[test]
     fn the_rfc_histogram_and_every_label_are_exposed_from_the_start() {
         let m = Metrics::new(["activation", "control.activation.ack"]);
-        m.ack_latency_ms.with_label_values(&["freeze"]).observe(12.0);
+        m.ack_latency_ms
+            .with_label_values(&["freeze"])
+            .observe(12.0);
         let text = m.render();
         for needle in [
             "controlbus_apply_ack_latency_ms_bucket{phase=\"freeze\",le=\"16\"} 1",

@@ -42,7 +42,10 @@ pub struct Kafka {
 
 impl Default for Kafka {
     fn default() -> Self {
-        Kafka { bootstrap_servers: "127.0.0.1:9092".into(), properties: BTreeMap::new() }
+        Kafka {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+        }
     }
 }
 
@@ -61,14 +64,25 @@ impl Kafka {
     pub fn redacted_properties(&self) -> BTreeMap<String, String> {
         self.properties
             .iter()
-            .map(|(k, v)| (k.clone(), if is_secret(k) { "[redacted]".to_string() } else { v.clone() }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if is_secret(k) {
+                        "[redacted]".to_string()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
             .collect()
     }
 }
 
 /// librdkafka keys whose values are credentials.
 pub fn is_secret(key: &str) -> bool {
-    ["password", "secret", "jaas", "token", "key.pem", "private"].iter().any(|s| key.contains(s))
+    ["password", "secret", "jaas", "token", "key.pem", "private"]
+        .iter()
+        .any(|s| key.contains(s))
 }
 
 /// `processing.guarantee`, as Kafka Streams names it.
@@ -131,7 +145,11 @@ impl Runtime {
         std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ackwatch".into())
     }
@@ -146,7 +164,9 @@ pub struct Http {
 
 impl Default for Http {
     fn default() -> Self {
-        Http { listen: "127.0.0.1:9464".into() }
+        Http {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -165,15 +185,26 @@ impl Settings {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
-            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(config::Environment::with_prefix("ACKWATCH").prefix_separator("__").separator("__"));
+        builder = builder.add_source(
+            config::Environment::with_prefix("ACKWATCH")
+                .prefix_separator("__")
+                .separator("__"),
+        );
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .with_context(|| match path {
-                Some(p) => format!("invalid configuration in {} (or ACKWATCH__* environment)", p.display()),
+                Some(p) => format!(
+                    "invalid configuration in {} (or ACKWATCH__* environment)",
+                    p.display()
+                ),
                 None => "invalid configuration in ACKWATCH__* environment".to_string(),
             })?;
         settings.validate().context("invalid configuration")?;
@@ -185,20 +216,39 @@ impl Settings {
         self.policy.validate()?;
         let r = &self.runtime;
         for (key, value, min, max) in [
-            ("runtime.commit_interval_ms", r.commit_interval_ms, 10, 600_000),
+            (
+                "runtime.commit_interval_ms",
+                r.commit_interval_ms,
+                10,
+                600_000,
+            ),
             ("runtime.max_task_idle_ms", r.max_task_idle_ms, 0, 600_000),
             ("runtime.lateness_ms", r.lateness_ms, 0, 3_600_000),
-            ("runtime.shutdown_timeout_ms", r.shutdown_timeout_ms, 1000, 600_000),
+            (
+                "runtime.shutdown_timeout_ms",
+                r.shutdown_timeout_ms,
+                1000,
+                600_000,
+            ),
         ] {
-            anyhow::ensure!((min..=max).contains(&value), "{key} = {value} is not between {min} and {max}");
+            anyhow::ensure!(
+                (min..=max).contains(&value),
+                "{key} = {value} is not between {min} and {max}"
+            );
         }
-        anyhow::ensure!(!r.application_id.is_empty(), "runtime.application_id must not be empty");
+        anyhow::ensure!(
+            !r.application_id.is_empty(),
+            "runtime.application_id must not be empty"
+        );
         anyhow::ensure!(
             r.changelog_replication_factor == -1 || r.changelog_replication_factor >= 1,
             "runtime.changelog_replication_factor = {} must be -1 (broker default) or at least 1",
             r.changelog_replication_factor
         );
-        anyhow::ensure!(!self.kafka.bootstrap_servers.is_empty(), "kafka.bootstrap_servers must not be empty");
+        anyhow::ensure!(
+            !self.kafka.bootstrap_servers.is_empty(),
+            "kafka.bootstrap_servers must not be empty"
+        );
         anyhow::ensure!(
             self.topics.activation != self.topics.ack,
             "topics.activation and topics.ack must differ (both are {:?})",
@@ -207,7 +257,12 @@ impl Settings {
         self.http
             .listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|e| anyhow::anyhow!("http.listen = {:?} is not an address like 127.0.0.1:9464: {e}", self.http.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "http.listen = {:?} is not an address like 127.0.0.1:9464: {e}",
+                    self.http.listen
+                )
+            })?;
         Ok(())
     }
 }
@@ -224,7 +279,10 @@ mod tests {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{toml}"),
             (Err(got), Err(want)) => {
                 let text = format!("{got:#}");
-                assert!(text.contains(want), "{toml}: error {text:?} should mention {want:?}");
+                assert!(
+                    text.contains(want),
+                    "{toml}: error {text:?} should mention {want:?}"
+                );
             }
             (got, want) => panic!("{toml}: got {got:?}, expected {want:?}"),
         }
@@ -237,7 +295,10 @@ mod tests {
         // And it names every key the settings have.
         let keys = serde_json::to_value(Settings::default()).unwrap();
         for (section, fields) in keys.as_object().unwrap() {
-            assert!(example.contains(&format!("[{section}]")), "example lacks [{section}]");
+            assert!(
+                example.contains(&format!("[{section}]")),
+                "example lacks [{section}]"
+            );
             for key in fields.as_object().unwrap().keys() {
                 let table = format!("[{section}.{key}]");
                 assert!(
@@ -251,10 +312,15 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let kafka = Kafka {
-            properties: [("sasl.password", "hunter2"), ("sasl.username", "me"), ("ssl.key.password", "x"), ("sasl.oauthbearer.client.secret", "y")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            properties: [
+                ("sasl.password", "hunter2"),
+                ("sasl.username", "me"),
+                ("ssl.key.password", "x"),
+                ("sasl.oauthbearer.client.secret", "y"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             ..Kafka::default()
         };
         let shown = format!("{:?}", kafka.redacted_properties());
@@ -266,17 +332,47 @@ mod tests {
 
     #[test]
     fn bad_configuration_names_the_key() {
-        check("[policy]\nack_timeout_ms = 5000\n", Ok(Settings { policy: Policy { ack_timeout_ms: 5000, ..Policy::default() }, ..Settings::default() }));
-        check("[policy]\nack_timeout_msec = 5000\n", Err("ack_timeout_msec"));
-        check("[policy]\nack_timeout_ms = \"soon\"\n", Err("ack_timeout_ms"));
-        check("[policy]\ngap_timeout_ms = 0\n", Err("policy key `gap_timeout_ms`: 0 is not between 1 ms and one year"));
-        check("[policy]\nrun_retention_ms = 1000\n", Err("run_retention_ms"));
+        check(
+            "[policy]\nack_timeout_ms = 5000\n",
+            Ok(Settings {
+                policy: Policy {
+                    ack_timeout_ms: 5000,
+                    ..Policy::default()
+                },
+                ..Settings::default()
+            }),
+        );
+        check(
+            "[policy]\nack_timeout_msec = 5000\n",
+            Err("ack_timeout_msec"),
+        );
+        check(
+            "[policy]\nack_timeout_ms = \"soon\"\n",
+            Err("ack_timeout_ms"),
+        );
+        check(
+            "[policy]\ngap_timeout_ms = 0\n",
+            Err("policy key `gap_timeout_ms`: 0 is not between 1 ms and one year"),
+        );
+        check(
+            "[policy]\nrun_retention_ms = 1000\n",
+            Err("run_retention_ms"),
+        );
         check("[topic]\nack = \"x\"\n", Err("topic"));
         check("not toml at all [", Err("ackwatch.toml"));
-        check("[runtime]\ncommit_interval_ms = 0\n", Err("runtime.commit_interval_ms = 0 is not between 10 and 600000"));
-        check("[runtime]\nprocessing_guarantee = \"exactly_once\"\n", Err("processing_guarantee"));
+        check(
+            "[runtime]\ncommit_interval_ms = 0\n",
+            Err("runtime.commit_interval_ms = 0 is not between 10 and 600000"),
+        );
+        check(
+            "[runtime]\nprocessing_guarantee = \"exactly_once\"\n",
+            Err("processing_guarantee"),
+        );
         check("[http]\nlisten = \"localhost\"\n", Err("http.listen"));
-        check("[topics]\nactivation = \"a\"\nack = \"a\"\n", Err("topics.activation and topics.ack must differ"));
+        check(
+            "[topics]\nactivation = \"a\"\nack = \"a\"\n",
+            Err("topics.activation and topics.ack must differ"),
+        );
         check(
             "[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n",
             Ok(Settings {

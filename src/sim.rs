@@ -20,11 +20,21 @@ pub struct TrafficSpec {
     pub partitions: i32,
     pub seed: u64,
     pub start_ms: Millis,
+    /// World ids are this prefix and a number; another prefix gives another set of runs.
+    pub world_prefix: &'static str,
 }
 
 impl Default for TrafficSpec {
     fn default() -> Self {
-        TrafficSpec { concurrent_runs: 10_000, records: 1_000_000, fault_percent: 5, partitions: 1, seed: 1, start_ms: 1_772_442_000_000 }
+        TrafficSpec {
+            concurrent_runs: 10_000,
+            records: 1_000_000,
+            fault_percent: 5,
+            partitions: 1,
+            seed: 1,
+            start_ms: 1_772_442_000_000,
+            world_prefix: "world_",
+        }
     }
 }
 
@@ -45,28 +55,51 @@ impl Rng {
 /// Records of both topics, each topic in offset order per partition, sorted by record timestamp.
 pub fn generate(spec: &TrafficSpec) -> Vec<KcatRecord> {
     let mut rng = Rng(spec.seed);
-    let mut events: Vec<(Millis, bool, String, String, i32)> = Vec::with_capacity(spec.records + 16);
+    let mut events: Vec<(Millis, bool, String, String, i32)> =
+        Vec::with_capacity(spec.records + 16);
     // Each round, every world issues one activation of its current run; runs have 8 sequences.
     const SEQUENCES_PER_RUN: u64 = 8;
     let round_ms: Millis = 1000;
     let mut round = 0u64;
     while events.len() < spec.records {
         for w in 0..spec.concurrent_runs {
-            let world = format!("world_{w}");
+            let world = format!("{}{w}", spec.world_prefix);
             let seq = round % SEQUENCES_PER_RUN + 1;
             let run = format!("run{:x}", round / SEQUENCES_PER_RUN);
-            let t = spec.start_ms + round as Millis * round_ms + (w as Millis * round_ms) / spec.concurrent_runs as Millis;
+            let t = spec.start_ms
+                + round as Millis * round_ms
+                + (w as Millis * round_ms) / spec.concurrent_runs as Millis;
             let partition = (fnv(&world) % spec.partitions as u64) as i32;
             let fault = rng.below(100) < spec.fault_percent;
             let kind = if fault { rng.below(3) } else { 99 };
-            let phase = if seq <= SEQUENCES_PER_RUN / 2 { "freeze" } else { "unfreeze" };
+            let phase = if seq <= SEQUENCES_PER_RUN / 2 {
+                "freeze"
+            } else {
+                "unfreeze"
+            };
             if kind != 2 {
-                events.push((t, true, world.clone(), activation(&world, &run, seq, phase, t, &mut rng), partition));
+                events.push((
+                    t,
+                    true,
+                    world.clone(),
+                    activation(&world, &run, seq, phase, t, &mut rng),
+                    partition,
+                ));
             }
             if kind != 0 {
-                let latency = if kind == 1 { 3000 + rng.below(4000) as Millis } else { 20 + rng.below(60) as Millis };
+                let latency = if kind == 1 {
+                    3000 + rng.below(4000) as Millis
+                } else {
+                    20 + rng.below(60) as Millis
+                };
                 let ack_t = t + latency;
-                events.push((ack_t, false, world.clone(), ack(&world, &run, seq, phase, ack_t, &mut rng), partition));
+                events.push((
+                    ack_t,
+                    false,
+                    world.clone(),
+                    ack(&world, &run, seq, phase, ack_t, &mut rng),
+                    partition,
+                ));
             }
         }
         round += 1;
@@ -80,7 +113,12 @@ pub fn generate(spec: &TrafficSpec) -> Vec<KcatRecord> {
             let offset = offsets[partition as usize][side];
             offsets[partition as usize][side] += 1;
             KcatRecord {
-                topic: if is_activation { "activation" } else { "control.activation.ack" }.to_string(),
+                topic: if is_activation {
+                    "activation"
+                } else {
+                    "control.activation.ack"
+                }
+                .to_string(),
                 partition,
                 offset,
                 tstype: Some("create".into()),
@@ -95,12 +133,21 @@ pub fn generate(spec: &TrafficSpec) -> Vec<KcatRecord> {
 }
 
 fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn uuid(rng: &mut Rng) -> String {
     let (a, b) = (rng.next(), rng.next());
-    format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
 }
 
 fn activation(world: &str, run: &str, seq: u64, phase: &str, t: Millis, rng: &mut Rng) -> String {
@@ -156,11 +203,23 @@ pub struct OwnedRecord {
 impl OwnedRecord {
     pub fn from_kcat(record: &KcatRecord) -> Self {
         OwnedRecord {
-            source: if record.topic == "activation" { Source::Activation } else { Source::Ack },
+            source: if record.topic == "activation" {
+                Source::Activation
+            } else {
+                Source::Ack
+            },
             offset: record.offset,
             timestamp_ms: record.ts.expect("generated records have timestamps"),
-            key: record.key.clone().expect("generated records have keys").into_bytes(),
-            value: record.payload.clone().expect("generated records have values").into_bytes(),
+            key: record
+                .key
+                .clone()
+                .expect("generated records have keys")
+                .into_bytes(),
+            value: record
+                .payload
+                .clone()
+                .expect("generated records have values")
+                .into_bytes(),
         }
     }
 

@@ -109,7 +109,11 @@ pub struct Origin<'a> {
 }
 
 /// The headers of a dead letter: reason, detail, origin, and the original length when cut.
-pub fn dead_letter_headers(invalid: &Invalid, origin: Origin<'_>, value_len: usize) -> Vec<(&'static str, String)> {
+pub fn dead_letter_headers(
+    invalid: &Invalid,
+    origin: Origin<'_>,
+    value_len: usize,
+) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("ackwatch.reason", invalid.reason.label().to_string()),
         ("ackwatch.detail", invalid.detail.clone()),
@@ -135,10 +139,20 @@ mod tests {
 
     fn check(output: Output, expected: Option<(Sink, &str)>) {
         let got = encode(&output).map(|e| {
-            assert_eq!(e.key, serde_json::from_str::<serde_json::Value>(&e.value).unwrap()["world_id"]);
+            assert_eq!(
+                e.key,
+                serde_json::from_str::<serde_json::Value>(&e.value).unwrap()["world_id"]
+            );
             (e.sink, e.value)
         });
-        let expected = expected.map(|(s, v)| (s, serde_json::from_str::<serde_json::Value>(v).unwrap().to_string()));
+        let expected = expected.map(|(s, v)| {
+            (
+                s,
+                serde_json::from_str::<serde_json::Value>(v)
+                    .unwrap()
+                    .to_string(),
+            )
+        });
         assert_eq!(got, expected);
     }
 
@@ -193,8 +207,22 @@ mod tests {
                     "episode":2,"at":"1970-01-01T00:00:31.000Z","idempotency_key":"k3"}"#,
             )),
         );
-        check(Output::Latency { phase: None, ms: 3, clock_skew: false }, None);
-        check(Output::Escalated { run: RunKey::new("w", "r"), episode: 1, at: 0 }, None);
+        check(
+            Output::Latency {
+                phase: None,
+                ms: 3,
+                clock_skew: false,
+            },
+            None,
+        );
+        check(
+            Output::Escalated {
+                run: RunKey::new("w", "r"),
+                episode: 1,
+                at: 0,
+            },
+            None,
+        );
     }
 
     #[test]

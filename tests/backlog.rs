@@ -21,21 +21,29 @@ fn catching_up_a_million_record_backlog_invents_nothing() {
 
     // Event times an hour ago: the backlog is old, as after an outage of the processor.
     let start_ms = now_ms() - 3_600_000;
-    let spec = |records, seed, start_ms| ackwatch::sim::TrafficSpec { concurrent_runs: 10_000, records, fault_percent: 5, partitions: 4, seed, start_ms };
-    let first = ackwatch::sim::generate(&spec(20_000, 1, start_ms));
+    let spec = |records, seed, start_ms, world_prefix| ackwatch::sim::TrafficSpec {
+        concurrent_runs: 10_000,
+        records,
+        fault_percent: 5,
+        partitions: 4,
+        seed,
+        start_ms,
+        world_prefix,
+    };
+    let first = ackwatch::sim::generate(&spec(20_000, 1, start_ms, "world_"));
     rt.block_on(support::produce_kcat(&first, &topics));
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
-    assert!(processor.terminate(Duration::from_secs(30)).success(), "{}", processor.log_text());
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
 
     // The backlog continues the same runs where the first part stopped.
     let first_end = first.iter().filter_map(|r| r.ts).max().unwrap();
-    let mut backlog = ackwatch::sim::generate(&spec(BACKLOG_RECORDS, 2, first_end + 1000));
-    for r in &mut backlog {
-        r.key = r.key.take().map(|k| k.replace("world_", "world_b"));
-        r.payload = r.payload.take().map(|p| p.replace("world_", "world_b"));
-    }
+    let backlog = ackwatch::sim::generate(&spec(BACKLOG_RECORDS, 2, first_end + 1000, "backlog_"));
     rt.block_on(support::produce_kcat(&backlog, &topics));
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
@@ -48,6 +56,13 @@ fn catching_up_a_million_record_backlog_invents_nothing() {
         .filter(|l| l.starts_with("ackwatch_records_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    assert!(processed >= BACKLOG_RECORDS as u64, "the restarted instance read the backlog: {processed}");
-    assert!(processor.terminate(Duration::from_secs(30)).success(), "{}", processor.log_text());
+    assert!(
+        processed >= BACKLOG_RECORDS as u64,
+        "the restarted instance read the backlog: {processed}"
+    );
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
 }

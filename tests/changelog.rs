@@ -15,18 +15,47 @@ fn feed(task: &mut Task, from_world: usize, worlds: usize, t: i64) {
         let world = format!("w{w}");
         for seq in 1..=3u64 {
             let ts = ackwatch_topology::time::format_rfc3339_ms(t + seq as i64 * 100);
-            let act = format!(r#"{{"type":"ActivationUpdated","world_id":"{world}","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#);
-            task.process(&RawRecord { source: Source::Activation, partition: 0, offset: 0, timestamp_ms: Some(t), key: Some(world.as_bytes()), value: Some(act.as_bytes()) }, &mut out);
+            let act = format!(
+                r#"{{"type":"ActivationUpdated","world_id":"{world}","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
+            );
+            task.process(
+                &RawRecord {
+                    source: Source::Activation,
+                    partition: 0,
+                    offset: 0,
+                    timestamp_ms: Some(t),
+                    key: Some(world.as_bytes()),
+                    value: Some(act.as_bytes()),
+                },
+                &mut out,
+            );
             if seq != 2 || w % 3 != 0 {
-                let ack = format!(r#"{{"type":"ActivationAck","world_id":"{world}","run_id":"r","sequence":{seq},"ack_ts":"{ts}"}}"#);
-                task.process(&RawRecord { source: Source::Ack, partition: 0, offset: 0, timestamp_ms: Some(t), key: Some(world.as_bytes()), value: Some(ack.as_bytes()) }, &mut out);
+                let ack = format!(
+                    r#"{{"type":"ActivationAck","world_id":"{world}","run_id":"r","sequence":{seq},"ack_ts":"{ts}"}}"#
+                );
+                task.process(
+                    &RawRecord {
+                        source: Source::Ack,
+                        partition: 0,
+                        offset: 0,
+                        timestamp_ms: Some(t),
+                        key: Some(world.as_bytes()),
+                        value: Some(ack.as_bytes()),
+                    },
+                    &mut out,
+                );
             }
         }
     }
 }
 
 /// One commit as the runtime does it: changelog first (acknowledged), then store and checkpoint.
-async fn commit(task: &mut Task, writer: &ChangelogWriter, store: &TaskStore, partition: i32) -> usize {
+async fn commit(
+    task: &mut Task,
+    writer: &ChangelogWriter,
+    store: &TaskStore,
+    partition: i32,
+) -> usize {
     let (changes, meta) = task.take_changes();
     let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref());
     let end = writer.write(partition, &records).await.unwrap();
@@ -44,14 +73,33 @@ fn sorted_state(runs: impl IntoIterator<Item = (RunKey, RunState)>) -> Vec<(RunK
 async fn changelog_topic_is_created_compacted_and_refused_when_it_does_not_fit() {
     let config = support::client_config();
     let topic = changelog::topic_name(&support::unique("app"));
-    assert_eq!(changelog::ensure_topic(&config, &topic, 3, 1).await.unwrap(), Ensured::Created);
-    assert_eq!(changelog::ensure_topic(&config, &topic, 3, 1).await.unwrap(), Ensured::Existing);
-    let err = changelog::ensure_topic(&config, &topic, 4, 1).await.unwrap_err().to_string();
-    assert!(err.contains("has 3 partitions but the input topics have 4"), "{err}");
+    assert_eq!(
+        changelog::ensure_topic(&config, &topic, 3, 1)
+            .await
+            .unwrap(),
+        Ensured::Created
+    );
+    assert_eq!(
+        changelog::ensure_topic(&config, &topic, 3, 1)
+            .await
+            .unwrap(),
+        Ensured::Existing
+    );
+    let err = changelog::ensure_topic(&config, &topic, 4, 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 3 partitions but the input topics have 4"),
+        "{err}"
+    );
 
     let not_compacted = support::unique("plain");
     support::create_topic(&not_compacted, 2, &[("cleanup.policy", "delete")]).await;
-    let err = changelog::ensure_topic(&config, &not_compacted, 2, 1).await.unwrap_err().to_string();
+    let err = changelog::ensure_topic(&config, &not_compacted, 2, 1)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cleanup.policy=delete, not compact"), "{err}");
 }
 
@@ -60,15 +108,21 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
     let config = support::client_config();
     let app = support::unique("app");
     let topic = changelog::topic_name(&app);
-    changelog::ensure_topic(&config, &topic, 2, 1).await.unwrap();
+    changelog::ensure_topic(&config, &topic, 2, 1)
+        .await
+        .unwrap();
     let writer = ChangelogWriter::new(&config, &topic).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let partition = 1;
 
     // Several commits, with runs that retention drops in between (tombstones).
-    let policy = Policy { run_retention_ms: 60_000, ..Policy::default() };
+    let policy = Policy {
+        run_retention_ms: 60_000,
+        ..Policy::default()
+    };
     let mut task = Task::new(policy);
-    let (store, _) = TaskStore::open(state_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
+    let (store, _) =
+        TaskStore::open(state_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
     feed(&mut task, 0, 40, T0);
     commit(&mut task, &writer, &store, partition).await;
     feed(&mut task, 40, 40, T0 + 120_000); // the first 40 runs are dropped by retention
@@ -82,13 +136,18 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
     drop(store);
 
     std::fs::remove_dir_all(state_dir.path().join(&app)).unwrap();
-    let (store, opened) = TaskStore::open(state_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
+    let (store, opened) =
+        TaskStore::open(state_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
     assert_eq!(opened, Opened::Created);
     let stats = changelog::restore(&config, &topic, partition, &store).unwrap();
     assert_eq!(stats.from_offset, 0);
     assert!(stats.records > 0 && stats.bytes > 0);
     let contents = store.load().unwrap();
-    assert_eq!(sorted_state(contents.runs), expected, "restored runs equal the committed ones, dropped runs stay dropped");
+    assert_eq!(
+        sorted_state(contents.runs),
+        expected,
+        "restored runs equal the committed ones, dropped runs stay dropped"
+    );
     assert_eq!(contents.meta, Some(task.meta()));
 
     // Restoring again from the checkpoint reads nothing; after one more commit, only that commit.
@@ -96,7 +155,8 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
     assert_eq!((again.from_offset, again.records), (stats.to_offset, 0));
     // The commit goes to another store (another instance's), so `store` learns it only by restoring.
     let other_dir = tempfile::tempdir().unwrap();
-    let (other_store, _) = TaskStore::open(other_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
+    let (other_store, _) =
+        TaskStore::open(other_dir.path(), &app, partition, &StoreOptions::default()).unwrap();
     feed(&mut task, 90, 5, T0 + 122_000);
     let written = commit(&mut task, &writer, &other_store, partition).await;
     let incremental = changelog::restore(&config, &topic, partition, &store).unwrap();

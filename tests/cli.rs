@@ -3,8 +3,15 @@
 use std::process::Command;
 
 fn ackwatch(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ackwatch")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_ackwatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn fixture(path: &str) -> String {
@@ -15,36 +22,91 @@ fn fixture(path: &str) -> String {
 fn malformed_lines_are_reported_by_number_and_the_audit_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("dump.jsonl");
-    let mut lines: Vec<String> = std::fs::read_to_string(fixture("scenarios/late_ack.kcat.jsonl")).unwrap().lines().map(String::from).collect();
-    lines.insert(1, "% Reached end of topic activation [0] at offset 9".into());
+    let mut lines: Vec<String> = std::fs::read_to_string(fixture("scenarios/late_ack.kcat.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.insert(
+        1,
+        "% Reached end of topic activation [0] at offset 9".into(),
+    );
     lines.insert(5, "{\"topic\": \"activation\", \"partition\": 0".into());
     std::fs::write(&input, lines.join("\n")).unwrap();
     let report = dir.path().join("report.json");
-    let (ok, stdout, stderr) = ackwatch(&["audit", "--input", input.to_str().unwrap(), "--output", report.to_str().unwrap()]);
+    let (ok, stdout, stderr) = ackwatch(&[
+        "audit",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        report.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("dump.jsonl:2: skipped: not a kcat -J record"), "{stderr}");
+    assert!(
+        stderr.contains("dump.jsonl:2: skipped: not a kcat -J record"),
+        "{stderr}"
+    );
     assert!(stderr.contains("dump.jsonl:6: skipped"), "{stderr}");
     assert!(stdout.contains("2 malformed lines skipped"), "{stdout}");
-    assert!(stdout.contains("ack_missing") && stdout.contains("resume"), "{stdout}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(
+        stdout.contains("ack_missing") && stdout.contains("resume"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["totals"]["malformed_lines"], 2);
-    assert_eq!(json["totals"]["records"], 24, "every record line still counted");
+    assert_eq!(
+        json["totals"]["records"], 24,
+        "every record line still counted"
+    );
     assert_eq!(json["signals"].as_array().unwrap().len(), 2);
-    assert_eq!(json["findings"][0]["detected_at"], "2026-03-02T09:00:04.200Z");
-    assert_eq!(json["findings"][0]["resolved_at"], "2026-03-02T09:00:06.400Z");
+    assert_eq!(
+        json["findings"][0]["detected_at"],
+        "2026-03-02T09:00:04.200Z"
+    );
+    assert_eq!(
+        json["findings"][0]["resolved_at"],
+        "2026-03-02T09:00:06.400Z"
+    );
 }
 
 #[test]
 fn policy_flags_change_the_verdict() {
     let input = fixture("scenarios/late_ack.kcat.jsonl");
-    let (ok, stdout, stderr) = ackwatch(&["audit", "--input", &input, "--format", "json", "--ack-timeout-ms", "6000"]);
+    let (ok, stdout, stderr) = ackwatch(&[
+        "audit",
+        "--input",
+        &input,
+        "--format",
+        "json",
+        "--ack-timeout-ms",
+        "6000",
+    ]);
     assert!(ok, "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["findings"].as_array().unwrap().len(), 0, "a 5.2 s ACK is on time with a 6 s timeout");
-    let (ok, stdout, _) = ackwatch(&["audit", "--input", &fixture("scenarios/ack_missing.kcat.jsonl"), "--format", "json", "--auto-rollback", "--rollback-after-ms", "1000"]);
+    assert_eq!(
+        json["findings"].as_array().unwrap().len(),
+        0,
+        "a 5.2 s ACK is on time with a 6 s timeout"
+    );
+    let (ok, stdout, _) = ackwatch(&[
+        "audit",
+        "--input",
+        &fixture("scenarios/ack_missing.kcat.jsonl"),
+        "--format",
+        "json",
+        "--auto-rollback",
+        "--rollback-after-ms",
+        "1000",
+    ]);
     assert!(ok);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let actions: Vec<&str> = json["signals"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = json["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["pause", "rollback"]);
 }
 
@@ -52,8 +114,17 @@ fn policy_flags_change_the_verdict() {
 fn errors_say_what_to_fix() {
     let (ok, _, stderr) = ackwatch(&["audit", "--input", "/nonexistent/dump.jsonl"]);
     assert!(!ok);
-    assert!(stderr.contains("cannot open input /nonexistent/dump.jsonl"), "{stderr}");
-    let (ok, _, stderr) = ackwatch(&["audit", "--input", &fixture("wire/qmtl-apply-run.kcat.jsonl"), "--gap-timeout-ms", "0"]);
+    assert!(
+        stderr.contains("cannot open input /nonexistent/dump.jsonl"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = ackwatch(&[
+        "audit",
+        "--input",
+        &fixture("wire/qmtl-apply-run.kcat.jsonl"),
+        "--gap-timeout-ms",
+        "0",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("gap_timeout_ms"), "{stderr}");
 }

@@ -12,10 +12,13 @@ use serde_json::Value;
 
 fn scenario_dirs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("tests/fixtures/scenarios"), root.join("../shared/fixtures/scenarios")]
-        .into_iter()
-        .filter(|d| d.is_dir())
-        .collect()
+    [
+        root.join("tests/fixtures/scenarios"),
+        root.join("../shared/fixtures/scenarios"),
+    ]
+    .into_iter()
+    .filter(|d| d.is_dir())
+    .collect()
 }
 
 fn scenarios() -> BTreeMap<String, (PathBuf, PathBuf)> {
@@ -26,7 +29,12 @@ fn scenarios() -> BTreeMap<String, (PathBuf, PathBuf)> {
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             if let Some(stem) = name.strip_suffix(".expected.json") {
                 let input = dir.join(format!("{stem}.kcat.jsonl"));
-                assert!(input.exists(), "{} has no input {}", path.display(), input.display());
+                assert!(
+                    input.exists(),
+                    "{} has no input {}",
+                    path.display(),
+                    input.display()
+                );
                 found.insert(stem.to_string(), (input, path));
             }
         }
@@ -39,7 +47,15 @@ fn audit(input: &Path, policy: Policy) -> Report {
 }
 
 fn audit_until(input: &Path, policy: Policy, end_ms: Option<i64>) -> Report {
-    FileAudit { inputs: vec![input.to_path_buf()], topics: Topics::default(), policy, progress: false, end_ms }.run().unwrap()
+    FileAudit {
+        inputs: vec![input.to_path_buf()],
+        topics: Topics::default(),
+        policy,
+        progress: false,
+        end_ms,
+    }
+    .run()
+    .unwrap()
 }
 
 /// Flattens a report the way the expected files are written (fixtures/README.md).
@@ -49,24 +65,40 @@ fn flatten(report: &Report) -> Value {
         .iter()
         .flat_map(|f| {
             f.sequences.iter().map(move |s| {
-                serde_json::json!([f.kind.as_str(), f.world_id, f.run_id, s, f.resolved_at.is_some()])
+                serde_json::json!([
+                    f.kind.as_str(),
+                    f.world_id,
+                    f.run_id,
+                    s,
+                    f.resolved_at.is_some()
+                ])
             })
         })
         .collect();
     findings.sort_by_key(|v| v.to_string());
-    let mut signals: Vec<Value> =
-        report.signals.iter().map(|s| serde_json::json!([s.action.as_str(), s.world_id, s.run_id])).collect();
+    let mut signals: Vec<Value> = report
+        .signals
+        .iter()
+        .map(|s| serde_json::json!([s.action.as_str(), s.world_id, s.run_id]))
+        .collect();
     signals.sort_by_key(|v| v.to_string());
     let mut pending: Vec<Value> = report
         .pending_at_end
         .iter()
-        .flat_map(|p| p.sequences.iter().map(move |s| serde_json::json!([p.kind.as_str(), p.world_id, p.run_id, s])))
+        .flat_map(|p| {
+            p.sequences
+                .iter()
+                .map(move |s| serde_json::json!([p.kind.as_str(), p.world_id, p.run_id, s]))
+        })
         .collect();
     pending.sort_by_key(|v| v.to_string());
     let latency_max: serde_json::Map<String, Value> = report
         .runs
         .iter()
-        .filter_map(|r| r.latency_ms.map(|l| (format!("{}/{}", r.world_id, r.run_id), Value::from(l.max))))
+        .filter_map(|r| {
+            r.latency_ms
+                .map(|l| (format!("{}/{}", r.world_id, r.run_id), Value::from(l.max)))
+        })
         .collect();
     serde_json::json!({
         "findings": findings, "signals": signals, "pending_at_end": pending,
@@ -82,9 +114,15 @@ fn sorted(v: &Value) -> Value {
 }
 
 fn check(name: &str, input: &Path, expected_path: &Path) {
-    let expected: Value = serde_json::from_str(&std::fs::read_to_string(expected_path).unwrap()).unwrap();
-    let policy: Policy = serde_json::from_value(expected.get("config").cloned().unwrap_or(Value::Object(Default::default())))
-        .unwrap_or_else(|e| panic!("{name}: config not a policy: {e}"));
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(expected_path).unwrap()).unwrap();
+    let policy: Policy = serde_json::from_value(
+        expected
+            .get("config")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default())),
+    )
+    .unwrap_or_else(|e| panic!("{name}: config not a policy: {e}"));
     let got = flatten(&audit(input, policy));
     for key in ["findings", "signals", "pending_at_end"] {
         assert_eq!(got[key], sorted(&expected[key]), "{name}: {key}");
@@ -95,7 +133,12 @@ fn check(name: &str, input: &Path, expected_path: &Path) {
     if let Some(records) = expected.get("records") {
         assert_eq!(&got["records"], records, "{name}: records");
     }
-    for (key, value) in expected.get("totals").and_then(Value::as_object).into_iter().flatten() {
+    for (key, value) in expected
+        .get("totals")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         assert_eq!(&got["totals"][key], value, "{name}: totals.{key}");
     }
 }
@@ -103,7 +146,11 @@ fn check(name: &str, input: &Path, expected_path: &Path) {
 #[test]
 fn every_scenario_matches_its_expected_outcome() {
     let all = scenarios();
-    assert!(all.len() >= 4, "expected the four public scenarios at least, found {:?}", all.keys());
+    assert!(
+        all.len() >= 4,
+        "expected the four public scenarios at least, found {:?}",
+        all.keys()
+    );
     for (name, (input, expected)) in &all {
         check(name, input, expected);
     }
@@ -114,8 +161,15 @@ fn every_scenario_matches_its_expected_outcome() {
 #[test]
 fn an_end_time_after_every_deadline_turns_pending_into_findings() {
     for (name, (input, expected_path)) in scenarios() {
-        let expected: Value = serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
-        let policy: Policy = serde_json::from_value(expected.get("config").cloned().unwrap_or(Value::Object(Default::default()))).unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+        let policy: Policy = serde_json::from_value(
+            expected
+                .get("config")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default())),
+        )
+        .unwrap();
         let bounded = flatten(&audit(&input, policy));
         let ended = flatten(&audit_until(&input, policy, Some(i64::MAX / 4)));
         let mut want: Vec<Value> = bounded["findings"].as_array().unwrap().clone();
@@ -132,11 +186,17 @@ fn an_end_time_after_every_deadline_turns_pending_into_findings() {
 #[test]
 fn wire_fixtures_audit_clean_with_the_right_latencies() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire");
-    for file in ["qmtl-apply-run.kcat.jsonl", "documented-envelopes.kcat.jsonl"] {
+    for file in [
+        "qmtl-apply-run.kcat.jsonl",
+        "documented-envelopes.kcat.jsonl",
+    ] {
         let path = root.join(file);
         let report = audit(&path, Policy::default());
         assert!(report.findings.is_empty(), "{file}: {:?}", report.findings);
-        assert!(report.signals.is_empty() && report.pending_at_end.is_empty(), "{file}");
+        assert!(
+            report.signals.is_empty() && report.pending_at_end.is_empty(),
+            "{file}"
+        );
         assert_eq!(report.totals.invalid, 0, "{file}");
 
         let mut act_ms = BTreeMap::new();
@@ -146,7 +206,11 @@ fn wire_fixtures_audit_clean_with_the_right_latencies() {
             let payload: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
             let data = payload.get("data").unwrap_or(&payload);
             let parse = |s: &Value| {
-                let t = time::OffsetDateTime::parse(s.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+                let t = time::OffsetDateTime::parse(
+                    s.as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap();
                 (t.unix_timestamp_nanos() / 1_000_000) as i64
             };
             if data.get("requires_ack") == Some(&Value::Bool(true)) {
@@ -161,7 +225,15 @@ fn wire_fixtures_audit_clean_with_the_right_latencies() {
         let run = &report.runs[0];
         assert_eq!(run.tracked, act_ms.len() as u64, "{file}");
         assert_eq!(run.acked, latencies.len() as u64, "{file}");
-        assert_eq!(run.latency_ms.unwrap().max, *latencies.last().unwrap(), "{file}");
-        assert_eq!(report.totals.latency_ms.unwrap().p50, latencies[(latencies.len() - 1) / 2], "{file}");
+        assert_eq!(
+            run.latency_ms.unwrap().max,
+            *latencies.last().unwrap(),
+            "{file}"
+        );
+        assert_eq!(
+            report.totals.latency_ms.unwrap().p50,
+            latencies[(latencies.len() - 1) / 2],
+            "{file}"
+        );
     }
 }

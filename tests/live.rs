@@ -27,9 +27,16 @@ fn scenarios_live(guarantee: &str) {
     let dir = tempfile::tempdir().unwrap();
     for name in ["ack_missing", "activation_gap", "clean", "late_ack"] {
         let input = scenario_dir().join(format!("{name}.kcat.jsonl"));
-        let expected: Value = serde_json::from_str(&std::fs::read_to_string(scenario_dir().join(format!("{name}.expected.json"))).unwrap()).unwrap();
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(scenario_dir().join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
         let policy: Policy = serde_json::from_value(expected["config"].clone()).unwrap();
-        assert_eq!(policy, Policy::default(), "{name}: the live test runs the default policy");
+        assert_eq!(
+            policy,
+            Policy::default(),
+            "{name}: the live test runs the default policy"
+        );
         let topics = rt.block_on(LiveTopics::create(&format!("live-{name}"), 3));
         rt.block_on(support::produce_kcat(&read_kcat(&input), &topics));
 
@@ -39,9 +46,19 @@ fn scenarios_live(guarantee: &str) {
         processor.wait_ready(READY_TIMEOUT);
         let want = reference(&input, policy, now_ms());
         let committed = guarantee == "exactly_once_v2";
-        let gap_count = want.keys.iter().filter(|k| k.starts_with("ackwatch:gap:")).count();
+        let gap_count = want
+            .keys
+            .iter()
+            .filter(|k| k.starts_with("ackwatch:gap:"))
+            .count();
         let gap = read_topic(&topics.gap, committed, gap_count, QUIET, OUTPUT_TIMEOUT);
-        let signal = read_topic(&topics.signal, committed, want.keys.len() - gap_count, QUIET, OUTPUT_TIMEOUT);
+        let signal = read_topic(
+            &topics.signal,
+            committed,
+            want.keys.len() - gap_count,
+            QUIET,
+            OUTPUT_TIMEOUT,
+        );
         let got = observed(&gap, &signal);
         let log = processor.log_text();
         assert_eq!(got.keys, want.keys, "{name}: idempotency keys\n{log}");
@@ -52,18 +69,34 @@ fn scenarios_live(guarantee: &str) {
         }
         expected_findings.sort_by_key(Value::to_string);
         assert_eq!(got.findings, expected_findings, "{name}: findings");
-        assert_eq!(got.findings, want.findings, "{name}: findings as the audit flattens them");
+        assert_eq!(
+            got.findings, want.findings,
+            "{name}: findings as the audit flattens them"
+        );
 
         // Metrics and the interactive queries, while it runs.
         let (status, metrics) = support::http_get(&http, "/metrics").unwrap();
         assert_eq!(status, 200);
-        let acked: u64 = expected["latency_max"].as_object().map_or(0, |m| m.len() as u64);
+        let acked: u64 = expected["latency_max"]
+            .as_object()
+            .map_or(0, |m| m.len() as u64);
         if acked > 0 {
-            assert!(!metrics.contains("controlbus_apply_ack_latency_ms_count{phase=\"freeze\"} 0\n")
-                || !metrics.contains("controlbus_apply_ack_latency_ms_count{phase=\"unfreeze\"} 0\n")
-                || !metrics.contains("controlbus_apply_ack_latency_ms_count{phase=\"none\"} 0\n"), "{name}: latency observed\n{metrics}");
+            assert!(
+                !metrics.contains("controlbus_apply_ack_latency_ms_count{phase=\"freeze\"} 0\n")
+                    || !metrics
+                        .contains("controlbus_apply_ack_latency_ms_count{phase=\"unfreeze\"} 0\n")
+                    || !metrics
+                        .contains("controlbus_apply_ack_latency_ms_count{phase=\"none\"} 0\n"),
+                "{name}: latency observed\n{metrics}"
+            );
         }
-        assert!(metrics.contains(&format!("ackwatch_records_total{{outcome=\"tracked\",topic=\"{}\"}}", topics.activation)), "{metrics}");
+        assert!(
+            metrics.contains(&format!(
+                "ackwatch_records_total{{outcome=\"tracked\",topic=\"{}\"}}",
+                topics.activation
+            )),
+            "{metrics}"
+        );
         // The scenario's runs are past retention by the wall clock; a fresh activation is not.
         let fresh = KcatRecord {
             topic: "activation".into(),
@@ -80,21 +113,37 @@ fn scenarios_live(guarantee: &str) {
             headers: None,
         };
         rt.block_on(support::produce_kcat(&[fresh], &topics));
-        let run = wait_for(|| support::http_get(&http, "/runs/live_world/r1").filter(|(s, _)| *s == 200).map(|(_, b)| b));
+        let run = wait_for(|| {
+            support::http_get(&http, "/runs/live_world/r1")
+                .filter(|(s, _)| *s == 200)
+                .map(|(_, b)| b)
+        });
         let run: Value = serde_json::from_str(&run).unwrap();
         assert_eq!(run["pending_acks"], json!([1]), "{run}");
         assert_eq!(run["tracked"], 1, "{run}");
         let (status, body) = support::http_get(&http, "/runs/live_world").unwrap();
         assert_eq!(status, 200, "{body}");
-        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["runs_total"], 1, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["runs_total"],
+            1,
+            "{body}"
+        );
         let (status, body) = support::http_get(&http, "/runs/no_such_world/r1").unwrap();
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("owned_partitions"), "{body}");
         assert_eq!(support::http_get(&http, "/healthz").unwrap().0, 200);
 
         let status = processor.terminate(Duration::from_secs(30));
-        assert!(status.success(), "{name}: exit {status}\n{}", processor.log_text());
-        assert!(processor.log_text().contains("stopped cleanly"), "{}", processor.log_text());
+        assert!(
+            status.success(),
+            "{name}: exit {status}\n{}",
+            processor.log_text()
+        );
+        assert!(
+            processor.log_text().contains("stopped cleanly"),
+            "{}",
+            processor.log_text()
+        );
     }
 }
 
@@ -147,20 +196,44 @@ fn poison_records_are_dead_lettered_and_processing_continues() {
     }
     let topics = rt.block_on(LiveTopics::create("live-poison", 1));
     rt.block_on(support::produce_kcat(&records, &topics));
-    let (config, http) = support::live_config(dir.path(), &topics, &support::unique("app-poison"), "i1", "at_least_once", "");
+    let (config, http) = support::live_config(
+        dir.path(),
+        &topics,
+        &support::unique("app-poison"),
+        "i1",
+        "at_least_once",
+        "",
+    );
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(READY_TIMEOUT);
 
-    let dlq = read_topic(&topics.dead_letter, false, poisons.len(), QUIET, OUTPUT_TIMEOUT);
-    let reasons: Vec<&str> = dlq.iter().map(|r| r.header("ackwatch.reason").unwrap()).collect();
-    assert_eq!(reasons, poisons.iter().map(|(_, r)| *r).collect::<Vec<_>>(), "{}", processor.log_text());
+    let dlq = read_topic(
+        &topics.dead_letter,
+        false,
+        poisons.len(),
+        QUIET,
+        OUTPUT_TIMEOUT,
+    );
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|r| r.header("ackwatch.reason").unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        poisons.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        "{}",
+        processor.log_text()
+    );
     for r in &dlq {
         assert_eq!(r.header("ackwatch.topic"), Some(topics.activation.as_str()));
         assert_eq!(r.header("ackwatch.partition"), Some("0"));
         assert!(r.header("ackwatch.offset").unwrap().parse::<i64>().is_ok());
         assert!(!r.header("ackwatch.detail").unwrap().is_empty());
     }
-    let cut = dlq.iter().find(|r| r.header("ackwatch.reason") == Some("too_large")).unwrap();
+    let cut = dlq
+        .iter()
+        .find(|r| r.header("ackwatch.reason") == Some("too_large"))
+        .unwrap();
     assert_eq!(cut.value.len(), ackwatch::sink::DEAD_LETTER_VALUE_BYTES_MAX);
     assert_eq!(cut.header("ackwatch.original_bytes"), Some("1000010"));
     assert_eq!(dlq[0].value, b"{not json");
@@ -169,14 +242,36 @@ fn poison_records_are_dead_lettered_and_processing_continues() {
     let clean = dir.path().join("valid.kcat.jsonl");
     write_kcat(&clean, &records);
     let want = reference(&clean, Policy::default(), now_ms());
-    let gap_count = want.keys.iter().filter(|k| k.starts_with("ackwatch:gap:")).count();
-    let got = observed(&read_topic(&topics.gap, false, gap_count, QUIET, OUTPUT_TIMEOUT), &read_topic(&topics.signal, false, want.keys.len() - gap_count, QUIET, OUTPUT_TIMEOUT));
+    let gap_count = want
+        .keys
+        .iter()
+        .filter(|k| k.starts_with("ackwatch:gap:"))
+        .count();
+    let got = observed(
+        &read_topic(&topics.gap, false, gap_count, QUIET, OUTPUT_TIMEOUT),
+        &read_topic(
+            &topics.signal,
+            false,
+            want.keys.len() - gap_count,
+            QUIET,
+            OUTPUT_TIMEOUT,
+        ),
+    );
     assert_eq!(got.keys, want.keys);
     assert!(!got.findings.is_empty());
     let (_, metrics) = support::http_get(&http, "/metrics").unwrap();
-    assert!(metrics.contains("ackwatch_dead_letters_total 4"), "{metrics}");
-    assert!(metrics.contains("ackwatch_dead_letters_cut_total 1"), "{metrics}");
-    assert!(metrics.contains("ackwatch_invalid_records_total{reason=\"key_mismatch\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ackwatch_dead_letters_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ackwatch_dead_letters_cut_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ackwatch_invalid_records_total{reason=\"key_mismatch\"} 1"),
+        "{metrics}"
+    );
     assert!(processor.terminate(Duration::from_secs(30)).success());
 }
 
@@ -184,12 +279,19 @@ fn killed_and_restarted(guarantee: &str) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("live-kill", 4));
-    let records = traffic(24_000, 4, 7, now_ms() + 3000);
+    let records = traffic(24_000, 4, 7, now_ms() + 3000, "world_");
     let producing = produce_paced(records.clone(), topics.clone());
     let app = support::unique("app-kill");
     // lateness_ms 2000: on two loaded cores a fetch may lag more than the default 500 ms, and a
     // record fetched later than lateness_ms may be judged late live (SPEC §4), not in the audit.
-    let (config, http) = support::live_config(dir.path(), &topics, &app, "i1", guarantee, "lateness_ms = 2000");
+    let (config, http) = support::live_config(
+        dir.path(),
+        &topics,
+        &app,
+        "i1",
+        guarantee,
+        "lateness_ms = 2000",
+    );
     let state_dir = dir.path().join("state-i1");
     let mut logs = String::new();
     for (i, moment) in kill_moments(4).into_iter().enumerate() {
@@ -209,10 +311,23 @@ fn killed_and_restarted(guarantee: &str) {
     remove_if_present(&state_dir);
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(READY_TIMEOUT);
-    assert_same_facts(&topics, &records, dir.path(), guarantee == "exactly_once_v2", &processor.log_text());
+    assert_same_facts(
+        &topics,
+        &records,
+        dir.path(),
+        guarantee == "exactly_once_v2",
+        &processor.log_text(),
+    );
     let (_, metrics) = support::http_get(&http, "/metrics").unwrap();
-    assert!(!metrics.contains("ackwatch_restore_records_total 0\n"), "the last start, without local stores, restored from the changelog\n{}", processor.log_text());
-    assert!(processor.terminate(Duration::from_secs(30)).success(), "{logs}");
+    assert!(
+        !metrics.contains("ackwatch_restore_records_total 0\n"),
+        "the last start, without local stores, restored from the changelog\n{}",
+        processor.log_text()
+    );
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{logs}"
+    );
 }
 
 /// Kill -9 at random moments while traffic with faults flows, four times, then restart: no
@@ -235,11 +350,18 @@ fn instances_join_and_die_and_partitions_move() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("live-group", 6));
-    let records = traffic(14_000, 6, 11, now_ms() + 3000);
+    let records = traffic(14_000, 6, 11, now_ms() + 3000, "world_");
     let producing = produce_paced(records.clone(), topics.clone());
     let app = support::unique("app-group");
     let start = |instance: &str| {
-        let (config, http) = support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "lateness_ms = 2000");
+        let (config, http) = support::live_config(
+            dir.path(),
+            &topics,
+            &app,
+            instance,
+            "at_least_once",
+            "lateness_ms = 2000",
+        );
         Processor::start(&config, &http)
     };
     let mut a = start("a");
@@ -254,12 +376,21 @@ fn instances_join_and_die_and_partitions_move() {
     assert_same_facts(&topics, &records, dir.path(), false, &logs);
     let owned = |p: &Processor| -> Vec<i64> {
         let (_, body) = support::http_get(&p.http, "/runs/no_such_world").unwrap();
-        serde_json::from_str::<Value>(&body).unwrap()["owned_partitions"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+        serde_json::from_str::<Value>(&body).unwrap()["owned_partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
     };
     let mut all = owned(&b);
     all.extend(owned(&c));
     all.sort();
-    assert_eq!(all, (0..6).collect::<Vec<i64>>(), "the survivors own every partition once\n{logs}");
+    assert_eq!(
+        all,
+        (0..6).collect::<Vec<i64>>(),
+        "the survivors own every partition once\n{logs}"
+    );
     assert!(c.log_text().contains("task restored"), "{}", c.log_text());
     assert!(b.terminate(Duration::from_secs(30)).success());
     assert!(c.terminate(Duration::from_secs(30)).success());

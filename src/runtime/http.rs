@@ -38,7 +38,11 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
@@ -52,14 +56,22 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned yet, or a task is restoring its store\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no partitions assigned yet, or a task is restoring its store\n",
+        )
+            .into_response()
     }
 }
 
 fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
     let summary = run.summary();
-    let pending: Vec<u64> =
-        run.sequences.iter().filter(|(_, s)| s.activation.is_some() && s.ack_ms.is_none()).map(|(q, _)| *q).collect();
+    let pending: Vec<u64> = run
+        .sequences
+        .iter()
+        .filter(|(_, s)| s.activation.is_some() && s.ack_ms.is_none())
+        .map(|(q, _)| *q)
+        .collect();
     let mut open = Vec::new();
     for (seq, state) in &run.sequences {
         for kind in FindingKind::ALL {
@@ -73,7 +85,9 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
         EpisodeState::Paused { at, escalated } => {
             json!({"state": "paused", "episode": run.episode, "since": format_rfc3339_ms(at), "escalated": escalated})
         }
-        EpisodeState::RolledBack { at } => json!({"state": "rolled_back", "episode": run.episode, "since": format_rfc3339_ms(at)}),
+        EpisodeState::RolledBack { at } => {
+            json!({"state": "rolled_back", "episode": run.episode, "since": format_rfc3339_ms(at)})
+        }
     };
     json!({
         "world_id": &*key.world_id,
@@ -130,12 +144,19 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
     .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
-async fn run(State(shared): State<Arc<Shared>>, Path((world_id, run_id)): Path<(String, String)>) -> Response {
+async fn run(
+    State(shared): State<Arc<Shared>>,
+    Path((world_id, run_id)): Path<(String, String)>,
+) -> Response {
     tokio::task::spawn_blocking(move || {
         let key = RunKey::new(&world_id, &run_id);
         let found = {
             let worker = shared.worker();
-            worker.tasks.values().find_map(|task| task.engine.run(&key).map(|run| run_view(&key, run, task.partition)))
+            worker.tasks.values().find_map(|task| {
+                task.engine
+                    .run(&key)
+                    .map(|run| run_view(&key, run, task.partition))
+            })
         };
         match found {
             Some(view) => Json(view).into_response(),

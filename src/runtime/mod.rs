@@ -21,7 +21,7 @@ mod task;
 mod worker;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,8 +46,11 @@ use crate::settings::{Guarantee, Settings};
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 /// How often every task is processed and punctuated without a new record.
 const PUNCTUATE_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the state-summarising gauges are recomputed (a scan of the tasks' runs).
-const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the state-summarising gauges are recomputed (a scan of every run held).
+const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Records taken from the consumer per pass of the loop (one lock, one processing pass per
+/// task). Cost: as many librdkafka messages held at once.
+pub const POLL_BATCH_RECORDS_MAX: usize = 512;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the processing thread, the rebalance callbacks and the HTTP server share.
@@ -58,17 +61,25 @@ pub struct Shared {
     /// Partitions assigned and every task restored.
     pub ready: AtomicBool,
     pub shutdown: AtomicBool,
+    /// Bumped by every rebalance callback: records polled across a rebalance are dropped (their
+    /// tasks were closed; the new tasks read from the committed offsets).
+    generation: AtomicU64,
     fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
     pub fn worker(&self) -> MutexGuard<'_, Worker> {
-        self.worker.lock().expect("a panic on the processing thread ends the process")
+        self.worker
+            .lock()
+            .expect("a panic on the processing thread ends the process")
     }
 
     fn set_fatal(&self, error: String) {
         tracing::error!(error = error.as_str(), "fatal error; the processor stops");
-        self.fatal.lock().expect("not poisoned").get_or_insert(error);
+        self.fatal
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert(error);
     }
 
     pub fn fatal(&self) -> Option<String> {
@@ -94,11 +105,16 @@ impl ClientContext for Ctx {
 }
 
 fn partitions_by_topic(list: &TopicPartitionList, topic: &str) -> BTreeSet<i32> {
-    list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
+    list.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
 }
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(list) = rebalance {
             let topics = &self.shared.settings.topics;
             let mut revoked = partitions_by_topic(list, &topics.activation);
@@ -107,14 +123,19 @@ impl ConsumerContext for Ctx {
             let mut worker = self.shared.worker();
             if let Err(e) = worker.commit(consumer) {
                 CommitFailed { error: &e }.emit(&self.shared.metrics);
-                self.shared.set_fatal(format!("commit on revocation failed: {e:#}"));
+                self.shared
+                    .set_fatal(format!("commit on revocation failed: {e:#}"));
             }
             worker.close_tasks(&revoked, "revoked");
-            PartitionsAssigned { partitions: &worker.partitions() }.emit(&self.shared.metrics);
+            PartitionsAssigned {
+                partitions: &worker.partitions(),
+            }
+            .emit(&self.shared.metrics);
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(list) => {
                 let topics = &self.shared.settings.topics;
@@ -130,12 +151,16 @@ impl ConsumerContext for Ctx {
                 }
                 // Paused until the task's store is restored (the processing loop starts it).
                 if let Err(e) = consumer.pause(list) {
-                    self.shared.set_fatal(format!("cannot pause newly assigned partitions: {e}"));
+                    self.shared
+                        .set_fatal(format!("cannot pause newly assigned partitions: {e}"));
                     return;
                 }
                 let mut worker = self.shared.worker();
                 worker.to_start.extend(activation);
-                PartitionsAssigned { partitions: &worker.partitions() }.emit(&self.shared.metrics);
+                PartitionsAssigned {
+                    partitions: &worker.partitions(),
+                }
+                .emit(&self.shared.metrics);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(error = %e, "rebalance error");
@@ -146,25 +171,50 @@ impl ConsumerContext for Ctx {
 }
 
 fn wall_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// What `check` and `run` verify about the cluster before processing: every topic exists, the
 /// inputs are co-partitioned, the changelog matches them. Returns the input partition count and
 /// one line per check.
-pub async fn check_cluster(settings: &Settings, create_changelog: bool) -> anyhow::Result<(i32, Vec<String>)> {
+pub async fn check_cluster(
+    settings: &Settings,
+    create_changelog: bool,
+) -> anyhow::Result<(i32, Vec<String>)> {
     let config = settings.kafka.client_config();
-    let admin: AdminClient<DefaultClientContext> = config.create().context("cannot create a Kafka admin client")?;
-    let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT).with_context(|| {
-        format!("cannot reach Kafka at {} (kafka.bootstrap_servers): is it running and reachable?", settings.kafka.bootstrap_servers)
-    })?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka at {} (kafka.bootstrap_servers): is it running and reachable?",
+                settings.kafka.bootstrap_servers
+            )
+        })?;
     let count = |name: &str| {
-        metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len() as i32)
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
     };
-    let mut lines = vec![format!("ok: reached Kafka at {} ({} brokers)", settings.kafka.bootstrap_servers, metadata.brokers().len())];
+    let mut lines = vec![format!(
+        "ok: reached Kafka at {} ({} brokers)",
+        settings.kafka.bootstrap_servers,
+        metadata.brokers().len()
+    )];
     let topics = &settings.topics;
     let (Some(activation), Some(ack)) = (count(&topics.activation), count(&topics.ack)) else {
-        let missing: Vec<&str> = [&topics.activation, &topics.ack].into_iter().filter(|t| count(t).is_none()).map(String::as_str).collect();
+        let missing: Vec<&str> = [&topics.activation, &topics.ack]
+            .into_iter()
+            .filter(|t| count(t).is_none())
+            .map(String::as_str)
+            .collect();
         bail!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned");
     };
     if activation != ack {
@@ -175,13 +225,22 @@ pub async fn check_cluster(settings: &Settings, create_changelog: bool) -> anyho
             topics.ack
         );
     }
-    lines.push(format!("ok: {} and {} are co-partitioned ({activation} partitions)", topics.activation, topics.ack));
-    let missing: Vec<&str> =
-        [&topics.gap, &topics.signal, &topics.dead_letter].into_iter().filter(|t| count(t).is_none()).map(String::as_str).collect();
+    lines.push(format!(
+        "ok: {} and {} are co-partitioned ({activation} partitions)",
+        topics.activation, topics.ack
+    ));
+    let missing: Vec<&str> = [&topics.gap, &topics.signal, &topics.dead_letter]
+        .into_iter()
+        .filter(|t| count(t).is_none())
+        .map(String::as_str)
+        .collect();
     if !missing.is_empty() {
         bail!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them");
     }
-    lines.push(format!("ok: output topics {}, {}, {} exist", topics.gap, topics.signal, topics.dead_letter));
+    lines.push(format!(
+        "ok: output topics {}, {}, {} exist",
+        topics.gap, topics.signal, topics.dead_letter
+    ));
     let changelog = changelog::topic_name(&settings.runtime.application_id);
     match count(&changelog) {
         Some(n) if n != activation => bail!(
@@ -201,6 +260,18 @@ pub async fn check_cluster(settings: &Settings, create_changelog: bool) -> anyho
 /// committed only by the commit protocol.
 fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
     let mut config = settings.kafka.client_config();
+    // librdkafka prefetches up to this per partition (default 64 MiB); the task buffers bound
+    // what ackwatch holds, so a smaller prefetch keeps a catching-up instance small. A full
+    // prefetch queue postpones the partition's next fetch by fetch.queue.backoff.ms (default
+    // 1 s, which starves a fast consumer); 10 ms refills it as soon as it drains.
+    for (key, value) in [
+        ("queued.max.messages.kbytes", "16384"),
+        ("fetch.queue.backoff.ms", "10"),
+    ] {
+        if !settings.kafka.properties.contains_key(key) {
+            config.set(key, value);
+        }
+    }
     config
         .set("group.id", &settings.runtime.application_id)
         .set("partition.assignment.strategy", "range")
@@ -221,14 +292,24 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         guarantee = ?settings.runtime.processing_guarantee,
         "starting"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (_, lines) = runtime.block_on(check_cluster(&settings, true))?;
     for line in lines {
         tracing::info!("{line}");
     }
-    std::fs::create_dir_all(&settings.runtime.state_dir)
-        .with_context(|| format!("cannot create runtime.state_dir {}: is it writable?", settings.runtime.state_dir.display()))?;
-    let metrics = Arc::new(Metrics::new([&settings.topics.activation, &settings.topics.ack]));
+    std::fs::create_dir_all(&settings.runtime.state_dir).with_context(|| {
+        format!(
+            "cannot create runtime.state_dir {}: is it writable?",
+            settings.runtime.state_dir.display()
+        )
+    })?;
+    let metrics = Arc::new(Metrics::new([
+        &settings.topics.activation,
+        &settings.topics.ack,
+    ]));
     let worker = Worker::new(settings.clone(), metrics.clone())?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
@@ -236,6 +317,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         worker: Mutex::new(worker),
         ready: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
+        generation: AtomicU64::new(0),
         fatal: Mutex::new(None),
     });
     let listener = runtime
@@ -274,17 +356,39 @@ async fn wait_for_signal() {
 
 fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     let settings = &shared.settings;
-    let consumer: BaseConsumer<Ctx> =
-        consumer_config(settings).create_with_context(Ctx { shared: shared.clone() }).context("cannot create the consumer")?;
-    consumer.subscribe(&[&settings.topics.activation, &settings.topics.ack]).context("cannot subscribe")?;
+    let consumer: BaseConsumer<Ctx> = consumer_config(settings)
+        .create_with_context(Ctx {
+            shared: shared.clone(),
+        })
+        .context("cannot create the consumer")?;
+    consumer
+        .subscribe(&[&settings.topics.activation, &settings.topics.ack])
+        .context("cannot subscribe")?;
     let commit_interval = Duration::from_millis(settings.runtime.commit_interval_ms);
     let mut last_punctuate = Instant::now();
     let mut last_refresh = Instant::now();
+    let mut batch = Vec::with_capacity(POLL_BATCH_RECORDS_MAX);
+    let mut errors = Vec::new();
+    let mut touched = BTreeSet::new();
     let result = loop {
         if shared.shutdown.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let message = consumer.poll(POLL_TIMEOUT);
+        // Poll without the worker's lock: rebalance callbacks take it.
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let mut timeout = POLL_TIMEOUT;
+        while batch.len() < POLL_BATCH_RECORDS_MAX {
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => errors.push(e),
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            batch.clear();
+        }
+        let tick = Instant::now();
         let now = wall_ms();
         let mut worker = shared.worker();
         if let Some(fatal) = shared.fatal() {
@@ -297,38 +401,43 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         }
         let step = (|| -> anyhow::Result<()> {
-            match message {
-                Some(Ok(m)) => {
-                    shared.metrics.all_brokers_down.set(0);
-                    worker.accept(&consumer, &m, now)?;
+            // Client errors (all brokers down, ...) come through `poll` as well as `error`.
+            for e in errors.drain(..) {
+                let code = e.rdkafka_error_code();
+                KafkaClientError {
+                    code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+                    reason: &e.to_string(),
+                    all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
                 }
-                // Client errors (all brokers down, ...) come through `poll` as well as `error`.
-                Some(Err(e)) => {
-                    let code = e.rdkafka_error_code();
-                    KafkaClientError {
-                        code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
-                        reason: &e.to_string(),
-                        all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
-                    }
-                    .emit(&shared.metrics);
-                    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
-                        bail!("fatal consumer error: {e}");
-                    }
+                .emit(&shared.metrics);
+                if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+                    bail!("fatal consumer error: {e}");
                 }
-                None => {}
+            }
+            if !batch.is_empty() {
+                shared.metrics.all_brokers_down.set(0);
+            }
+            for m in batch.drain(..) {
+                if let Some(p) = worker.buffer(&consumer, &m)? {
+                    touched.insert(p);
+                }
+            }
+            let punctuate = tick.duration_since(last_punctuate) >= PUNCTUATE_INTERVAL;
+            if punctuate {
+                last_punctuate = tick;
+                touched.extend(worker.tasks.keys().copied());
+            }
+            while let Some(p) = touched.pop_first() {
+                worker.process_task(&consumer, p, now)?;
             }
             worker.poll_producer();
-            if last_punctuate.elapsed() >= PUNCTUATE_INTERVAL {
-                last_punctuate = Instant::now();
-                for p in worker.tasks.keys().copied().collect::<Vec<_>>() {
-                    worker.process_task(&consumer, p, now)?;
-                }
+            if tick.duration_since(worker.last_commit) >= commit_interval {
+                worker
+                    .commit(&consumer)
+                    .inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
             }
-            if worker.last_commit.elapsed() >= commit_interval {
-                worker.commit(&consumer).inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
-            }
-            if last_refresh.elapsed() >= METRICS_REFRESH_INTERVAL {
-                last_refresh = Instant::now();
+            if tick.duration_since(last_refresh) >= METRICS_REFRESH_INTERVAL {
+                last_refresh = tick;
                 worker.refresh_metrics(&consumer);
             }
             Ok(())
@@ -336,12 +445,18 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         if let Err(e) = step {
             break Err(e);
         }
-        shared.ready.store(!worker.tasks.is_empty() && worker.to_start.is_empty(), Ordering::SeqCst);
+        shared.ready.store(
+            !worker.tasks.is_empty() && worker.to_start.is_empty(),
+            Ordering::SeqCst,
+        );
     };
+    drop(batch);
     shared.ready.store(false, Ordering::SeqCst);
     if result.is_ok() {
         let mut worker = shared.worker();
-        worker.commit(&consumer).inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
+        worker
+            .commit(&consumer)
+            .inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
         let all: BTreeSet<i32> = worker.partitions().into_iter().collect();
         worker.close_tasks(&all, "shutdown");
     }

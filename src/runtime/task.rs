@@ -59,7 +59,13 @@ pub struct StreamTask {
 }
 
 impl StreamTask {
-    pub fn new(partition: i32, engine: Task, store: TaskStore, start: [i64; 2], max_task_idle_ms: Millis) -> Self {
+    pub fn new(
+        partition: i32,
+        engine: Task,
+        store: TaskStore,
+        start: [i64; 2],
+        max_task_idle_ms: Millis,
+    ) -> Self {
         StreamTask {
             partition,
             group: PartitionGroup::new(max_task_idle_ms),

@@ -77,17 +77,34 @@ pub struct Worker {
     pub to_start: BTreeSet<i32>,
     outputs: Vec<Output>,
     pub last_commit: Instant,
+    /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
+    record_counters: [[prometheus::IntCounter; 6]; 2],
 }
+
+/// Outcome labels in the order of `Worker::record_counters`.
+const OUTCOMES: [&str; 6] = ["tracked", "ack", "untracked", "duplicate", "invalid", "cut"];
 
 impl Worker {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
         let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
         let mut config = settings.kafka.client_config();
-        config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5").set("compression.type", "lz4");
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
         if settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2 {
-            let id = format!("{}-{}", settings.runtime.application_id, settings.runtime.instance_id());
+            let id = format!(
+                "{}-{}",
+                settings.runtime.application_id,
+                settings.runtime.instance_id()
+            );
             config.set("transactional.id", id);
-            if !settings.kafka.properties.contains_key("transaction.timeout.ms") {
+            if !settings
+                .kafka
+                .properties
+                .contains_key("transaction.timeout.ms")
+            {
                 // A crashed instance's open transaction blocks read_committed readers (restores
                 // included) until it times out; keep that short.
                 config.set("transaction.timeout.ms", "10000");
@@ -99,16 +116,26 @@ impl Worker {
             first_failure: Mutex::new(None),
             changelog_end: Mutex::new(BTreeMap::new()),
         };
-        let producer: BaseProducer<ProducerCtx> = config.create_with_context(ctx).context("cannot create the producer")?;
+        let producer: BaseProducer<ProducerCtx> = config
+            .create_with_context(ctx)
+            .context("cannot create the producer")?;
         if settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2 {
-            producer.init_transactions(REQUEST_TIMEOUT).context("cannot initialise transactions (exactly_once_v2)")?;
+            producer
+                .init_transactions(REQUEST_TIMEOUT)
+                .context("cannot initialise transactions (exactly_once_v2)")?;
         }
-        let topic_names = [settings.topics.activation.clone(), settings.topics.ack.clone()];
+        let topic_names = [
+            settings.topics.activation.clone(),
+            settings.topics.ack.clone(),
+        ];
         let topic_cnames = [
             CString::new(topic_names[0].clone()).context("topic name with NUL")?,
             CString::new(topic_names[1].clone()).context("topic name with NUL")?,
         ];
+        let record_counters = [0, 1]
+            .map(|s| OUTCOMES.map(|o| metrics.records.with_label_values(&[&topic_names[s], o])));
         Ok(Worker {
+            record_counters,
             settings,
             metrics,
             topic_names,
@@ -144,15 +171,34 @@ impl Worker {
         Ok(())
     }
 
-    fn start_task(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32) -> anyhow::Result<StreamTask> {
+    fn start_task(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        partition: i32,
+    ) -> anyhow::Result<StreamTask> {
         let runtime = &self.settings.runtime;
-        let (store, opened) = TaskStore::open(&runtime.state_dir, &runtime.application_id, partition, &StoreOptions::default())?;
+        let (store, opened) = TaskStore::open(
+            &runtime.state_dir,
+            &runtime.application_id,
+            partition,
+            &StoreOptions::default(),
+        )?;
         if let ackwatch_state::Opened::Wiped(why) = &opened {
-            tracing::warn!(partition, why = why.as_str(), "local store unusable; wiped, restoring from the changelog");
+            tracing::warn!(
+                partition,
+                why = why.as_str(),
+                "local store unusable; wiped, restoring from the changelog"
+            );
         }
         let config = self.settings.kafka.client_config();
         let remaining = &self.metrics.restore_remaining_records;
-        let stats = changelog::restore_with_progress(&config, &self.changelog_topic, partition, &store, &|left| remaining.set(left))?;
+        let stats = changelog::restore_with_progress(
+            &config,
+            &self.changelog_topic,
+            partition,
+            &store,
+            &|left| remaining.set(left),
+        )?;
         remaining.set(0);
         let contents = store.load()?;
         let mut engine = Task::new(self.settings.policy);
@@ -181,12 +227,22 @@ impl Worker {
         for topic in &self.topic_names {
             list.add_partition(topic, partition);
         }
-        let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).context("cannot read committed offsets")?;
+        let committed = consumer
+            .committed_offsets(list, REQUEST_TIMEOUT)
+            .context("cannot read committed offsets")?;
         for (s, topic) in self.topic_names.iter().enumerate() {
-            let offset = committed.find_partition(topic, partition).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+            let offset = committed
+                .find_partition(topic, partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0);
             start[s] = match offset {
                 Some(o) => o,
-                None => consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).context("cannot read watermarks")?.0,
+                None => {
+                    consumer
+                        .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+                        .context("cannot read watermarks")?
+                        .0
+                }
             };
             consumer
                 .seek(topic, partition, Offset::Offset(start[s]), REQUEST_TIMEOUT)
@@ -199,7 +255,13 @@ impl Worker {
         }
         consumer.resume(&list).context("cannot resume partitions")?;
         drop(list);
-        Ok(StreamTask::new(partition, engine, store, start, self.settings.runtime.max_task_idle_ms as Millis))
+        Ok(StreamTask::new(
+            partition,
+            engine,
+            store,
+            start,
+            self.settings.runtime.max_task_idle_ms as Millis,
+        ))
     }
 
     /// Closes the tasks of `partitions` (after a commit); their buffered records are dropped
@@ -208,40 +270,66 @@ impl Worker {
         for p in partitions {
             self.to_start.remove(p);
             if self.tasks.remove(p).is_some() {
-                TaskClosed { partition: *p, reason }.emit(&self.metrics);
+                TaskClosed {
+                    partition: *p,
+                    reason,
+                }
+                .emit(&self.metrics);
             }
         }
     }
 
-    /// Buffers one fetched record in its task and processes what the task can.
-    pub fn accept(&mut self, consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>, now_ms: Millis) -> anyhow::Result<()> {
-        let Some(s) = self.side_of(message.topic()) else { return Ok(()) };
+    /// Buffers one fetched record in its task; returns the task's partition when it took it.
+    /// The caller processes the tasks it buffered into (`process_task`) after a batch.
+    pub fn buffer(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        message: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<Option<i32>> {
+        let Some(s) = self.side_of(message.topic()) else {
+            return Ok(None);
+        };
         let partition = message.partition();
         let Some(task) = self.tasks.get_mut(&partition) else {
             // A record of a partition that is not running (closed, or paused before its start):
             // its task starts from the committed offset, so nothing is skipped.
-            return Ok(());
+            return Ok(None);
         };
         if message.offset() < task.fetched_next[s] {
-            return Ok(()); // fetched before a seek: already buffered or processed
+            return Ok(None); // fetched before a seek: already buffered or processed
         }
         task.fetched_next[s] = message.offset() + 1;
-        let source = if s == 0 { Source::Activation } else { Source::Ack };
+        let source = if s == 0 {
+            Source::Activation
+        } else {
+            Source::Ack
+        };
         let timestamp_ms = message.timestamp().to_millis();
         task.group.push(
             source,
             timestamp_ms,
-            Buffered { offset: message.offset(), timestamp_ms, key: message.key().map(Into::into), value: message.payload().map(Into::into) },
+            Buffered {
+                offset: message.offset(),
+                timestamp_ms,
+                key: message.key().map(Into::into),
+                value: message.payload().map(Into::into),
+            },
         );
         task.buffered[s] += 1;
         if task.buffered[s] > TASK_BUFFERED_RECORDS_MAX && !task.paused[s] {
             task.paused[s] = true;
             self.set_paused(consumer, s, partition, true)?;
         }
-        self.process_task(consumer, partition, now_ms)
+        Ok(Some(partition))
     }
 
-    fn set_paused(&self, consumer: &BaseConsumer<Ctx>, s: usize, partition: i32, pause: bool) -> anyhow::Result<()> {
+    fn set_paused(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        s: usize,
+        partition: i32,
+        pause: bool,
+    ) -> anyhow::Result<()> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic_names[s], partition);
         if pause {
@@ -255,7 +343,12 @@ impl Worker {
     }
 
     /// The high watermark of side `s` of `partition` as the client last saw it (no request).
-    fn cached_high_watermark(&self, consumer: &BaseConsumer<Ctx>, s: usize, partition: i32) -> Option<i64> {
+    fn cached_high_watermark(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        s: usize,
+        partition: i32,
+    ) -> Option<i64> {
         let (mut low, mut high) = (-1i64, -1i64);
         // SAFETY: a valid client pointer and a NUL-terminated topic name; librdkafka only reads
         // its cached watermarks and writes the two out-parameters.
@@ -268,34 +361,58 @@ impl Worker {
                 &mut high,
             )
         };
-        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     /// Whether side `s` of the task has been fetched up to its high watermark.
     fn caught_up(&self, consumer: &BaseConsumer<Ctx>, task: &StreamTask, s: usize) -> bool {
-        self.cached_high_watermark(consumer, s, task.partition).is_some_and(|high| task.fetched_next[s] >= high)
+        self.cached_high_watermark(consumer, s, task.partition)
+            .is_some_and(|high| task.fetched_next[s] >= high)
     }
 
     /// Processes what the task's partition group releases, then (caught up on both sides)
     /// lets stream time follow the wall clock minus `lateness_ms` (SPEC §4).
-    pub fn process_task(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32, now_ms: Millis) -> anyhow::Result<()> {
-        let Some(task) = self.tasks.get(&partition) else { return Ok(()) };
-        let caught_up = [self.caught_up(consumer, task, 0), self.caught_up(consumer, task, 1)];
-        let mut task = self.tasks.remove(&partition).expect("present");
-        let result = self.drain(consumer, &mut task, caught_up, now_ms);
-        if result.is_ok() && caught_up == [true, true] && task.group.is_empty() {
+    pub fn process_task(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        partition: i32,
+        now_ms: Millis,
+    ) -> anyhow::Result<()> {
+        let Some(mut task) = self.tasks.remove(&partition) else {
+            return Ok(());
+        };
+        let result = self.drain(consumer, &mut task, now_ms);
+        let punctuate = result.is_ok()
+            && task.group.is_empty()
+            && self.caught_up(consumer, &task, 0)
+            && self.caught_up(consumer, &task, 1);
+        if punctuate {
             let lateness = self.settings.runtime.lateness_ms as Millis;
             task.engine.punctuate(now_ms - lateness, &mut self.outputs);
-            let result = self.emit_outputs(partition, now_ms);
-            self.tasks.insert(partition, task);
-            return result;
         }
         self.tasks.insert(partition, task);
-        result
+        result?;
+        self.emit_outputs(partition, now_ms)
     }
 
-    fn drain(&mut self, consumer: &BaseConsumer<Ctx>, task: &mut StreamTask, caught_up: [bool; 2], now_ms: Millis) -> anyhow::Result<()> {
-        while let Next::Record(source, record) = task.group.next(now_ms, caught_up) {
+    fn drain(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        task: &mut StreamTask,
+        now_ms: Millis,
+    ) -> anyhow::Result<()> {
+        loop {
+            let (hwm_ok, fetched_next) = (
+                |s: usize| self.cached_high_watermark(consumer, s, task.partition),
+                task.fetched_next,
+            );
+            let next = task.group.next_with(now_ms, |s| {
+                hwm_ok(s).is_some_and(|high| fetched_next[s] >= high)
+            });
+            let Next::Record(source, record) = next else {
+                break;
+            };
             let s = side(source);
             task.buffered[s] -= 1;
             let raw = RawRecord {
@@ -307,22 +424,25 @@ impl Worker {
                 value: record.value.as_deref(),
             };
             let outcome = task.engine.process(&raw, &mut self.outputs);
-            let topic = &self.topic_names[s];
             let label = match &outcome {
-                Outcome::Tracked => "tracked",
-                Outcome::Ack => "ack",
-                Outcome::Untracked => "untracked",
-                Outcome::Duplicate => "duplicate",
-                Outcome::Invalid(_) => "invalid",
-                Outcome::Cut => "cut",
-                Outcome::NeedsRun(_) => panic!("invariant: the live runtime never evicts runs, so no run needs loading"),
+                Outcome::Tracked => 0,
+                Outcome::Ack => 1,
+                Outcome::Untracked => 2,
+                Outcome::Duplicate => 3,
+                Outcome::Invalid(_) => 4,
+                Outcome::Cut => 5,
+                Outcome::NeedsRun(_) => {
+                    panic!("invariant: the live runtime never evicts runs, so no run needs loading")
+                }
             };
-            self.metrics.records.with_label_values(&[topic, label]).inc();
+            self.record_counters[s][label].inc();
             if let Outcome::Invalid(invalid) = outcome {
                 self.dead_letter(&invalid, &raw, s)?;
             }
             task.processed_next[s] = record.offset + 1;
-            self.emit_outputs(task.partition, now_ms)?;
+            if !self.outputs.is_empty() {
+                self.emit_outputs(task.partition, now_ms)?;
+            }
             if task.paused[s] && task.buffered[s] <= TASK_BUFFERED_RECORDS_MAX / 2 {
                 task.paused[s] = false;
                 self.set_paused(consumer, s, task.partition, false)?;
@@ -331,18 +451,42 @@ impl Worker {
         Ok(())
     }
 
-    fn dead_letter(&mut self, invalid: &ackwatch_topology::decode::Invalid, raw: &RawRecord<'_>, s: usize) -> anyhow::Result<()> {
+    fn dead_letter(
+        &mut self,
+        invalid: &ackwatch_topology::decode::Invalid,
+        raw: &RawRecord<'_>,
+        s: usize,
+    ) -> anyhow::Result<()> {
         let value = raw.value.unwrap_or_default();
-        let origin = sink::Origin { topic: &self.topic_names[s], partition: raw.partition, offset: raw.offset };
+        let origin = sink::Origin {
+            topic: &self.topic_names[s],
+            partition: raw.partition,
+            offset: raw.offset,
+        };
         let mut headers = OwnedHeaders::new();
         for (name, value) in sink::dead_letter_headers(invalid, origin, value.len()) {
-            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
         }
         let cut = value.len() > sink::DEAD_LETTER_VALUE_BYTES_MAX;
         let topic = self.settings.topics.dead_letter.clone();
-        self.send(&topic, None, raw.key, raw.value.map(|_| sink::dead_letter_value(value)), headers)?;
-        RecordDeadLettered { topic: &self.topic_names[s], partition: raw.partition, offset: raw.offset, reason: invalid.reason.label(), cut }
-            .emit(&self.metrics);
+        self.send(
+            &topic,
+            None,
+            raw.key,
+            raw.value.map(|_| sink::dead_letter_value(value)),
+            headers,
+        )?;
+        RecordDeadLettered {
+            topic: &self.topic_names[s],
+            partition: raw.partition,
+            offset: raw.offset,
+            reason: invalid.reason.label(),
+            cut,
+        }
+        .emit(&self.metrics);
         Ok(())
     }
 
@@ -351,19 +495,43 @@ impl Worker {
         for output in &outputs {
             match output {
                 Output::Detected(d) => {
-                    self.metrics.findings_raised.with_label_values(&[d.kind.as_str()]).inc_by(d.sequences.len() as u64);
-                    self.metrics.detection_delay_ms.observe(now_ms.saturating_sub(d.detected_at).max(0) as f64);
+                    self.metrics
+                        .findings_raised
+                        .with_label_values(&[d.kind.as_str()])
+                        .inc_by(d.sequences.len() as u64);
+                    self.metrics
+                        .detection_delay_ms
+                        .observe(now_ms.saturating_sub(d.detected_at).max(0) as f64);
                 }
                 Output::Resolved(r) => {
-                    self.metrics.findings_resolved.with_label_values(&[r.kind.as_str()]).inc_by(r.sequences.len() as u64);
+                    self.metrics
+                        .findings_resolved
+                        .with_label_values(&[r.kind.as_str()])
+                        .inc_by(r.sequences.len() as u64);
                 }
-                Output::Signal(s) => self.metrics.signals.with_label_values(&[s.action.as_str()]).inc(),
-                Output::Escalated { run, episode, .. } => {
-                    RunEscalated { world_id: &run.world_id, run_id: &run.run_id, episode: *episode }.emit(&self.metrics)
+                Output::Signal(s) => self
+                    .metrics
+                    .signals
+                    .with_label_values(&[s.action.as_str()])
+                    .inc(),
+                Output::Escalated { run, episode, .. } => RunEscalated {
+                    world_id: &run.world_id,
+                    run_id: &run.run_id,
+                    episode: *episode,
                 }
+                .emit(&self.metrics),
                 Output::Latency { phase, ms, .. } => {
-                    let phase = phase.map_or("none", |p| if p == ackwatch_topology::Phase::Freeze { "freeze" } else { "unfreeze" });
-                    self.metrics.ack_latency_ms.with_label_values(&[phase]).observe(*ms as f64);
+                    let phase = phase.map_or("none", |p| {
+                        if p == ackwatch_topology::Phase::Freeze {
+                            "freeze"
+                        } else {
+                            "unfreeze"
+                        }
+                    });
+                    self.metrics
+                        .ack_latency_ms
+                        .with_label_values(&[phase])
+                        .observe(*ms as f64);
                 }
                 Output::RunDropped { .. } => {}
             }
@@ -374,9 +542,21 @@ impl Worker {
                 };
                 let emitted_at = format_rfc3339_ms(now_ms);
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: "ackwatch.idempotency_key", value: Some(encoded.idempotency_key.as_bytes()) })
-                    .insert(Header { key: "ackwatch.emitted_at", value: Some(emitted_at.as_bytes()) });
-                self.send(&topic, None, Some(encoded.key.as_bytes()), Some(encoded.value.as_bytes()), headers)?;
+                    .insert(Header {
+                        key: "ackwatch.idempotency_key",
+                        value: Some(encoded.idempotency_key.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "ackwatch.emitted_at",
+                        value: Some(emitted_at.as_bytes()),
+                    });
+                self.send(
+                    &topic,
+                    None,
+                    Some(encoded.key.as_bytes()),
+                    Some(encoded.value.as_bytes()),
+                    headers,
+                )?;
             }
         }
         self.outputs = outputs;
@@ -386,14 +566,23 @@ impl Worker {
 
     fn begin_if_needed(&mut self) -> anyhow::Result<()> {
         if self.eos() && !self.in_transaction {
-            self.producer.begin_transaction().context("cannot begin a transaction")?;
+            self.producer
+                .begin_transaction()
+                .context("cannot begin a transaction")?;
             self.in_transaction = true;
         }
         Ok(())
     }
 
     /// Produces one record, waiting for queue space rather than failing.
-    fn send(&mut self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, payload: Option<&[u8]>, headers: OwnedHeaders) -> anyhow::Result<()> {
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> anyhow::Result<()> {
         self.begin_if_needed()?;
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
         if let Some(key) = key {
@@ -445,12 +634,20 @@ impl Worker {
             task.pending_store = records;
             let mut result = Ok(());
             for (key, value) in &task.pending_store {
-                result = self.send(&changelog_topic, Some(*p), Some(key), value.as_deref(), OwnedHeaders::new());
+                result = self.send(
+                    &changelog_topic,
+                    Some(*p),
+                    Some(key),
+                    value.as_deref(),
+                    OwnedHeaders::new(),
+                );
                 if result.is_err() {
                     break;
                 }
             }
-            self.metrics.changelog_records.inc_by(task.pending_store.len() as u64);
+            self.metrics
+                .changelog_records
+                .inc_by(task.pending_store.len() as u64);
             self.tasks.insert(*p, task);
             result?;
         }
@@ -459,7 +656,11 @@ impl Worker {
         let mut offsets_moved = false;
         for task in self.tasks.values() {
             for (s, topic) in self.topic_names.iter().enumerate() {
-                offsets.add_partition_offset(topic, task.partition, Offset::Offset(task.processed_next[s]))?;
+                offsets.add_partition_offset(
+                    topic,
+                    task.partition,
+                    Offset::Offset(task.processed_next[s]),
+                )?;
                 offsets_moved |= task.processed_next[s] != task.committed_next[s];
             }
         }
@@ -467,31 +668,57 @@ impl Worker {
         if self.eos() {
             if offsets_moved || self.in_transaction {
                 self.begin_if_needed()?;
-                let group = consumer.group_metadata().context("no consumer group metadata")?;
-                self.producer.send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).context("cannot add offsets to the transaction")?;
-                self.producer.commit_transaction(COMMIT_TIMEOUT).context("cannot commit the transaction")?;
+                let group = consumer
+                    .group_metadata()
+                    .context("no consumer group metadata")?;
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT)
+                    .context("cannot add offsets to the transaction")?;
+                self.producer
+                    .commit_transaction(COMMIT_TIMEOUT)
+                    .context("cannot commit the transaction")?;
                 self.in_transaction = false;
             }
         } else {
-            self.producer.flush(COMMIT_TIMEOUT).context("outputs and changelog records not acknowledged in time")?;
+            self.producer
+                .flush(COMMIT_TIMEOUT)
+                .context("outputs and changelog records not acknowledged in time")?;
         }
         let failures = self.producer.context().failures.load(Ordering::Relaxed);
         if failures > 0 {
-            let first = self.producer.context().first_failure.lock().expect("not poisoned").clone().unwrap_or_default();
+            let first = self
+                .producer
+                .context()
+                .first_failure
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_default();
             bail!("{failures} records were not delivered (first: {first}); outputs may be missing, so offsets are not committed");
         }
 
-        let ends = std::mem::take(&mut *self.producer.context().changelog_end.lock().expect("not poisoned"));
+        let ends = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .changelog_end
+                .lock()
+                .expect("not poisoned"),
+        );
         for task in self.tasks.values_mut() {
             if !task.pending_store.is_empty() {
-                task.store.commit_records(&task.pending_store, ends.get(&task.partition).copied())?;
+                task.store
+                    .commit_records(&task.pending_store, ends.get(&task.partition).copied())?;
                 task.pending_store.clear();
             }
         }
 
         if !self.eos() && offsets_moved {
             if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                crate::events::OffsetCommitFailed { error: &e.to_string() }.emit(&self.metrics);
+                crate::events::OffsetCommitFailed {
+                    error: &e.to_string(),
+                }
+                .emit(&self.metrics);
                 drop(offsets);
                 self.last_commit = Instant::now();
                 return Ok(());
@@ -502,7 +729,9 @@ impl Worker {
             task.committed_next = task.processed_next;
         }
         self.metrics.commits.inc();
-        self.metrics.commit_duration_ms.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.metrics
+            .commit_duration_ms
+            .observe(started.elapsed().as_secs_f64() * 1000.0);
         self.last_commit = Instant::now();
         Ok(())
     }
@@ -532,32 +761,51 @@ impl Worker {
             let counters = task.engine.counters();
             for (limit, n) in &counters.limit_cut {
                 let seen = task.seen_limit_cut.entry(limit).or_default();
-                self.metrics.limit_cut.with_label_values(&[limit]).inc_by(n - *seen);
+                self.metrics
+                    .limit_cut
+                    .with_label_values(&[limit])
+                    .inc_by(n - *seen);
                 *seen = *n;
             }
             let idle = task.group.idle_exceeded;
-            self.metrics.task_idle_exceeded.inc_by(idle - task.seen_idle_exceeded);
+            self.metrics
+                .task_idle_exceeded
+                .inc_by(idle - task.seen_idle_exceeded);
             task.seen_idle_exceeded = idle;
         }
         for (i, kind) in ackwatch_topology::FindingKind::ALL.iter().enumerate() {
-            self.metrics.findings_open.with_label_values(&[kind.as_str()]).set(open[i]);
+            self.metrics
+                .findings_open
+                .with_label_values(&[kind.as_str()])
+                .set(open[i]);
         }
         self.metrics.pending_acks.set(pending_acks);
-        self.metrics.pending_ack_oldest_age_ms.set(match (oldest, stream_time) {
-            (Some(o), Some(st)) => (st - o).max(0),
-            _ => 0,
-        });
+        self.metrics
+            .pending_ack_oldest_age_ms
+            .set(match (oldest, stream_time) {
+                (Some(o), Some(st)) => (st - o).max(0),
+                _ => 0,
+            });
         self.metrics.runs.set(runs);
         for task in self.tasks.values() {
             for (s, topic) in self.topic_names.iter().enumerate() {
                 if let Some(high) = self.cached_high_watermark(consumer, s, task.partition) {
-                    self.metrics.consumer_lag.with_label_values(&[topic, &task.partition.to_string()]).set((high - task.processed_next[s]).max(0));
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &task.partition.to_string()])
+                        .set((high - task.processed_next[s]).max(0));
                 }
             }
         }
     }
 
     pub fn partitions(&self) -> Vec<i32> {
-        self.tasks.keys().chain(self.to_start.iter()).copied().collect::<BTreeSet<_>>().into_iter().collect()
+        self.tasks
+            .keys()
+            .chain(self.to_start.iter())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 }

@@ -28,12 +28,17 @@ pub fn read(dir: &Path) -> Option<Checkpoint> {
 
 pub fn write(dir: &Path, checkpoint: Checkpoint) -> anyhow::Result<()> {
     let tmp = dir.join("checkpoint.tmp");
-    let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file =
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     file.write_all(serde_json::to_string(&checkpoint)?.as_bytes())?;
-    file.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot fsync {}", tmp.display()))?;
     drop(file);
-    fs::rename(&tmp, path(dir)).with_context(|| format!("cannot rename {} into place", tmp.display()))?;
-    File::open(dir)?.sync_all().with_context(|| format!("cannot fsync directory {}", dir.display()))?;
+    fs::rename(&tmp, path(dir))
+        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+    File::open(dir)?
+        .sync_all()
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))?;
     Ok(())
 }
 

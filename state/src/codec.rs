@@ -46,7 +46,10 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if used != body.len() {
-        return Err(CodecError::Corrupt(format!("{} trailing bytes", body.len() - used)));
+        return Err(CodecError::Corrupt(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
     }
     Ok(value)
 }

@@ -29,7 +29,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { block_cache_bytes: 16 << 20, write_buffer_bytes: 8 << 20, max_write_buffers: 2 }
+        StoreOptions {
+            block_cache_bytes: 16 << 20,
+            write_buffer_bytes: 8 << 20,
+            max_write_buffers: 2,
+        }
     }
 }
 
@@ -62,13 +66,27 @@ impl TaskStore {
     }
 
     /// Opens (or creates) the store of `partition`, wiping one that cannot be used.
-    pub fn open(state_dir: &Path, application_id: &str, partition: i32, options: &StoreOptions) -> anyhow::Result<(TaskStore, Opened)> {
+    pub fn open(
+        state_dir: &Path,
+        application_id: &str,
+        partition: i32,
+        options: &StoreOptions,
+    ) -> anyhow::Result<(TaskStore, Opened)> {
         let dir = Self::dir_for(state_dir, application_id, partition);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create state dir {}: is state.dir writable?", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create state dir {}: is state.dir writable?",
+                dir.display()
+            )
+        })?;
         let db_dir = dir.join("rocksdb");
         let existed = db_dir.join("CURRENT").exists();
         let identity = identity(application_id);
-        let mut opened = if existed { Opened::Existing } else { Opened::Created };
+        let mut opened = if existed {
+            Opened::Existing
+        } else {
+            Opened::Created
+        };
         let db = match open_db(&db_dir, options) {
             Ok(db) => match db.get(IDENTITY_KEY) {
                 Ok(Some(found)) if found == identity => Some(db),
@@ -99,8 +117,10 @@ impl TaskStore {
             Some(db) => db,
             None => {
                 checkpoint::remove(&dir)?;
-                std::fs::remove_dir_all(&db_dir).with_context(|| format!("cannot wipe {}", db_dir.display()))?;
-                open_db(&db_dir, options).with_context(|| format!("cannot create store in {}", db_dir.display()))?
+                std::fs::remove_dir_all(&db_dir)
+                    .with_context(|| format!("cannot wipe {}", db_dir.display()))?;
+                open_db(&db_dir, options)
+                    .with_context(|| format!("cannot create store in {}", db_dir.display()))?
             }
         };
         db.put(IDENTITY_KEY, identity)?;
@@ -127,7 +147,9 @@ impl TaskStore {
                 contents.meta = Some(codec::decode_meta(&value)?);
                 continue;
             }
-            contents.runs.push((codec::decode_key(&key)?, codec::decode_run(&value)?));
+            contents
+                .runs
+                .push((codec::decode_key(&key)?, codec::decode_run(&value)?));
         }
         Ok(contents)
     }
@@ -146,7 +168,11 @@ impl TaskStore {
 
     /// Like [`Self::commit`] for changes already encoded (the runtime encodes once for the
     /// changelog and the store).
-    pub fn commit_records(&self, records: &[Record], changelog_end: Option<i64>) -> anyhow::Result<()> {
+    pub fn commit_records(
+        &self,
+        records: &[Record],
+        changelog_end: Option<i64>,
+    ) -> anyhow::Result<()> {
         let mut batch = WriteBatch::default();
         for (key, value) in records {
             match value {
@@ -156,7 +182,12 @@ impl TaskStore {
         }
         self.write(batch)?;
         if let Some(offset) = changelog_end {
-            checkpoint::write(&self.dir, Checkpoint { changelog_offset: offset })?;
+            checkpoint::write(
+                &self.dir,
+                Checkpoint {
+                    changelog_offset: offset,
+                },
+            )?;
         }
         Ok(())
     }
@@ -175,7 +206,10 @@ impl TaskStore {
     /// Applies changelog records (key, value or tombstone) during restore. Each key is checked
     /// and each value's format byte, so a changelog of another format is refused before it
     /// reaches the store; values are fully decoded by [`Self::load`], once.
-    pub fn apply_changelog<'a>(&self, records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> anyhow::Result<u64> {
+    pub fn apply_changelog<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> anyhow::Result<u64> {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, value) in records {
@@ -198,7 +232,9 @@ impl TaskStore {
     fn write(&self, batch: WriteBatch) -> anyhow::Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.db.write_opt(batch, &options).with_context(|| format!("cannot write the store in {}", self.dir.display()))
+        self.db
+            .write_opt(batch, &options)
+            .with_context(|| format!("cannot write the store in {}", self.dir.display()))
     }
 }
 
@@ -210,8 +246,10 @@ pub fn encode_changes<'a>(
     runs: impl IntoIterator<Item = (&'a RunKey, Option<&'a RunState>)>,
     meta: Option<&TaskMeta>,
 ) -> Vec<Record> {
-    let mut records: Vec<Record> =
-        runs.into_iter().map(|(key, state)| (codec::encode_key(key), state.map(codec::encode_run))).collect();
+    let mut records: Vec<Record> = runs
+        .into_iter()
+        .map(|(key, state)| (codec::encode_key(key), state.map(codec::encode_run)))
+        .collect();
     if let Some(meta) = meta {
         records.push((META_KEY.to_vec(), Some(codec::encode_meta(meta))));
     }

@@ -15,27 +15,56 @@ fn busy_task() -> Task {
     let mut out = vec![];
     let t0 = 1_772_442_000_000i64;
     let act = |w: &str, r: &str, seq: u64, etag: &str, t: i64| {
-        (Source::Activation, w.to_string(), format!(
-            r#"{{"type":"ActivationUpdated","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"requires_ack":true,"phase":"freeze","etag":"{etag}","ts":"{}"}}"#,
-            ackwatch_topology::time::format_rfc3339_ms(t)), t)
+        (
+            Source::Activation,
+            w.to_string(),
+            format!(
+                r#"{{"type":"ActivationUpdated","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"requires_ack":true,"phase":"freeze","etag":"{etag}","ts":"{}"}}"#,
+                ackwatch_topology::time::format_rfc3339_ms(t)
+            ),
+            t,
+        )
     };
     let ack = |w: &str, r: &str, seq: u64, t: i64| {
-        (Source::Ack, w.to_string(), format!(
-            r#"{{"type":"ActivationAck","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"ack_ts":"{}"}}"#,
-            ackwatch_topology::time::format_rfc3339_ms(t)), t)
+        (
+            Source::Ack,
+            w.to_string(),
+            format!(
+                r#"{{"type":"ActivationAck","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"ack_ts":"{}"}}"#,
+                ackwatch_topology::time::format_rfc3339_ms(t)
+            ),
+            t,
+        )
     };
     let records = vec![
-        act("w1", "r1", 1, "a", t0), ack("w1", "r1", 1, t0 + 40),
+        act("w1", "r1", 1, "a", t0),
+        ack("w1", "r1", 1, t0 + 40),
         act("w1", "r1", 2, "b", t0 + 100),
-        act("w2", "r:odd%", 1, "a", t0 + 200), act("w2", "r:odd%", 3, "c", t0 + 300), ack("w2", "r:odd%", 1, t0 + 320),
+        act("w2", "r:odd%", 1, "a", t0 + 200),
+        act("w2", "r:odd%", 3, "c", t0 + 300),
+        ack("w2", "r:odd%", 1, t0 + 320),
         ack("w3", "r9", 5, t0 + 400),
         act("w1", "r1", 2, "other", t0 + 500),
-        act("w4", "r1", 1, "a", t0 + 10_000), ack("w4", "r1", 1, t0 + 10_050),
+        act("w4", "r1", 1, "a", t0 + 10_000),
+        ack("w4", "r1", 1, t0 + 10_050),
     ];
     for (source, key, value, t) in &records {
-        task.process(&RawRecord { source: *source, partition: 0, offset: 0, timestamp_ms: Some(*t), key: Some(key.as_bytes()), value: Some(value.as_bytes()) }, &mut out);
+        task.process(
+            &RawRecord {
+                source: *source,
+                partition: 0,
+                offset: 0,
+                timestamp_ms: Some(*t),
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+            },
+            &mut out,
+        );
     }
-    assert!(task.counters().findings_raised.iter().sum::<u64>() > 0, "the fixture has findings");
+    assert!(
+        task.counters().findings_raised.iter().sum::<u64>() > 0,
+        "the fixture has findings"
+    );
     task
 }
 
@@ -47,7 +76,13 @@ fn open(dir: &Path, app: &str) -> (TaskStore, Opened) {
 fn commit_all(task: &mut Task, dir: &Path, app: &str, changelog_end: Option<i64>) -> TaskStore {
     let (changes, meta) = task.take_changes();
     let (store, _) = open(dir, app);
-    store.commit(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), changelog_end).unwrap();
+    store
+        .commit(
+            changes.iter().map(|(k, v)| (k, *v)),
+            meta.as_ref(),
+            changelog_end,
+        )
+        .unwrap();
     store
 }
 
@@ -56,16 +91,26 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
     let dir = tempfile::tempdir().unwrap();
     let mut task = busy_task();
     let (changes, meta) = task.take_changes();
-    let expected: Vec<(RunKey, RunState)> = changes.iter().map(|(k, v)| (k.clone(), v.unwrap().clone())).collect();
+    let expected: Vec<(RunKey, RunState)> = changes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.unwrap().clone()))
+        .collect();
     let meta = meta.expect("meta changed");
     {
         let (store, opened) = open(dir.path(), "app");
         assert_eq!(opened, Opened::Created);
-        store.commit(changes.iter().map(|(k, v)| (k, *v)), Some(&meta), Some(42)).unwrap();
+        store
+            .commit(changes.iter().map(|(k, v)| (k, *v)), Some(&meta), Some(42))
+            .unwrap();
     }
     let (store, opened) = open(dir.path(), "app");
     assert_eq!(opened, Opened::Existing);
-    assert_eq!(store.checkpoint(), Some(Checkpoint { changelog_offset: 42 }));
+    assert_eq!(
+        store.checkpoint(),
+        Some(Checkpoint {
+            changelog_offset: 42
+        })
+    );
     let mut loaded = store.load().unwrap();
     loaded.runs.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(loaded.meta, Some(meta));
@@ -76,14 +121,21 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
     let after = store.load().unwrap();
     assert_eq!(after.runs.len(), expected.len() - 1);
     assert!(after.runs.iter().all(|(k, _)| *k != gone));
-    assert_eq!(store.checkpoint(), Some(Checkpoint { changelog_offset: 43 }));
+    assert_eq!(
+        store.checkpoint(),
+        Some(Checkpoint {
+            changelog_offset: 43
+        })
+    );
 }
 
 #[test]
 fn a_restored_task_continues_like_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let mut original = busy_task();
-    let contents = commit_all(&mut original, dir.path(), "app", None).load().unwrap();
+    let contents = commit_all(&mut original, dir.path(), "app", None)
+        .load()
+        .unwrap();
     let mut restored = Task::new(Policy::default());
     restored.restore_meta(contents.meta.unwrap());
     for (k, v) in contents.runs {
@@ -106,7 +158,10 @@ fn a_store_of_another_application_is_wiped() {
     // state dir copied between applications.
     std::fs::rename(dir.path().join("app"), dir.path().join("other")).unwrap();
     let (store, opened) = open(dir.path(), "other");
-    assert!(matches!(&opened, Opened::Wiped(why) if why.contains("belongs to")), "{opened:?}");
+    assert!(
+        matches!(&opened, Opened::Wiped(why) if why.contains("belongs to")),
+        "{opened:?}"
+    );
     assert_eq!(store.load().unwrap(), Default::default());
     assert_eq!(store.checkpoint(), None, "a wiped store has no checkpoint");
 }
@@ -116,17 +171,28 @@ fn a_corrupt_store_is_wiped() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (store, _) = open(dir.path(), "app");
-        store.commit(std::iter::empty(), Some(&TaskMeta::default()), Some(1)).unwrap();
+        store
+            .commit(std::iter::empty(), Some(&TaskMeta::default()), Some(1))
+            .unwrap();
     }
     let db = TaskStore::dir_for(dir.path(), "app", 3).join("rocksdb");
     for entry in std::fs::read_dir(&db).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_str().unwrap().starts_with("MANIFEST") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("MANIFEST")
+        {
             std::fs::write(&path, b"garbage").unwrap();
         }
     }
     let (store, opened) = open(dir.path(), "app");
-    assert!(matches!(&opened, Opened::Wiped(why) if why.contains("cannot be opened")), "{opened:?}");
+    assert!(
+        matches!(&opened, Opened::Wiped(why) if why.contains("cannot be opened")),
+        "{opened:?}"
+    );
     assert_eq!(store.load().unwrap(), Default::default());
 }
 
@@ -136,16 +202,31 @@ fn changelog_records_are_validated_before_they_are_applied() {
     let (store, _) = open(dir.path(), "app");
     let key = codec::encode_key(&RunKey::new("w", "r"));
     let good = codec::encode_run(&RunState::new(5));
-    assert_eq!(store.apply_changelog([(&key[..], Some(&good[..]))]).unwrap(), 1);
+    assert_eq!(
+        store
+            .apply_changelog([(&key[..], Some(&good[..]))])
+            .unwrap(),
+        1
+    );
     let mut future = good.clone();
     future[0] = FORMAT_VERSION + 1;
-    let err = store.apply_changelog([(&key[..], Some(&future[..]))]).unwrap_err();
+    let err = store
+        .apply_changelog([(&key[..], Some(&future[..]))])
+        .unwrap_err();
     assert!(err.to_string().contains("format version"), "{err}");
-    assert_eq!(store.load().unwrap().runs, vec![(RunKey::new("w", "r"), RunState::new(5))], "a refused batch changes nothing");
+    assert_eq!(
+        store.load().unwrap().runs,
+        vec![(RunKey::new("w", "r"), RunState::new(5))],
+        "a refused batch changes nothing"
+    );
 }
 
 fn check_decode(bytes: &[u8], expected: Result<(), CodecError>) {
-    assert_eq!(codec::decode_run(bytes).map(|_| ()), expected, "bytes {bytes:?}");
+    assert_eq!(
+        codec::decode_run(bytes).map(|_| ()),
+        expected,
+        "bytes {bytes:?}"
+    );
 }
 
 #[test]
@@ -158,17 +239,40 @@ fn values_of_another_format_are_refused() {
     check_decode(&other, Err(CodecError::UnknownFormat { found: 9 }));
     let mut trailing = good.clone();
     trailing.push(0);
-    assert!(matches!(codec::decode_run(&trailing), Err(CodecError::Corrupt(_))));
-    assert!(matches!(codec::decode_run(&good[..good.len() - 1]), Err(CodecError::Corrupt(_))));
+    assert!(matches!(
+        codec::decode_run(&trailing),
+        Err(CodecError::Corrupt(_))
+    ));
+    assert!(matches!(
+        codec::decode_run(&good[..good.len() - 1]),
+        Err(CodecError::Corrupt(_))
+    ));
 }
 
 #[test]
 fn checkpoint_is_replaced_whole() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(checkpoint::read(dir.path()), None);
-    checkpoint::write(dir.path(), Checkpoint { changelog_offset: 10 }).unwrap();
-    checkpoint::write(dir.path(), Checkpoint { changelog_offset: 11 }).unwrap();
-    assert_eq!(checkpoint::read(dir.path()), Some(Checkpoint { changelog_offset: 11 }));
+    checkpoint::write(
+        dir.path(),
+        Checkpoint {
+            changelog_offset: 10,
+        },
+    )
+    .unwrap();
+    checkpoint::write(
+        dir.path(),
+        Checkpoint {
+            changelog_offset: 11,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        checkpoint::read(dir.path()),
+        Some(Checkpoint {
+            changelog_offset: 11
+        })
+    );
     assert!(!dir.path().join("checkpoint.tmp").exists());
     checkpoint::remove(dir.path()).unwrap();
     assert_eq!(checkpoint::read(dir.path()), None);

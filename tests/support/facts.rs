@@ -40,12 +40,18 @@ pub fn read_kcat(path: &Path) -> Vec<KcatRecord> {
 }
 
 pub fn write_kcat(path: &Path, records: &[KcatRecord]) {
-    let text: Vec<String> = records.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
     std::fs::write(path, text.join("\n") + "\n").unwrap();
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// What the audit says the live processor emits: idempotency keys of gap events and signals
@@ -54,11 +60,20 @@ pub struct Reference {
     pub keys: Vec<String>,
     pub findings: Vec<Value>,
     pub signals: Vec<Value>,
+    /// Invalid input records (the audit's count; 0 for the live outputs' shape).
+    pub invalid: u64,
+    pub tracked: u64,
 }
 
 pub fn reference(input: &Path, policy: Policy, end_ms: i64) -> Reference {
     let mut keys = Vec::new();
-    let audit = FileAudit { inputs: vec![input.to_path_buf()], topics: Topics::default(), policy, progress: false, end_ms: Some(end_ms) };
+    let audit = FileAudit {
+        inputs: vec![input.to_path_buf()],
+        topics: Topics::default(),
+        policy,
+        progress: false,
+        end_ms: Some(end_ms),
+    };
     let report = audit
         .run_with(&mut |o| match o {
             Output::Detected(d) => keys.push(d.idempotency_key.clone()),
@@ -71,12 +86,32 @@ pub fn reference(input: &Path, policy: Policy, end_ms: i64) -> Reference {
     let mut findings: Vec<Value> = report
         .findings
         .iter()
-        .flat_map(|f| f.sequences.iter().map(move |s| json!([f.kind.as_str(), f.world_id, f.run_id, s, f.resolved_at.is_some()])))
+        .flat_map(|f| {
+            f.sequences.iter().map(move |s| {
+                json!([
+                    f.kind.as_str(),
+                    f.world_id,
+                    f.run_id,
+                    s,
+                    f.resolved_at.is_some()
+                ])
+            })
+        })
         .collect();
     findings.sort_by_key(Value::to_string);
-    let mut signals: Vec<Value> = report.signals.iter().map(|s| json!([s.action.as_str(), s.world_id, s.run_id])).collect();
+    let mut signals: Vec<Value> = report
+        .signals
+        .iter()
+        .map(|s| json!([s.action.as_str(), s.world_id, s.run_id]))
+        .collect();
     signals.sort_by_key(Value::to_string);
-    Reference { keys, findings, signals }
+    Reference {
+        keys,
+        findings,
+        signals,
+        invalid: report.totals.invalid,
+        tracked: report.totals.tracked,
+    }
 }
 
 /// The live outputs in the same shapes; checks each record's envelope on the way.
@@ -87,18 +122,39 @@ pub fn observed(gap: &[OutRecord], signal: &[OutRecord]) -> Reference {
     for r in gap.iter().chain(signal) {
         let v = r.json();
         assert_eq!(v["version"], 1, "{v}");
-        assert_eq!(r.key.as_deref(), v["world_id"].as_str(), "keyed by world_id: {v}");
-        assert_eq!(r.header("ackwatch.idempotency_key"), v["idempotency_key"].as_str(), "{v}");
+        assert_eq!(
+            r.key.as_deref(),
+            v["world_id"].as_str(),
+            "keyed by world_id: {v}"
+        );
+        assert_eq!(
+            r.header("ackwatch.idempotency_key"),
+            v["idempotency_key"].as_str(),
+            "{v}"
+        );
         assert!(r.header("ackwatch.emitted_at").is_some(), "{v}");
         keys.push(v["idempotency_key"].as_str().unwrap().to_string());
     }
     for r in gap {
         let v = r.json();
         for s in v["sequences"].as_array().unwrap() {
-            let id = (v["kind"].to_string(), v["world_id"].to_string(), v["run_id"].to_string(), s.as_u64().unwrap());
+            let id = (
+                v["kind"].to_string(),
+                v["world_id"].to_string(),
+                v["run_id"].to_string(),
+                s.as_u64().unwrap(),
+            );
             match v["type"].as_str().unwrap() {
                 "ActivationGapDetected" => {
-                    detected.insert(id, (v["kind"].clone(), v["world_id"].clone(), v["run_id"].clone(), s.clone()));
+                    detected.insert(
+                        id,
+                        (
+                            v["kind"].clone(),
+                            v["world_id"].clone(),
+                            v["run_id"].clone(),
+                            s.clone(),
+                        ),
+                    );
                 }
                 "ActivationGapResolved" => {
                     resolved.insert(id);
@@ -107,8 +163,10 @@ pub fn observed(gap: &[OutRecord], signal: &[OutRecord]) -> Reference {
             }
         }
     }
-    let mut findings: Vec<Value> =
-        detected.iter().map(|(id, (k, w, r, s))| json!([k, w, r, s, resolved.contains(id)])).collect();
+    let mut findings: Vec<Value> = detected
+        .iter()
+        .map(|(id, (k, w, r, s))| json!([k, w, r, s, resolved.contains(id)]))
+        .collect();
     findings.sort_by_key(Value::to_string);
     let mut signals: Vec<Value> = signal
         .iter()
@@ -120,7 +178,13 @@ pub fn observed(gap: &[OutRecord], signal: &[OutRecord]) -> Reference {
     signals.sort_by_key(Value::to_string);
     signals.dedup();
     keys.sort();
-    Reference { keys, findings, signals }
+    Reference {
+        keys,
+        findings,
+        signals,
+        invalid: 0,
+        tracked: 0,
+    }
 }
 
 /// Polls `f` every 100 ms for up to 30 s.
@@ -130,19 +194,39 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "condition not met within 30 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "condition not met within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Generated traffic (with dropped, late and lost messages) whose event times are the wall
 /// clock: `start_ms` is when the first record is due.
-pub fn traffic(records: usize, partitions: i32, seed: u64, start_ms: i64) -> Vec<KcatRecord> {
-    let spec = ackwatch::sim::TrafficSpec { concurrent_runs: 400, records, fault_percent: 10, partitions, seed, start_ms };
+pub fn traffic(
+    records: usize,
+    partitions: i32,
+    seed: u64,
+    start_ms: i64,
+    world_prefix: &'static str,
+) -> Vec<KcatRecord> {
+    let spec = ackwatch::sim::TrafficSpec {
+        concurrent_runs: 400,
+        records,
+        fault_percent: 10,
+        partitions,
+        seed,
+        start_ms,
+        world_prefix,
+    };
     ackwatch::sim::generate(&spec)
 }
 
@@ -158,7 +242,10 @@ pub fn produce_paced(records: Vec<KcatRecord>, topics: LiveTopics) -> std::threa
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
             let now = now_ms();
-            let batch_end = records[i..].iter().position(|r| r.ts.unwrap() > now).map_or(records.len(), |n| i + n);
+            let batch_end = records[i..]
+                .iter()
+                .position(|r| r.ts.unwrap() > now)
+                .map_or(records.len(), |n| i + n);
             rt.block_on(super::produce_kcat(&records[i..batch_end], &topics));
             i = batch_end;
         }
@@ -167,7 +254,10 @@ pub fn produce_paced(records: Vec<KcatRecord>, topics: LiveTopics) -> std::threa
 
 /// A small seeded generator for kill moments; the seed is printed so a failure can be replayed.
 pub fn kill_moments(count: usize) -> Vec<Duration> {
-    let seed = std::env::var("ACKWATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| now_ms() as u64);
+    let seed = std::env::var("ACKWATCH_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now_ms() as u64);
     eprintln!("kill moments seed: {seed} (set ACKWATCH_TEST_SEED to replay)");
     let mut x = seed | 1;
     (0..count)
@@ -182,37 +272,78 @@ pub fn kill_moments(count: usize) -> Vec<Duration> {
 
 /// Compares live outputs with the audit of the same records: every fact emitted, none invented,
 /// each key always with the same bytes; repeats allowed only under at_least_once.
-pub fn assert_same_facts(topics: &LiveTopics, records: &[KcatRecord], dir: &Path, exactly_once: bool, logs: &str) {
+pub fn assert_same_facts(
+    topics: &LiveTopics,
+    records: &[KcatRecord],
+    dir: &Path,
+    exactly_once: bool,
+    logs: &str,
+) {
     let file = dir.join("traffic.kcat.jsonl");
     write_kcat(&file, records);
     let want = reference(&file, Policy::default(), now_ms());
-    let gap_count = want.keys.iter().filter(|k| k.starts_with("ackwatch:gap:")).count();
+    assert_eq!(want.invalid, 0, "generated traffic is valid");
+    assert!(
+        want.tracked as usize * 3 > records.len(),
+        "generated traffic is mostly tracked activations and ACKs"
+    );
+    let gap_count = want
+        .keys
+        .iter()
+        .filter(|k| k.starts_with("ackwatch:gap:"))
+        .count();
     let gap = read_topic(&topics.gap, exactly_once, gap_count, QUIET, OUTPUT_TIMEOUT);
-    let signal = read_topic(&topics.signal, exactly_once, want.keys.len() - gap_count, QUIET, OUTPUT_TIMEOUT);
+    let signal = read_topic(
+        &topics.signal,
+        exactly_once,
+        want.keys.len() - gap_count,
+        QUIET,
+        OUTPUT_TIMEOUT,
+    );
     let mut bytes_by_key: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for r in gap.iter().chain(&signal) {
         let key = r.header("ackwatch.idempotency_key").unwrap().to_string();
-        let first = bytes_by_key.entry(key.clone()).or_insert_with(|| r.value.clone());
+        let first = bytes_by_key
+            .entry(key.clone())
+            .or_insert_with(|| r.value.clone());
         assert_eq!(first, &r.value, "key {key} emitted with different contents");
     }
     let got = observed(&gap, &signal);
     assert!(!want.keys.is_empty(), "the traffic has faults, so findings");
     if exactly_once {
-        assert_eq!(got.keys, want.keys, "exactly_once_v2: every fact once\n{logs}");
+        assert_eq!(
+            got.keys, want.keys,
+            "exactly_once_v2: every fact once\n{logs}"
+        );
     } else {
         let mut unique = got.keys.clone();
         unique.dedup();
-        let missing: Vec<&String> = want.keys.iter().filter(|k| unique.binary_search(k).is_err()).collect();
-        let invented: Vec<&String> = unique.iter().filter(|k| want.keys.binary_search(k).is_err()).collect();
-        assert!(missing.is_empty() && invented.is_empty(), "missing {missing:?}\ninvented {invented:?}\n{logs}");
-        assert_eq!(unique.len(), want.keys.len(), "the audit emits each fact once");
+        let missing: Vec<&String> = want
+            .keys
+            .iter()
+            .filter(|k| unique.binary_search(k).is_err())
+            .collect();
+        let invented: Vec<&String> = unique
+            .iter()
+            .filter(|k| want.keys.binary_search(k).is_err())
+            .collect();
+        assert!(
+            missing.is_empty() && invented.is_empty(),
+            "missing {missing:?}\ninvented {invented:?}\n{logs}"
+        );
+        assert_eq!(
+            unique.len(),
+            want.keys.len(),
+            "the audit emits each fact once"
+        );
     }
 }
 
 pub fn remove_if_present(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("cannot remove {}: {e}", dir.display()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            panic!("cannot remove {}: {e}", dir.display())
+        }
         _ => {}
     }
 }
-

@@ -32,8 +32,15 @@ pub fn alertmanager() -> String {
 /// A name no other test (or earlier run against the same cluster) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn client_config() -> ClientConfig {
@@ -49,7 +56,10 @@ pub async fn create_topic(name: &str, partitions: i32, extra: &[(&str, &str)]) {
         topic = topic.set(k, v);
     }
     let results = admin
-        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await
         .expect("create_topics request");
     for r in results {
@@ -61,24 +71,36 @@ pub async fn create_topic(name: &str, partitions: i32, extra: &[(&str, &str)]) {
 pub fn broker_version_line() -> Option<String> {
     let dir = std::env::var("ACKWATCH_TEST_KAFKA_DIR").ok()?;
     let log = std::fs::read_to_string(format!("{dir}/server.log")).ok()?;
-    log.lines().find_map(|l| l.find("Kafka version: ").map(|i| l[i..].to_string()))
+    log.lines()
+        .find_map(|l| l.find("Kafka version: ").map(|i| l[i..].to_string()))
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the process under test).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP/1.0 GET against 127.0.0.1, so tests need no HTTP client: (status, body).
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2))
+            .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -123,10 +145,15 @@ impl LiveTopics {
 /// Produces kcat records to the test's input topics, keeping partition, key, value and timestamp.
 pub async fn produce_kcat(records: &[ackwatch::kcat::KcatRecord], topics: &LiveTopics) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = client_config().set("linger.ms", "5").set("message.max.bytes", "2000000").create().unwrap();
+    let producer: FutureProducer = client_config()
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
     let mut pending = Vec::new();
     for r in records {
-        let mut record = FutureRecord::<str, str>::to(topics.input(&r.topic)).partition(r.partition);
+        let mut record =
+            FutureRecord::<str, str>::to(topics.input(&r.topic)).partition(r.partition);
         if let Some(key) = &r.key {
             record = record.key(key);
         }
@@ -136,7 +163,12 @@ pub async fn produce_kcat(records: &[ackwatch::kcat::KcatRecord], topics: &LiveT
         if let Some(ts) = r.ts {
             record = record.timestamp(ts);
         }
-        pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
         if pending.len() >= 10_000 {
             for d in pending.drain(..) {
                 d.await.unwrap().map_err(|(e, _)| e).expect("delivered");
@@ -162,13 +194,22 @@ impl OutRecord {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Reads every record of `topic` (all partitions, from the beginning) until at least `min`
 /// arrived and nothing new came for `quiet`, or `timeout` passed.
-pub fn read_topic(topic: &str, read_committed: bool, min: usize, quiet: Duration, timeout: Duration) -> Vec<OutRecord> {
+pub fn read_topic(
+    topic: &str,
+    read_committed: bool,
+    min: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<OutRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::Message;
@@ -176,15 +217,25 @@ pub fn read_topic(topic: &str, read_committed: bool, min: usize, quiet: Duration
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .set("fetch.message.max.bytes", "2000000")
         .create()
         .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
     let mut list = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
-        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&list).unwrap();
     drop(list);
@@ -196,7 +247,16 @@ pub fn read_topic(topic: &str, read_committed: bool, min: usize, quiet: Duration
             let m = m.expect("read output");
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push(OutRecord {
                 key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -218,7 +278,14 @@ pub struct Processor {
 }
 
 /// Writes a config for a live test: the test topics, the test broker, a state dir, a port.
-pub fn live_config(dir: &std::path::Path, topics: &LiveTopics, app: &str, instance: &str, guarantee: &str, extra: &str) -> (std::path::PathBuf, String) {
+pub fn live_config(
+    dir: &std::path::Path,
+    topics: &LiveTopics,
+    app: &str,
+    instance: &str,
+    guarantee: &str,
+    extra: &str,
+) -> (std::path::PathBuf, String) {
     let http = format!("127.0.0.1:{}", free_port());
     let text = format!(
         "[topics]\nactivation = {:?}\nack = {:?}\ngap = {:?}\nsignal = {:?}\ndead_letter = {:?}\n\
@@ -252,7 +319,12 @@ impl Processor {
             .stderr(file)
             .spawn()
             .expect("start ackwatch run");
-        Processor { child, http: http.to_string(), config: config.to_path_buf(), log }
+        Processor {
+            child,
+            http: http.to_string(),
+            config: config.to_path_buf(),
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -281,13 +353,20 @@ impl Processor {
 
     /// SIGTERM, then the exit status (within `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let started = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < timeout, "ackwatch did not stop within {timeout:?} of SIGTERM:\n{}", self.log_text());
+            assert!(
+                started.elapsed() < timeout,
+                "ackwatch did not stop within {timeout:?} of SIGTERM:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -144,7 +144,10 @@ pub struct Invalid {
 }
 
 fn invalid(reason: InvalidReason, detail: impl Into<String>) -> Decoded<'static> {
-    Decoded::Invalid(Invalid { reason, detail: detail.into() })
+    Decoded::Invalid(Invalid {
+        reason,
+        detail: detail.into(),
+    })
 }
 
 /// The fields ackwatch reads, from either the top level or CloudEvents `data`. Each is kept
@@ -201,7 +204,11 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for ValVisitor<'a> {
         Ok(Val::Unsigned(v))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Val<'a>, E> {
-        Ok(if v >= 0 { Val::Unsigned(v as u64) } else { Val::Negative })
+        Ok(if v >= 0 {
+            Val::Unsigned(v as u64)
+        } else {
+            Val::Negative
+        })
     }
     fn visit_f64<E>(self, _: f64) -> Result<Val<'a>, E> {
         Ok(Val::Float)
@@ -288,7 +295,9 @@ impl<'a> Value<'a> for &'a RawValue {
         if let Ok(s) = serde_json::from_str::<&'a str>(self.get()) {
             return Ok(Cow::Borrowed(s));
         }
-        serde_json::from_str::<String>(self.get()).map(Cow::Owned).map_err(|_| ())
+        serde_json::from_str::<String>(self.get())
+            .map(Cow::Owned)
+            .map_err(|_| ())
     }
     fn integer(&self) -> Integer {
         if let Ok(n) = serde_json::from_str::<u64>(self.get()) {
@@ -320,17 +329,31 @@ fn is_null<'a, V: Value<'a>>(raw: Option<&V>) -> bool {
     raw.is_none_or(|r| r.is_null())
 }
 
-fn string_field<'a, V: Value<'a>>(raw: Option<&V>, name: &'static str) -> FieldResult<Option<Cow<'a, str>>> {
-    let Some(raw) = raw.filter(|r| !r.is_null()) else { return Ok(None) };
-    raw.string()
-        .map(Some)
-        .map_err(|()| invalid(InvalidReason::MistypedField(name), format!("{name} is not a string")))
+fn string_field<'a, V: Value<'a>>(
+    raw: Option<&V>,
+    name: &'static str,
+) -> FieldResult<Option<Cow<'a, str>>> {
+    let Some(raw) = raw.filter(|r| !r.is_null()) else {
+        return Ok(None);
+    };
+    raw.string().map(Some).map_err(|()| {
+        invalid(
+            InvalidReason::MistypedField(name),
+            format!("{name} is not a string"),
+        )
+    })
 }
 
 fn required_id<'a, V: Value<'a>>(raw: Option<&V>, name: &'static str) -> FieldResult<Cow<'a, str>> {
     match string_field(raw, name)? {
-        None => Err(invalid(InvalidReason::MissingField(name), format!("{name} is missing"))),
-        Some(s) if s.is_empty() => Err(invalid(InvalidReason::MissingField(name), format!("{name} is empty"))),
+        None => Err(invalid(
+            InvalidReason::MissingField(name),
+            format!("{name} is missing"),
+        )),
+        Some(s) if s.is_empty() => Err(invalid(
+            InvalidReason::MissingField(name),
+            format!("{name} is empty"),
+        )),
         Some(s) if s.len() > ID_BYTES_MAX => Err(invalid(
             InvalidReason::FieldTooLong(name),
             format!("{name} is {} bytes, more than {ID_BYTES_MAX}", s.len()),
@@ -341,12 +364,21 @@ fn required_id<'a, V: Value<'a>>(raw: Option<&V>, name: &'static str) -> FieldRe
 
 fn sequence_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<u64> {
     let Some(raw) = raw.filter(|r| !r.is_null()) else {
-        return Err(invalid(InvalidReason::MissingField("sequence"), "sequence is missing"));
+        return Err(invalid(
+            InvalidReason::MissingField("sequence"),
+            "sequence is missing",
+        ));
     };
     match raw.integer() {
         Integer::Unsigned(n) => Ok(n),
-        Integer::Negative => Err(invalid(InvalidReason::NegativeSequence, "sequence is negative")),
-        Integer::Other => Err(invalid(InvalidReason::MistypedField("sequence"), "sequence is not an integer")),
+        Integer::Negative => Err(invalid(
+            InvalidReason::NegativeSequence,
+            "sequence is negative",
+        )),
+        Integer::Other => Err(invalid(
+            InvalidReason::MistypedField("sequence"),
+            "sequence is not an integer",
+        )),
     }
 }
 
@@ -355,20 +387,32 @@ fn phase_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<Option<Phase>> 
         None => Ok(None),
         Some("freeze") => Ok(Some(Phase::Freeze)),
         Some("unfreeze") => Ok(Some(Phase::Unfreeze)),
-        Some(_) => Err(invalid(InvalidReason::MistypedField("phase"), "phase is neither freeze nor unfreeze")),
+        Some(_) => Err(invalid(
+            InvalidReason::MistypedField("phase"),
+            "phase is neither freeze nor unfreeze",
+        )),
     }
 }
 
-fn time_field<'a, V: Value<'a>>(raw: Option<&V>, name: &'static str) -> FieldResult<Option<Millis>> {
+fn time_field<'a, V: Value<'a>>(
+    raw: Option<&V>,
+    name: &'static str,
+) -> FieldResult<Option<Millis>> {
     let Some(text) = string_field(raw, name).map_err(|_| {
-        invalid(InvalidReason::BadTimestamp(name), format!("{name} is not an RFC 3339 string"))
+        invalid(
+            InvalidReason::BadTimestamp(name),
+            format!("{name} is not an RFC 3339 string"),
+        )
     })?
     else {
         return Ok(None);
     };
     match parse_rfc3339_ms(&text) {
         Some(ms) => Ok(Some(ms)),
-        None => Err(invalid(InvalidReason::BadTimestamp(name), format!("{name} {text:?} is not RFC 3339"))),
+        None => Err(invalid(
+            InvalidReason::BadTimestamp(name),
+            format!("{name} {text:?} is not RFC 3339"),
+        )),
     }
 }
 
@@ -392,11 +436,16 @@ pub fn decode_precise<'a>(record: &RawRecord<'a>) -> Decoded<'a> {
 }
 
 fn check_value<'a>(record: &RawRecord<'a>) -> FieldResult<&'a str> {
-    let Some(bytes) = record.value else { return Err(invalid(InvalidReason::NoValue, "record has no value")) };
+    let Some(bytes) = record.value else {
+        return Err(invalid(InvalidReason::NoValue, "record has no value"));
+    };
     if bytes.len() > RECORD_VALUE_BYTES_MAX {
         return Err(invalid(
             InvalidReason::TooLarge,
-            format!("value is {} bytes, more than {RECORD_VALUE_BYTES_MAX}", bytes.len()),
+            format!(
+                "value is {} bytes, more than {RECORD_VALUE_BYTES_MAX}",
+                bytes.len()
+            ),
         ));
     }
     std::str::from_utf8(bytes).map_err(|_| invalid(InvalidReason::NotUtf8, "value is not UTF-8"))
@@ -421,7 +470,12 @@ fn precise<'a>(record: &RawRecord<'a>, text: &'a str) -> Result<Decoded<'a>, Dec
         None => Ok(None),
         Some(raw) => serde_json::from_str::<Data<&'a RawValue>>(raw.get())
             .map(Some)
-            .map_err(|_| invalid(InvalidReason::BadEnvelope, "CloudEvents data is not a JSON object")),
+            .map_err(|_| {
+                invalid(
+                    InvalidReason::BadEnvelope,
+                    "CloudEvents data is not a JSON object",
+                )
+            }),
     })
 }
 
@@ -434,13 +488,19 @@ fn classify<'a, V: Value<'a>, D>(
     if !is_null(top.specversion.as_ref()) {
         match string_field(top.specversion.as_ref(), "specversion")?.as_deref() {
             Some("1.0") => {}
-            _ => return Err(invalid(InvalidReason::UnsupportedVersion, "CloudEvents specversion is not \"1.0\"")),
+            _ => {
+                return Err(invalid(
+                    InvalidReason::UnsupportedVersion,
+                    "CloudEvents specversion is not \"1.0\"",
+                ))
+            }
         }
         let kind = event_kind(top.event_type.as_ref())?;
         if kind == Kind::Other {
             return Ok(Decoded::Untracked);
         }
-        let fields = data()?.ok_or_else(|| invalid(InvalidReason::BadEnvelope, "CloudEvents record has no data"))?;
+        let fields = data()?
+            .ok_or_else(|| invalid(InvalidReason::BadEnvelope, "CloudEvents record has no data"))?;
         return match kind {
             Kind::Activation => activation(record, &fields, top.time.as_ref()),
             _ => ack(record, &fields, top.time.as_ref()),
@@ -452,7 +512,10 @@ fn classify<'a, V: Value<'a>, D>(
     }
     // The flat envelope's `version` is the schema version; only 1 exists.
     if !is_null(top.version.as_ref()) && !top.version.as_ref().is_some_and(|v| v.is_one()) {
-        return Err(invalid(InvalidReason::UnsupportedVersion, "flat envelope version is not 1"));
+        return Err(invalid(
+            InvalidReason::UnsupportedVersion,
+            "flat envelope version is not 1",
+        ));
     }
     match kind {
         Kind::Activation => activation(record, top, None),
@@ -469,29 +532,45 @@ fn parse_object(text: &str) -> FieldResult<Fields<&RawValue, &RawValue>> {
             Err(e) => invalid(InvalidReason::NotJson, format!("value is not JSON: {e}")),
         });
     }
-    serde_json::from_str::<Fields<&RawValue, &RawValue>>(text)
-        .map_err(|e| invalid(InvalidReason::NotJson, format!("value is not a valid JSON object: {e}")))
+    serde_json::from_str::<Fields<&RawValue, &RawValue>>(text).map_err(|e| {
+        invalid(
+            InvalidReason::NotJson,
+            format!("value is not a valid JSON object: {e}"),
+        )
+    })
 }
 
 fn event_kind<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<Kind> {
     match string_field(raw, "type")?.as_deref() {
-        None => Err(invalid(InvalidReason::MissingType, "record has no event type")),
+        None => Err(invalid(
+            InvalidReason::MissingType,
+            "record has no event type",
+        )),
         Some("activation_updated" | "ActivationUpdated") => Ok(Kind::Activation),
         Some("activation_ack" | "ActivationAck") => Ok(Kind::Ack),
         Some(_) => Ok(Kind::Other),
     }
 }
 
-fn run_key<'a, V: Value<'a>, D>(record: &RawRecord<'a>, fields: &Fields<V, D>) -> FieldResult<RunRef<'a>> {
+fn run_key<'a, V: Value<'a>, D>(
+    record: &RawRecord<'a>,
+    fields: &Fields<V, D>,
+) -> FieldResult<RunRef<'a>> {
     let world_id = required_id(fields.world_id.as_ref(), "world_id")?;
     let run_id = required_id(fields.run_id.as_ref(), "run_id")?;
     match record.key {
         Some(key) if key == world_id.as_bytes() => Ok(RunRef { world_id, run_id }),
         Some(key) => Err(invalid(
             InvalidReason::KeyMismatch,
-            format!("record key {:?} is not world_id {world_id:?}", String::from_utf8_lossy(key)),
+            format!(
+                "record key {:?} is not world_id {world_id:?}",
+                String::from_utf8_lossy(key)
+            ),
         )),
-        None => Err(invalid(InvalidReason::KeyMismatch, format!("record has no key; expected world_id {world_id:?}"))),
+        None => Err(invalid(
+            InvalidReason::KeyMismatch,
+            format!("record has no key; expected world_id {world_id:?}"),
+        )),
     }
 }
 
@@ -500,11 +579,19 @@ fn activation<'a, V: Value<'a>, D>(
     fields: &Fields<V, D>,
     envelope_time: Option<&V>,
 ) -> Result<Decoded<'a>, Decoded<'static>> {
-    let requires_ack = match fields.requires_ack.as_ref().filter(|r| !r.is_null()).map(|r| r.boolean()) {
+    let requires_ack = match fields
+        .requires_ack
+        .as_ref()
+        .filter(|r| !r.is_null())
+        .map(|r| r.boolean())
+    {
         None | Some(Ok(false)) => false,
         Some(Ok(true)) => true,
         Some(Err(())) => {
-            return Err(invalid(InvalidReason::MistypedField("requires_ack"), "requires_ack is not a boolean"))
+            return Err(invalid(
+                InvalidReason::MistypedField("requires_ack"),
+                "requires_ack is not a boolean",
+            ))
         }
     };
     if !requires_ack {
@@ -515,7 +602,10 @@ fn activation<'a, V: Value<'a>, D>(
     let phase = phase_field(fields.phase.as_ref())?;
     let etag = match string_field(fields.etag.as_ref(), "etag")? {
         Some(e) if e.len() > ETAG_BYTES_MAX => {
-            return Err(invalid(InvalidReason::FieldTooLong("etag"), format!("etag is more than {ETAG_BYTES_MAX} bytes")))
+            return Err(invalid(
+                InvalidReason::FieldTooLong("etag"),
+                format!("etag is more than {ETAG_BYTES_MAX} bytes"),
+            ))
         }
         e => e,
     };
@@ -524,8 +614,19 @@ fn activation<'a, V: Value<'a>, D>(
         None => time_field(envelope_time, "time")?,
     }
     .or(record.timestamp_ms)
-        .ok_or_else(|| invalid(InvalidReason::NoEventTime, "no ts, no CloudEvents time and no record timestamp"))?;
-    Ok(Decoded::Tracked(Activation { run, sequence, phase, etag, event_ms }))
+    .ok_or_else(|| {
+        invalid(
+            InvalidReason::NoEventTime,
+            "no ts, no CloudEvents time and no record timestamp",
+        )
+    })?;
+    Ok(Decoded::Tracked(Activation {
+        run,
+        sequence,
+        phase,
+        etag,
+        event_ms,
+    }))
 }
 
 fn ack<'a, V: Value<'a>, D>(
@@ -544,6 +645,16 @@ fn ack<'a, V: Value<'a>, D>(
         },
     }
     .or(record.timestamp_ms)
-        .ok_or_else(|| invalid(InvalidReason::NoEventTime, "no ack_ts, ts, CloudEvents time or record timestamp"))?;
-    Ok(Decoded::Ack(Ack { run, sequence, phase, event_ms }))
+    .ok_or_else(|| {
+        invalid(
+            InvalidReason::NoEventTime,
+            "no ack_ts, ts, CloudEvents time or record timestamp",
+        )
+    })?;
+    Ok(Decoded::Ack(Ack {
+        run,
+        sequence,
+        phase,
+        event_ms,
+    }))
 }

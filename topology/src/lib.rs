@@ -43,7 +43,10 @@ pub struct RunKey {
 
 impl RunKey {
     pub fn new(world_id: &str, run_id: &str) -> Self {
-        RunKey { world_id: world_id.into(), run_id: run_id.into() }
+        RunKey {
+            world_id: world_id.into(),
+            run_id: run_id.into(),
+        }
     }
 }
 

@@ -71,12 +71,23 @@ pub enum Output {
     Resolved(GapResolved),
     Signal(Signal),
     /// The rollback deadline of a paused run passed with `auto_rollback = false`.
-    Escalated { run: RunKey, episode: u32, at: Millis },
+    Escalated {
+        run: RunKey,
+        episode: u32,
+        at: Millis,
+    },
     /// An ACK latency sample (once per sequence).
-    Latency { phase: Option<Phase>, ms: u64, clock_skew: bool },
+    Latency {
+        phase: Option<Phase>,
+        ms: u64,
+        clock_skew: bool,
+    },
     /// The run's state was dropped by retention (the store writes a tombstone). The summary is
     /// absent when the run was evicted from memory at the time (live processing only).
-    RunDropped { run: RunKey, summary: Option<RunSummary> },
+    RunDropped {
+        run: RunKey,
+        summary: Option<RunSummary>,
+    },
 }
 
 /// How one input record was classified and applied.
@@ -104,7 +115,12 @@ fn key_part(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-pub(crate) fn detected_key(run: &RunKey, kind: FindingKind, first_seq: u64, detected_at: Millis) -> String {
+pub(crate) fn detected_key(
+    run: &RunKey,
+    kind: FindingKind,
+    first_seq: u64,
+    detected_at: Millis,
+) -> String {
     format!(
         "ackwatch:gap:{}:{}:{}:{first_seq}:{detected_at}:detected",
         key_part(&run.world_id),
@@ -113,7 +129,12 @@ pub(crate) fn detected_key(run: &RunKey, kind: FindingKind, first_seq: u64, dete
     )
 }
 
-pub(crate) fn resolved_key(run: &RunKey, kind: FindingKind, seq: u64, detected_at: Millis) -> String {
+pub(crate) fn resolved_key(
+    run: &RunKey,
+    kind: FindingKind,
+    seq: u64,
+    detected_at: Millis,
+) -> String {
     format!(
         "ackwatch:gap:{}:{}:{}:{seq}:{detected_at}:resolved",
         key_part(&run.world_id),
@@ -123,5 +144,10 @@ pub(crate) fn resolved_key(run: &RunKey, kind: FindingKind, seq: u64, detected_a
 }
 
 pub(crate) fn signal_key(run: &RunKey, action: Action, episode: u32) -> String {
-    format!("ackwatch:signal:{}:{}:{}:{episode}", key_part(&run.world_id), key_part(&run.run_id), action.as_str())
+    format!(
+        "ackwatch:signal:{}:{}:{}:{episode}",
+        key_part(&run.world_id),
+        key_part(&run.run_id),
+        action.as_str()
+    )
 }

@@ -39,7 +39,12 @@ pub struct PartitionGroup<T> {
 
 impl<T> PartitionGroup<T> {
     pub fn new(max_task_idle_ms: Millis) -> Self {
-        PartitionGroup { queues: [VecDeque::new(), VecDeque::new()], max_task_idle_ms, waiting_since: None, idle_exceeded: 0 }
+        PartitionGroup {
+            queues: [VecDeque::new(), VecDeque::new()],
+            max_task_idle_ms,
+            waiting_since: None,
+            idle_exceeded: 0,
+        }
     }
 
     /// Buffers a record; `timestamp_ms` is its record timestamp (records without one sort first).
@@ -56,17 +61,34 @@ impl<T> PartitionGroup<T> {
     /// watermark (always true for a bounded input); `now_ms` is the caller's clock, used only
     /// to bound the wait.
     pub fn next(&mut self, now_ms: Millis, caught_up: [bool; 2]) -> Next<T> {
-        let heads = [self.queues[0].front().map(|h| h.0), self.queues[1].front().map(|h| h.0)];
+        self.next_with(now_ms, |side| caught_up[side])
+    }
+
+    /// [`Self::next`], asking `caught_up(side)` (0: activation, 1: ACK) only when it matters:
+    /// when that side has nothing buffered.
+    pub fn next_with(
+        &mut self,
+        now_ms: Millis,
+        mut caught_up: impl FnMut(usize) -> bool,
+    ) -> Next<T> {
+        let heads = [
+            self.queues[0].front().map(|h| h.0),
+            self.queues[1].front().map(|h| h.0),
+        ];
         let pick = match heads {
             [Some(a), Some(b)] => {
                 self.waiting_since = None;
-                if a <= b { 0 } else { 1 }
+                if a <= b {
+                    0
+                } else {
+                    1
+                }
             }
             [None, None] => return Next::Empty,
             [Some(_), None] | [None, Some(_)] => {
                 let full = if heads[0].is_some() { 0 } else { 1 };
                 let empty = 1 - full;
-                if caught_up[empty] {
+                if caught_up(empty) {
                     self.waiting_since = None;
                 } else {
                     let since = *self.waiting_since.get_or_insert(now_ms);
@@ -84,7 +106,14 @@ impl<T> PartitionGroup<T> {
             }
         };
         let (_, item) = self.queues[pick].pop_front().expect("head exists");
-        Next::Record(if pick == 0 { Source::Activation } else { Source::Ack }, item)
+        Next::Record(
+            if pick == 0 {
+                Source::Activation
+            } else {
+                Source::Ack
+            },
+            item,
+        )
     }
 }
 
@@ -92,7 +121,11 @@ impl<T> PartitionGroup<T> {
 mod tests {
     use super::*;
 
-    fn drain(group: &mut PartitionGroup<&'static str>, now: Millis, caught_up: [bool; 2]) -> Vec<&'static str> {
+    fn drain(
+        group: &mut PartitionGroup<&'static str>,
+        now: Millis,
+        caught_up: [bool; 2],
+    ) -> Vec<&'static str> {
         let mut got = vec![];
         while let Next::Record(_, item) = group.next(now, caught_up) {
             got.push(item);
@@ -100,7 +133,11 @@ mod tests {
         got
     }
 
-    fn check(activations: &[(Millis, &'static str)], acks: &[(Millis, &'static str)], expected: &[&str]) {
+    fn check(
+        activations: &[(Millis, &'static str)],
+        acks: &[(Millis, &'static str)],
+        expected: &[&str],
+    ) {
         let mut group = PartitionGroup::new(1000);
         for &(ts, name) in activations {
             group.push(Source::Activation, Some(ts), name);
@@ -113,8 +150,16 @@ mod tests {
 
     #[test]
     fn merges_by_timestamp_with_activation_first_on_ties() {
-        check(&[(1, "a1"), (5, "a5")], &[(2, "k2"), (5, "k5")], &["a1", "k2", "a5", "k5"]);
-        check(&[(10, "a10")], &[(1, "k1"), (2, "k2")], &["k1", "k2", "a10"]);
+        check(
+            &[(1, "a1"), (5, "a5")],
+            &[(2, "k2"), (5, "k5")],
+            &["a1", "k2", "a5", "k5"],
+        );
+        check(
+            &[(10, "a10")],
+            &[(1, "k1"), (2, "k2")],
+            &["k1", "k2", "a10"],
+        );
         check(&[], &[(3, "k3")], &["k3"]);
         // Within a partition, offset order stands even when timestamps go backwards.
         check(&[(9, "a9"), (1, "a1")], &[(5, "k5")], &["k5", "a9", "a1"]);
@@ -126,10 +171,16 @@ mod tests {
         group.push(Source::Activation, Some(1), "a1");
         assert_eq!(group.next(100, [true, false]), Next::Wait);
         assert_eq!(group.next(1099, [true, false]), Next::Wait);
-        assert_eq!(group.next(1100, [true, false]), Next::Record(Source::Activation, "a1"));
+        assert_eq!(
+            group.next(1100, [true, false]),
+            Next::Record(Source::Activation, "a1")
+        );
         assert_eq!(group.idle_exceeded, 1);
         group.push(Source::Activation, Some(2), "a2");
-        assert_eq!(group.next(1200, [true, false]), Next::Record(Source::Activation, "a2"));
+        assert_eq!(
+            group.next(1200, [true, false]),
+            Next::Record(Source::Activation, "a2")
+        );
         assert_eq!(group.idle_exceeded, 1, "one wait, counted once");
         assert_eq!(group.next(1300, [true, false]), Next::Empty);
     }

@@ -59,7 +59,10 @@ impl Policy {
             ("run_retention_ms", self.run_retention_ms),
         ] {
             if !(1..=YEAR_MS).contains(&value) {
-                return Err(PolicyError { key, why: format!("{value} is not between 1 ms and one year") });
+                return Err(PolicyError {
+                    key,
+                    why: format!("{value} is not between 1 ms and one year"),
+                });
             }
         }
         if self.run_retention_ms <= self.rollback_after_ms.max(self.ack_timeout_ms) {

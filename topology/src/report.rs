@@ -82,7 +82,12 @@ impl Percentiles {
     /// Nearest-rank percentiles of sorted samples.
     pub fn of_sorted(sorted: &[u64]) -> Option<Percentiles> {
         let rank = |p: u64| sorted[((p as usize * sorted.len()).div_ceil(100)).max(1) - 1];
-        (!sorted.is_empty()).then(|| Percentiles { p50: rank(50), p95: rank(95), p99: rank(99), max: rank(100) })
+        (!sorted.is_empty()).then(|| Percentiles {
+            p50: rank(50),
+            p95: rank(95),
+            p99: rank(99),
+            max: rank(100),
+        })
     }
 }
 
@@ -131,7 +136,11 @@ impl ReportBuilder {
             Output::Detected(d) => {
                 let run = RunKey::new(&d.world_id, &d.run_id);
                 for &seq in &d.sequences {
-                    let facts = FindingFacts { phase: d.phase, detected_at: d.detected_at, resolved_at: None };
+                    let facts = FindingFacts {
+                        phase: d.phase,
+                        detected_at: d.detected_at,
+                        resolved_at: None,
+                    };
                     self.findings.insert((run.clone(), d.kind, seq), facts);
                 }
             }
@@ -145,9 +154,13 @@ impl ReportBuilder {
             }
             Output::Signal(s) => {
                 let run = RunKey::new(&s.world_id, &s.run_id);
-                self.signals.push((s.at, run, s.action, s.episode, s.idempotency_key.clone()));
+                self.signals
+                    .push((s.at, run, s.action, s.episode, s.idempotency_key.clone()));
             }
-            Output::RunDropped { run, summary: Some(summary) } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
+            Output::RunDropped {
+                run,
+                summary: Some(summary),
+            } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
             Output::RunDropped { summary: None, .. } => {}
             Output::Escalated { .. } | Output::Latency { .. } => {}
         }
@@ -177,11 +190,14 @@ impl ReportBuilder {
                 idempotency_key: key,
             })
             .collect();
-        self.pending.sort_by(|a, b| (&a.run, a.kind, a.due, a.sequence).cmp(&(&b.run, b.kind, b.due, b.sequence)));
+        self.pending.sort_by(|a, b| {
+            (&a.run, a.kind, a.due, a.sequence).cmp(&(&b.run, b.kind, b.due, b.sequence))
+        });
         let mut pending_at_end: Vec<PendingRow> = vec![];
         let mut previous: Option<&Pending> = None;
         for p in &self.pending {
-            let same_group = previous.is_some_and(|q| (&q.run, q.kind, q.due) == (&p.run, p.kind, p.due));
+            let same_group =
+                previous.is_some_and(|q| (&q.run, q.kind, q.due) == (&p.run, p.kind, p.due));
             previous = Some(p);
             match pending_at_end.last_mut() {
                 Some(last) if same_group => last.sequences.push(p.sequence),
@@ -194,7 +210,11 @@ impl ReportBuilder {
                 }),
             }
         }
-        let mut all_latencies: Vec<u64> = self.runs.values().flat_map(|s| s.latencies_ms.iter().copied()).collect();
+        let mut all_latencies: Vec<u64> = self
+            .runs
+            .values()
+            .flat_map(|s| s.latencies_ms.iter().copied())
+            .collect();
         all_latencies.sort_unstable();
         let runs = self
             .runs
@@ -216,18 +236,32 @@ impl ReportBuilder {
             acks: c.acks,
             duplicates: c.duplicates,
             invalid: c.invalid,
-            invalid_by_reason: c.invalid_by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            invalid_by_reason: c
+                .invalid_by_reason
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             findings_raised: FindingKind::ALL
                 .iter()
                 .map(|k| (k.as_str().to_string(), c.findings_raised[k.index()]))
                 .collect(),
             clock_skew: c.clock_skew,
             latency_ms: Percentiles::of_sorted(&all_latencies),
-            limit_cut: c.limit_cut.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            limit_cut: c
+                .limit_cut
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             malformed_lines: self.malformed_lines,
             other_topic: self.other_topic,
         };
-        Report { findings, signals, pending_at_end, runs, totals }
+        Report {
+            findings,
+            signals,
+            pending_at_end,
+            runs,
+            totals,
+        }
     }
 }
 
@@ -244,7 +278,11 @@ fn group_findings(facts: &BTreeMap<(RunKey, FindingKind, u64), FindingFacts>) ->
     let mut rows: Vec<(Millis, FindingRow, RunKey, FindingKind, Option<Millis>)> = vec![];
     for ((run, kind, seq), f) in facts {
         if let Some((detected, row, last_run, last_kind, resolved)) = rows.last_mut() {
-            if last_run == run && last_kind == kind && *detected == f.detected_at && *resolved == f.resolved_at {
+            if last_run == run
+                && last_kind == kind
+                && *detected == f.detected_at
+                && *resolved == f.resolved_at
+            {
                 row.sequences.push(*seq);
                 continue;
             }
@@ -265,7 +303,9 @@ fn group_findings(facts: &BTreeMap<(RunKey, FindingKind, u64), FindingFacts>) ->
             f.resolved_at,
         ));
     }
-    rows.sort_by(|a, b| (a.0, &a.2, a.3, a.1.sequences[0]).cmp(&(b.0, &b.2, b.3, b.1.sequences[0])));
+    rows.sort_by(|a, b| {
+        (a.0, &a.2, a.3, a.1.sequences[0]).cmp(&(b.0, &b.2, b.3, b.1.sequences[0]))
+    });
     rows.into_iter().map(|r| r.1).collect()
 }
 

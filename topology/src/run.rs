@@ -23,8 +23,12 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 4] =
-        [FindingKind::AckMissing, FindingKind::ActivationGap, FindingKind::OrphanAck, FindingKind::SequenceConflict];
+    pub const ALL: [FindingKind; 4] = [
+        FindingKind::AckMissing,
+        FindingKind::ActivationGap,
+        FindingKind::OrphanAck,
+        FindingKind::SequenceConflict,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,21 +95,42 @@ impl SeqState {
     }
 
     pub fn phase(&self) -> Option<Phase> {
-        self.activation.as_ref().and_then(|a| a.phase).or(self.ack_phase)
+        self.activation
+            .as_ref()
+            .and_then(|a| a.phase)
+            .or(self.ack_phase)
     }
 
     /// The deadlines this sequence still waits for, by kind.
     fn timers(&self, policy: &Policy) -> impl Iterator<Item = (Millis, FindingKind)> {
-        let ack = match (&self.activation, self.ack_ms, self.finding(FindingKind::AckMissing)) {
-            (Some(act), None, None) => Some((act.event_ms.saturating_add(policy.ack_timeout_ms), FindingKind::AckMissing)),
+        let ack = match (
+            &self.activation,
+            self.ack_ms,
+            self.finding(FindingKind::AckMissing),
+        ) {
+            (Some(act), None, None) => Some((
+                act.event_ms.saturating_add(policy.ack_timeout_ms),
+                FindingKind::AckMissing,
+            )),
             _ => None,
         };
-        let gap = match (&self.activation, self.gap_due, self.finding(FindingKind::ActivationGap)) {
+        let gap = match (
+            &self.activation,
+            self.gap_due,
+            self.finding(FindingKind::ActivationGap),
+        ) {
             (None, Some(due), None) => Some((due, FindingKind::ActivationGap)),
             _ => None,
         };
-        let orphan = match (&self.activation, self.ack_ms, self.finding(FindingKind::OrphanAck)) {
-            (None, Some(ack), None) => Some((ack.saturating_add(policy.orphan_timeout_ms), FindingKind::OrphanAck)),
+        let orphan = match (
+            &self.activation,
+            self.ack_ms,
+            self.finding(FindingKind::OrphanAck),
+        ) {
+            (None, Some(ack), None) => Some((
+                ack.saturating_add(policy.orphan_timeout_ms),
+                FindingKind::OrphanAck,
+            )),
             _ => None,
         };
         [ack, gap, orphan].into_iter().flatten()
@@ -190,7 +215,11 @@ impl Eq for RunState {}
 
 impl RunState {
     pub fn new(first_record_ms: Millis) -> Self {
-        RunState { first_record_ms, last_event_ms: first_record_ms, ..Default::default() }
+        RunState {
+            first_record_ms,
+            last_event_ms: first_record_ms,
+            ..Default::default()
+        }
     }
 
     /// Recomputes the derived timer set, after a restore or a policy change.
@@ -198,17 +227,28 @@ impl RunState {
         self.timers.clear();
         for (&seq, state) in &self.sequences {
             for (due, kind) in state.timers(policy) {
-                self.timers.insert(Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+                self.timers.insert(Timer {
+                    due,
+                    kind: TimerKind::Finding(kind),
+                    sequence: seq,
+                });
             }
         }
         if let Some(due) = self.rollback_due(policy) {
-            self.timers.insert(Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+            self.timers.insert(Timer {
+                due,
+                kind: TimerKind::Rollback,
+                sequence: 0,
+            });
         }
     }
 
     fn rollback_due(&self, policy: &Policy) -> Option<Millis> {
         match self.episode_state {
-            EpisodeState::Paused { at, escalated: false } => Some(at.saturating_add(policy.rollback_after_ms)),
+            EpisodeState::Paused {
+                at,
+                escalated: false,
+            } => Some(at.saturating_add(policy.rollback_after_ms)),
             _ => None,
         }
     }
@@ -217,7 +257,11 @@ impl RunState {
     pub(crate) fn untrack(&mut self, seq: u64, policy: &Policy) {
         if let Some(state) = self.sequences.get(&seq) {
             for (due, kind) in state.timers(policy) {
-                self.timers.remove(&Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+                self.timers.remove(&Timer {
+                    due,
+                    kind: TimerKind::Finding(kind),
+                    sequence: seq,
+                });
             }
         }
     }
@@ -225,18 +269,30 @@ impl RunState {
     pub(crate) fn track(&mut self, seq: u64, policy: &Policy) {
         if let Some(state) = self.sequences.get(&seq) {
             for (due, kind) in state.timers(policy) {
-                self.timers.insert(Timer { due, kind: TimerKind::Finding(kind), sequence: seq });
+                self.timers.insert(Timer {
+                    due,
+                    kind: TimerKind::Finding(kind),
+                    sequence: seq,
+                });
             }
         }
     }
 
     pub(crate) fn set_episode(&mut self, next: EpisodeState, policy: &Policy) {
         if let Some(due) = self.rollback_due(policy) {
-            self.timers.remove(&Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+            self.timers.remove(&Timer {
+                due,
+                kind: TimerKind::Rollback,
+                sequence: 0,
+            });
         }
         self.episode_state = next;
         if let Some(due) = self.rollback_due(policy) {
-            self.timers.insert(Timer { due, kind: TimerKind::Rollback, sequence: 0 });
+            self.timers.insert(Timer {
+                due,
+                kind: TimerKind::Rollback,
+                sequence: 0,
+            });
         }
     }
 
@@ -244,17 +300,25 @@ impl RunState {
     /// its last pending deadline, so a dropped run never has anything pending.
     pub fn retention_due(&self, policy: &Policy) -> Millis {
         let after_last = self.last_event_ms.saturating_add(policy.run_retention_ms);
-        self.timers.last().map_or(after_last, |t| after_last.max(t.due))
+        self.timers
+            .last()
+            .map_or(after_last, |t| after_last.max(t.due))
     }
 
     /// The earliest moment anything of this run is due.
     pub fn next_due(&self, policy: &Policy) -> Millis {
         let retention = self.retention_due(policy);
-        self.timers.first().map_or(retention, |t| t.due.min(retention))
+        self.timers
+            .first()
+            .map_or(retention, |t| t.due.min(retention))
     }
 
     pub fn open_findings(&self) -> usize {
-        self.sequences.values().flat_map(|s| s.findings.iter().flatten()).filter(|f| f.is_open()).count()
+        self.sequences
+            .values()
+            .flat_map(|s| s.findings.iter().flatten())
+            .filter(|f| f.is_open())
+            .count()
     }
 
     pub fn pending_timers(&self) -> impl Iterator<Item = &Timer> {
@@ -263,10 +327,18 @@ impl RunState {
 
     /// Tracked activations, ACKed ones, and the latencies of those (for reports).
     pub fn summary(&self) -> RunSummary {
-        let mut latencies: Vec<u64> = self.sequences.values().filter_map(SeqState::latency_ms).collect();
+        let mut latencies: Vec<u64> = self
+            .sequences
+            .values()
+            .filter_map(SeqState::latency_ms)
+            .collect();
         latencies.sort_unstable();
         RunSummary {
-            tracked: self.sequences.values().filter(|s| s.activation.is_some()).count() as u64,
+            tracked: self
+                .sequences
+                .values()
+                .filter(|s| s.activation.is_some())
+                .count() as u64,
             acked: latencies.len() as u64,
             latencies_ms: latencies,
             cut: self.cut,

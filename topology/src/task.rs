@@ -18,9 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{decode, Ack, Activation, Decoded, Phase, RawRecord};
 use crate::limits::{EVENT_SEQUENCES_MAX, GAP_SPAN_MAX, RUN_SEQUENCES_MAX, WORLDS_INTERNED_MAX};
-use crate::output::{detected_key, resolved_key, signal_key, Action, GapDetected, GapResolved, Outcome, Output, Signal};
+use crate::output::{
+    detected_key, resolved_key, signal_key, Action, GapDetected, GapResolved, Outcome, Output,
+    Signal,
+};
 use crate::policy::Policy;
-use crate::run::{ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, Timer, TimerKind};
+use crate::run::{
+    ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, Timer, TimerKind,
+};
 use crate::time::Millis;
 use crate::{RunKey, RunRef};
 
@@ -172,7 +177,13 @@ impl Task {
     pub fn evict_settled(&mut self, keys: impl IntoIterator<Item = RunKey>) -> usize {
         let mut evicted = 0;
         for key in keys {
-            let Some(run) = self.runs.get(&key).filter(|r| !r.dirty && r.timers.is_empty()) else { continue };
+            let Some(run) = self
+                .runs
+                .get(&key)
+                .filter(|r| !r.dirty && r.timers.is_empty())
+            else {
+                continue;
+            };
             let due = run.retention_due(&self.policy);
             if let Some(old) = run.indexed_due {
                 self.due.remove(&(old, key.clone()));
@@ -197,7 +208,11 @@ impl Task {
         key.world_id = self.intern_world(&key.world_id);
         state.rebuild_timers(&self.policy);
         self.absent.remove(&key);
-        if !self.runs.contains_key(&key) && self.due.remove(&(state.retention_due(&self.policy), key.clone())) {
+        if !self.runs.contains_key(&key)
+            && self
+                .due
+                .remove(&(state.retention_due(&self.policy), key.clone()))
+        {
             // It was evicted: its index entry was its retention deadline (same policy, same facts).
             self.forget_evicted(&key);
         }
@@ -218,10 +233,15 @@ impl Task {
             }
         }
         let runs = &self.runs;
-        (keys.into_iter().map(|k| {
-            let state = runs.get(&k);
-            (k, state)
-        }).collect(), meta)
+        (
+            keys.into_iter()
+                .map(|k| {
+                    let state = runs.get(&k);
+                    (k, state)
+                })
+                .collect(),
+            meta,
+        )
     }
 
     /// Applies one record.
@@ -249,7 +269,11 @@ impl Task {
         match decoded {
             Decoded::Invalid(invalid) => {
                 self.counters.invalid += 1;
-                *self.counters.invalid_by_reason.entry(invalid.reason.label()).or_default() += 1;
+                *self
+                    .counters
+                    .invalid_by_reason
+                    .entry(invalid.reason.label())
+                    .or_default() += 1;
                 Outcome::Invalid(invalid)
             }
             Decoded::Untracked => {
@@ -291,7 +315,12 @@ impl Task {
             .iter()
             .flat_map(|(run, state)| {
                 state.pending_timers().filter_map(move |t| match t.kind {
-                    TimerKind::Finding(kind) => Some(Pending { kind, run: run.clone(), sequence: t.sequence, due: t.due }),
+                    TimerKind::Finding(kind) => Some(Pending {
+                        kind,
+                        run: run.clone(),
+                        sequence: t.sequence,
+                        due: t.due,
+                    }),
                     TimerKind::Rollback => None,
                 })
             })
@@ -302,8 +331,12 @@ impl Task {
 
     // ---- applying records -------------------------------------------------------------
 
-
-    fn apply_activation(&mut self, act: Activation<'_>, record_ms: Millis, out: &mut Vec<Output>) -> Outcome {
+    fn apply_activation(
+        &mut self,
+        act: Activation<'_>,
+        record_ms: Millis,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
         let policy = self.policy;
         let exempt_from = self.meta.first_record_ms.unwrap_or(record_ms);
         let key = self.key_of(&act.run);
@@ -313,16 +346,29 @@ impl Task {
         let seq = act.sequence;
 
         if let Some(existing) = run.sequences.get(&seq).and_then(|s| s.activation.as_ref()) {
-            let conflict = existing.etag.as_deref() != act.etag.as_deref() || existing.phase != act.phase;
-            let already = run.sequences[&seq].finding(FindingKind::SequenceConflict).is_some();
+            let conflict =
+                existing.etag.as_deref() != act.etag.as_deref() || existing.phase != act.phase;
+            let already = run.sequences[&seq]
+                .finding(FindingKind::SequenceConflict)
+                .is_some();
             self.mark_dirty(&key);
             if conflict && !already {
                 self.counters.tracked += 1;
                 let run = self.runs.get_mut(&key).expect("run exists");
-                run.sequences.get_mut(&seq).expect("seq exists").findings[FindingKind::SequenceConflict.index()] =
-                    Some(FindingState { detected_at: act.event_ms, resolved_at: None });
+                run.sequences.get_mut(&seq).expect("seq exists").findings
+                    [FindingKind::SequenceConflict.index()] = Some(FindingState {
+                    detected_at: act.event_ms,
+                    resolved_at: None,
+                });
                 let phase = act.phase;
-                self.raise(&key, FindingKind::SequenceConflict, vec![seq], phase, act.event_ms, out);
+                self.raise(
+                    &key,
+                    FindingKind::SequenceConflict,
+                    vec![seq],
+                    phase,
+                    act.event_ms,
+                    out,
+                );
                 self.reindex(&key);
                 return Outcome::Tracked;
             }
@@ -346,7 +392,9 @@ impl Task {
         let missing_from = match run.max_sequence {
             Some(max) if seq > max => Some(max + 1),
             Some(_) => None,
-            None if run.first_record_ms > exempt_from.saturating_add(policy.gap_timeout_ms) => Some(policy.sequence_start),
+            None if run.first_record_ms > exempt_from.saturating_add(policy.gap_timeout_ms) => {
+                Some(policy.sequence_start)
+            }
             None => None,
         };
         if let Some(from) = missing_from.filter(|&from| from < seq) {
@@ -359,7 +407,9 @@ impl Task {
             let gap_due = act.event_ms.saturating_add(policy.gap_timeout_ms);
             // Highest first, so a run near its limit keeps the sequences closest to this one.
             for missing in (from..seq).rev() {
-                if !run.sequences.contains_key(&missing) && run.sequences.len() + 1 >= RUN_SEQUENCES_MAX {
+                if !run.sequences.contains_key(&missing)
+                    && run.sequences.len() + 1 >= RUN_SEQUENCES_MAX
+                {
                     let left = missing - from + 1;
                     run.cut += left;
                     self.counters.cut("run_sequences", left);
@@ -377,8 +427,14 @@ impl Task {
 
         run.untrack(seq, &policy);
         let state = run.sequences.entry(seq).or_default();
-        state.activation = Some(ActivationSeen { event_ms: act.event_ms, phase: act.phase, etag: act.etag.map(|e| e.into_owned()) });
-        let latency = state.ack_ms.map(|ack_ms| ack_ms.saturating_sub(act.event_ms));
+        state.activation = Some(ActivationSeen {
+            event_ms: act.event_ms,
+            phase: act.phase,
+            etag: act.etag.map(|e| e.into_owned()),
+        });
+        let latency = state
+            .ack_ms
+            .map(|ack_ms| ack_ms.saturating_sub(act.event_ms));
         run.track(seq, &policy);
         if let Some(raw) = latency {
             self.observe_latency(act.phase, raw, out);
@@ -415,7 +471,10 @@ impl Task {
         let state = run.sequences.entry(seq).or_default();
         state.ack_ms = Some(ack.event_ms);
         state.ack_phase = ack.phase;
-        let latency = state.activation.as_ref().map(|a| (a.phase, ack.event_ms.saturating_sub(a.event_ms)));
+        let latency = state
+            .activation
+            .as_ref()
+            .map(|a| (a.phase, ack.event_ms.saturating_sub(a.event_ms)));
         run.track(seq, &policy);
         if let Some((phase, raw)) = latency {
             self.observe_latency(phase, raw, out);
@@ -430,7 +489,10 @@ impl Task {
     fn key_of(&mut self, run: &RunRef<'_>) -> RunKey {
         match self.runs.get_key_value(run) {
             Some((key, _)) => key.clone(),
-            None => RunKey { world_id: self.intern_world(&run.world_id), run_id: Arc::from(&*run.run_id) },
+            None => RunKey {
+                world_id: self.intern_world(&run.world_id),
+                run_id: Arc::from(&*run.run_id),
+            },
         }
     }
 
@@ -449,18 +511,36 @@ impl Task {
     fn observe_latency(&mut self, phase: Option<Phase>, raw_ms: Millis, out: &mut Vec<Output>) {
         let clock_skew = raw_ms < 0;
         self.counters.clock_skew += u64::from(clock_skew);
-        out.push(Output::Latency { phase, ms: raw_ms.max(0) as u64, clock_skew });
+        out.push(Output::Latency {
+            phase,
+            ms: raw_ms.max(0) as u64,
+            clock_skew,
+        });
     }
 
     // ---- findings and signals ----------------------------------------------------------
 
     /// Resolves the open finding of `kind` on `seq`, if there is one, and resumes the run when
     /// it was the last open finding of a paused run.
-    fn resolve(&mut self, key: &RunKey, seq: u64, kind: FindingKind, at: Millis, out: &mut Vec<Output>) {
+    fn resolve(
+        &mut self,
+        key: &RunKey,
+        seq: u64,
+        kind: FindingKind,
+        at: Millis,
+        out: &mut Vec<Output>,
+    ) {
         let run = self.runs.get_mut(key).expect("run exists");
-        let Some(state) = run.sequences.get_mut(&seq) else { return };
+        let Some(state) = run.sequences.get_mut(&seq) else {
+            return;
+        };
         let phase = state.phase();
-        let Some(finding) = state.findings[kind.index()].as_mut().filter(|f| f.is_open()) else { return };
+        let Some(finding) = state.findings[kind.index()]
+            .as_mut()
+            .filter(|f| f.is_open())
+        else {
+            return;
+        };
         finding.resolved_at = Some(at);
         let detected_at = finding.detected_at;
         self.counters.findings_resolved[kind.index()] += 1;
@@ -507,7 +587,13 @@ impl Task {
         if kind.pauses() && run.episode_state == EpisodeState::Idle {
             run.episode += 1;
             let policy = self.policy;
-            run.set_episode(EpisodeState::Paused { at: detected_at, escalated: false }, &policy);
+            run.set_episode(
+                EpisodeState::Paused {
+                    at: detected_at,
+                    escalated: false,
+                },
+                &policy,
+            );
             self.signal(key, Action::Pause, detected_at, out);
         }
     }
@@ -538,7 +624,9 @@ impl Task {
 
     /// Makes sure the index holds the run no later than its next deadline (see `due`).
     fn reindex(&mut self, key: &RunKey) {
-        let Some(run) = self.runs.get_mut(key) else { return };
+        let Some(run) = self.runs.get_mut(key) else {
+            return;
+        };
         let next = run.next_due(&self.policy);
         match run.indexed_due {
             Some(indexed) if indexed <= next => {}
@@ -556,7 +644,9 @@ impl Task {
     /// by run key), so the order of outputs depends only on the records, not on the history of
     /// the index.
     fn fire_due(&mut self, out: &mut Vec<Output>) {
-        let Some(now) = self.meta.stream_time else { return };
+        let Some(now) = self.meta.stream_time else {
+            return;
+        };
         while let Some(&(indexed, _)) = self.due.first() {
             if indexed >= now {
                 break;
@@ -584,29 +674,47 @@ impl Task {
     fn fire_run_at(&mut self, key: &RunKey, due: Millis, out: &mut Vec<Output>) {
         let run = self.runs.get_mut(key).expect("indexed run exists");
         if run.timers.first().is_none_or(|t| t.due != due) {
-            debug_assert!(run.timers.is_empty(), "retention is never before a pending deadline");
+            debug_assert!(
+                run.timers.is_empty(),
+                "retention is never before a pending deadline"
+            );
             let run = self.runs.remove(key).expect("run exists");
             if !run.dirty {
                 self.dirty.push(key.clone());
             }
             self.counters.runs_dropped += 1;
-            out.push(Output::RunDropped { run: key.clone(), summary: Some(run.summary()) });
+            out.push(Output::RunDropped {
+                run: key.clone(),
+                summary: Some(run.summary()),
+            });
             return;
         }
         self.mark_dirty(key);
         loop {
             let run = self.runs.get_mut(key).expect("run exists");
-            let Some(&first) = run.timers.first().filter(|t| t.due == due) else { break };
+            let Some(&first) = run.timers.first().filter(|t| t.due == due) else {
+                break;
+            };
             match first.kind {
                 TimerKind::Finding(kind) => {
-                    let group: Vec<Timer> =
-                        run.timers.iter().take_while(|t| t.due == due && t.kind == first.kind).copied().collect();
+                    let group: Vec<Timer> = run
+                        .timers
+                        .iter()
+                        .take_while(|t| t.due == due && t.kind == first.kind)
+                        .copied()
+                        .collect();
                     let policy = self.policy;
                     let mut phase = None;
                     for t in &group {
                         run.untrack(t.sequence, &policy);
-                        let state = run.sequences.get_mut(&t.sequence).expect("timer's sequence exists");
-                        state.findings[kind.index()] = Some(FindingState { detected_at: due, resolved_at: None });
+                        let state = run
+                            .sequences
+                            .get_mut(&t.sequence)
+                            .expect("timer's sequence exists");
+                        state.findings[kind.index()] = Some(FindingState {
+                            detected_at: due,
+                            resolved_at: None,
+                        });
                         phase = phase.or(state.phase());
                         run.track(t.sequence, &policy);
                     }
@@ -626,7 +734,10 @@ impl Task {
 
     fn forget_evicted(&mut self, key: &RunKey) {
         let hash = key_hash(key);
-        let count = self.evicted.get_mut(&hash).expect("an evicted run is counted under its hash");
+        let count = self
+            .evicted
+            .get_mut(&hash)
+            .expect("an evicted run is counted under its hash");
         *count -= 1;
         if *count == 0 {
             self.evicted.remove(&hash);
@@ -640,7 +751,10 @@ impl Task {
         self.forget_evicted(&key);
         self.dirty.push(key.clone());
         self.counters.runs_dropped += 1;
-        out.push(Output::RunDropped { run: key, summary: None });
+        out.push(Output::RunDropped {
+            run: key,
+            summary: None,
+        });
     }
 
     fn fire_rollback(&mut self, key: &RunKey, due: Millis, out: &mut Vec<Output>) {
@@ -653,17 +767,34 @@ impl Task {
             run.set_episode(EpisodeState::RolledBack { at: due }, &policy);
             self.signal(key, Action::Rollback, due, out);
         } else {
-            run.set_episode(EpisodeState::Paused { at, escalated: true }, &policy);
+            run.set_episode(
+                EpisodeState::Paused {
+                    at,
+                    escalated: true,
+                },
+                &policy,
+            );
             let episode = run.episode;
             self.counters.escalations += 1;
-            out.push(Output::Escalated { run: key.clone(), episode, at: due });
+            out.push(Output::Escalated {
+                run: key.clone(),
+                episode,
+                at: due,
+            });
         }
     }
 }
 
 /// Gets or creates the run of a record, counting the record towards retention.
-fn touch_run<'a>(runs: &'a mut RunMap, key: &RunKey, record_ms: Millis, event_ms: Millis) -> &'a mut RunState {
-    let run = runs.entry(key.clone()).or_insert_with(|| RunState::new(record_ms));
+fn touch_run<'a>(
+    runs: &'a mut RunMap,
+    key: &RunKey,
+    record_ms: Millis,
+    event_ms: Millis,
+) -> &'a mut RunState {
+    let run = runs
+        .entry(key.clone())
+        .or_insert_with(|| RunState::new(record_ms));
     run.last_event_ms = run.last_event_ms.max(event_ms);
     run
 }

@@ -5,14 +5,38 @@ use ackwatch_topology::{Outcome, Output, Policy, RawRecord, RunKey, Source, Task
 
 fn activation(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
     let ts = ackwatch_topology::time::format_rfc3339_ms(t);
-    let value = format!(r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#);
-    task.process(&RawRecord { source: Source::Activation, partition: 0, offset: 0, timestamp_ms: Some(t), key: Some(b"w"), value: Some(value.as_bytes()) }, out)
+    let value = format!(
+        r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
+    );
+    task.process(
+        &RawRecord {
+            source: Source::Activation,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: Some(t),
+            key: Some(b"w"),
+            value: Some(value.as_bytes()),
+        },
+        out,
+    )
 }
 
 fn ack(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
     let ts = ackwatch_topology::time::format_rfc3339_ms(t);
-    let value = format!(r#"{{"type":"ActivationAck","world_id":"w","run_id":"r","sequence":{seq},"ack_ts":"{ts}"}}"#);
-    task.process(&RawRecord { source: Source::Ack, partition: 0, offset: 0, timestamp_ms: Some(t), key: Some(b"w"), value: Some(value.as_bytes()) }, out)
+    let value = format!(
+        r#"{{"type":"ActivationAck","world_id":"w","run_id":"r","sequence":{seq},"ack_ts":"{ts}"}}"#
+    );
+    task.process(
+        &RawRecord {
+            source: Source::Ack,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: Some(t),
+            key: Some(b"w"),
+            value: Some(value.as_bytes()),
+        },
+        out,
+    )
 }
 
 const T0: i64 = 1_772_442_000_000;
@@ -30,7 +54,13 @@ fn a_sequence_of_2_pow_63_tracks_at_most_gap_span_max_missing_sequences() {
     assert_eq!(run.cut, cut);
     // The tracked part still raises its findings: one event group, split into bounded events.
     activation(&mut task, (1 << 63) + 1, T0 + 10_000, &mut out);
-    let detected: usize = out.iter().map(|o| match o { Output::Detected(d) if d.kind.as_str() == "activation_gap" => d.sequences.len(), _ => 0 }).sum();
+    let detected: usize = out
+        .iter()
+        .map(|o| match o {
+            Output::Detected(d) if d.kind.as_str() == "activation_gap" => d.sequences.len(),
+            _ => 0,
+        })
+        .sum();
     assert_eq!(detected as u64, GAP_SPAN_MAX);
 }
 
@@ -51,6 +81,9 @@ fn a_run_with_many_more_sequences_than_the_limit_keeps_run_sequences_max() {
     assert_eq!(run.sequences.len(), RUN_SEQUENCES_MAX);
     assert_eq!(cut, 20_000 - RUN_SEQUENCES_MAX as u64);
     // Cut activations and the ACKs of cut sequences (which would become orphans) are counted.
-    assert_eq!(task.counters().limit_cut.get("run_sequences"), Some(&(2 * cut)));
+    assert_eq!(
+        task.counters().limit_cut.get("run_sequences"),
+        Some(&(2 * cut))
+    );
     assert_eq!(run.summary().tracked, RUN_SEQUENCES_MAX as u64);
 }

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ackwatch_topology::partition_group::{Next, PartitionGroup};
-use ackwatch_topology::{Action, FindingKind, Output, Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta};
+use ackwatch_topology::{
+    Action, FindingKind, Output, Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta,
+};
 use proptest::prelude::*;
 
 /// A tiny deterministic RNG so one `u64` seed describes a whole scenario.
@@ -35,9 +37,19 @@ impl Rng {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Act { run: RunKey, seq: u64, etag: String, phase: &'static str },
-    Ack { run: RunKey, seq: u64 },
-    Untracked { world: String },
+    Act {
+        run: RunKey,
+        seq: u64,
+        etag: String,
+        phase: &'static str,
+    },
+    Ack {
+        run: RunKey,
+        seq: u64,
+    },
+    Untracked {
+        world: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -52,30 +64,45 @@ impl Rec {
     fn payload(&self, cloud_events: bool) -> (String, String) {
         let ts = ackwatch_topology::time::format_rfc3339_ms(self.event_ms);
         match &self.event {
-            Event::Act { run, seq, etag, phase } => {
+            Event::Act {
+                run,
+                seq,
+                etag,
+                phase,
+            } => {
                 let fields = format!(
                     r#""world_id":"{}","run_id":"{}","sequence":{seq},"requires_ack":true,"phase":"{phase}","etag":"{etag}","ts":"{ts}""#,
                     run.world_id, run.run_id
                 );
                 let value = if cloud_events {
-                    format!(r#"{{"specversion":"1.0","type":"activation_updated","data":{{{fields}}}}}"#)
+                    format!(
+                        r#"{{"specversion":"1.0","type":"activation_updated","data":{{{fields}}}}}"#
+                    )
                 } else {
                     format!(r#"{{"type":"ActivationUpdated","version":1,{fields}}}"#)
                 };
                 (run.world_id.to_string(), value)
             }
             Event::Ack { run, seq } => {
-                let fields = format!(r#""world_id":"{}","run_id":"{}","sequence":{seq},"ack_ts":"{ts}""#, run.world_id, run.run_id);
+                let fields = format!(
+                    r#""world_id":"{}","run_id":"{}","sequence":{seq},"ack_ts":"{ts}""#,
+                    run.world_id, run.run_id
+                );
                 let value = if cloud_events {
-                    format!(r#"{{"specversion":"1.0","type":"activation_ack","data":{{{fields}}}}}"#)
+                    format!(
+                        r#"{{"specversion":"1.0","type":"activation_ack","data":{{{fields}}}}}"#
+                    )
                 } else {
                     format!(r#"{{"type":"ActivationAck","version":1,{fields}}}"#)
                 };
                 (run.world_id.to_string(), value)
             }
-            Event::Untracked { world } => {
-                (world.clone(), format!(r#"{{"specversion":"1.0","type":"policy_updated","data":{{"world_id":"{world}"}}}}"#))
-            }
+            Event::Untracked { world } => (
+                world.clone(),
+                format!(
+                    r#"{{"specversion":"1.0","type":"policy_updated","data":{{"world_id":"{world}"}}}}"#
+                ),
+            ),
         }
     }
 }
@@ -106,20 +133,42 @@ fn generate(seed: u64) -> Scenario {
         for r in 0..rng.range(1, 3) {
             let run = RunKey::new(&world, &format!("r{r}"));
             let n = rng.range(1, 7) as u64;
-            let first = if rng.chance(15) { rng.range(2, 4) as u64 } else { 1 };
+            let first = if rng.chance(15) {
+                rng.range(2, 4) as u64
+            } else {
+                1
+            };
             let step = rng.range(50, 900);
             for seq in first..first + n {
                 let t = run_start + (seq - first) as i64 * step;
-                let phase = if seq < first + n / 2 { "freeze" } else { "unfreeze" };
+                let phase = if seq < first + n / 2 {
+                    "freeze"
+                } else {
+                    "unfreeze"
+                };
                 let etag = format!("act:{world}:{seq}");
                 let lost_activation = rng.chance(8);
                 if !lost_activation {
                     records.push(act(&run, seq, &etag, phase, t, &mut rng));
                     if rng.chance(5) {
-                        records.push(act(&run, seq, &etag, phase, t + rng.range(0, 300), &mut rng));
+                        records.push(act(
+                            &run,
+                            seq,
+                            &etag,
+                            phase,
+                            t + rng.range(0, 300),
+                            &mut rng,
+                        ));
                     }
                     if rng.chance(4) {
-                        records.push(act(&run, seq, &format!("{etag}:other"), phase, t + rng.range(0, 300), &mut rng));
+                        records.push(act(
+                            &run,
+                            seq,
+                            &format!("{etag}:other"),
+                            phase,
+                            t + rng.range(0, 300),
+                            &mut rng,
+                        ));
                     }
                 }
                 if rng.chance(10) {
@@ -133,21 +182,33 @@ fn generate(seed: u64) -> Scenario {
                 };
                 records.push(ack(&run, seq, t + latency, &mut rng));
                 if rng.chance(10) {
-                    records.push(ack(&run, seq, t + latency + rng.range(0, 500), &mut rng)); // a second Gateway
+                    records.push(ack(&run, seq, t + latency + rng.range(0, 500), &mut rng));
+                    // a second Gateway
                 }
             }
             run_start += rng.range(0, 8000);
         }
         if rng.chance(50) {
             let t = base + rng.range(0, 10_000);
-            records.push(Rec { source: Source::Activation, event: Event::Untracked { world: world.clone() }, event_ms: t, record_ms: t });
+            records.push(Rec {
+                source: Source::Activation,
+                event: Event::Untracked {
+                    world: world.clone(),
+                },
+                event_ms: t,
+                record_ms: t,
+            });
         }
     }
     // Each topic in the order the broker appended: by record timestamp, with a few neighbours
     // swapped (several producers, CreateTime not monotone).
     let mut topics: [Vec<Rec>; 2] = [vec![], vec![]];
     for rec in records {
-        let side = if rec.source == Source::Activation { 0 } else { 1 };
+        let side = if rec.source == Source::Activation {
+            0
+        } else {
+            1
+        };
         topics[side].push(rec);
     }
     for topic in &mut topics {
@@ -158,17 +219,47 @@ fn generate(seed: u64) -> Scenario {
             }
         }
     }
-    Scenario { policy, topics, cloud_events: rng.chance(50) }
+    Scenario {
+        policy,
+        topics,
+        cloud_events: rng.chance(50),
+    }
 }
 
 fn act(run: &RunKey, seq: u64, etag: &str, phase: &'static str, t: i64, rng: &mut Rng) -> Rec {
-    let delay = if rng.chance(5) { rng.range(500, 5000) } else { rng.range(0, 30) };
-    Rec { source: Source::Activation, event: Event::Act { run: run.clone(), seq, etag: etag.into(), phase }, event_ms: t, record_ms: t + delay }
+    let delay = if rng.chance(5) {
+        rng.range(500, 5000)
+    } else {
+        rng.range(0, 30)
+    };
+    Rec {
+        source: Source::Activation,
+        event: Event::Act {
+            run: run.clone(),
+            seq,
+            etag: etag.into(),
+            phase,
+        },
+        event_ms: t,
+        record_ms: t + delay,
+    }
 }
 
 fn ack(run: &RunKey, seq: u64, t: i64, rng: &mut Rng) -> Rec {
-    let delay = if rng.chance(5) { rng.range(500, 5000) } else { rng.range(0, 30) };
-    Rec { source: Source::Ack, event: Event::Ack { run: run.clone(), seq }, event_ms: t, record_ms: t + delay }
+    let delay = if rng.chance(5) {
+        rng.range(500, 5000)
+    } else {
+        rng.range(0, 30)
+    };
+    Rec {
+        source: Source::Ack,
+        event: Event::Ack {
+            run: run.clone(),
+            seq,
+        },
+        event_ms: t,
+        record_ms: t + delay,
+    }
 }
 
 /// Processing order by the SPEC's rule, written independently of `PartitionGroup`.
@@ -224,14 +315,22 @@ fn model(policy: &Policy, order: &[Rec]) -> Expected {
         max_e[p] = m;
     }
     let last = order.len() - 1;
-    let first_acts: BTreeMap<(RunKey, u64), usize> = firsts(order, |e| matches!(e, Event::Act { .. }));
-    let first_acks: BTreeMap<(RunKey, u64), usize> = firsts(order, |e| matches!(e, Event::Ack { .. }));
+    let first_acts: BTreeMap<(RunKey, u64), usize> =
+        firsts(order, |e| matches!(e, Event::Act { .. }));
+    let first_acks: BTreeMap<(RunKey, u64), usize> =
+        firsts(order, |e| matches!(e, Event::Ack { .. }));
     let mut exp = Expected::default();
     let mut judge = |kind, run: &RunKey, seq, due: i64, until: Option<usize>| {
         let end = until.unwrap_or(last);
         if max_e[end] > due {
             let resolved_at = until.map(|p| order[p].event_ms);
-            exp.findings.insert(Finding { kind, run: run.clone(), seq, detected_at: due, resolved_at });
+            exp.findings.insert(Finding {
+                kind,
+                run: run.clone(),
+                seq,
+                detected_at: due,
+                resolved_at,
+            });
         } else if until.is_none() {
             exp.pending.insert((kind, run.clone(), seq, due));
         }
@@ -239,18 +338,34 @@ fn model(policy: &Policy, order: &[Rec]) -> Expected {
     for ((run, seq), &pa) in &first_acts {
         let pk = first_acks.get(&(run.clone(), *seq)).copied();
         if pk.is_none_or(|pk| pk > pa) {
-            judge(FindingKind::AckMissing, run, *seq, order[pa].event_ms + policy.ack_timeout_ms, pk);
+            judge(
+                FindingKind::AckMissing,
+                run,
+                *seq,
+                order[pa].event_ms + policy.ack_timeout_ms,
+                pk,
+            );
         }
     }
     for ((run, seq), &pk) in &first_acks {
         let pa = first_acts.get(&(run.clone(), *seq)).copied();
         if pa.is_none_or(|pa| pa > pk) {
-            judge(FindingKind::OrphanAck, run, *seq, order[pk].event_ms + policy.orphan_timeout_ms, pa);
+            judge(
+                FindingKind::OrphanAck,
+                run,
+                *seq,
+                order[pk].event_ms + policy.orphan_timeout_ms,
+                pa,
+            );
         }
     }
     // Gaps, per run.
     let task_first = order[0].record_ms;
-    let runs: BTreeSet<RunKey> = first_acts.keys().chain(first_acks.keys()).map(|(r, _)| r.clone()).collect();
+    let runs: BTreeSet<RunKey> = first_acts
+        .keys()
+        .chain(first_acks.keys())
+        .map(|(r, _)| r.clone())
+        .collect();
     for run in &runs {
         let acts: Vec<(usize, u64)> = order
             .iter()
@@ -260,23 +375,44 @@ fn model(policy: &Policy, order: &[Rec]) -> Expected {
                 _ => None,
             })
             .collect();
-        let Some(&(_, first_seq)) = acts.first() else { continue };
+        let Some(&(_, first_seq)) = acts.first() else {
+            continue;
+        };
         let run_first = order.iter().find(|r| matches!(&r.event, Event::Act { run: rr, .. } | Event::Ack { run: rr, .. } if rr == run)).unwrap().record_ms;
         let exempt = run_first <= task_first + policy.gap_timeout_ms;
-        let lower = if exempt { first_seq } else { policy.sequence_start };
+        let lower = if exempt {
+            first_seq
+        } else {
+            policy.sequence_start
+        };
         let max_seq = acts.iter().map(|a| a.1).max().unwrap();
         for s in lower..max_seq {
-            let Some(&(j, _)) = acts.iter().find(|(_, q)| *q > s) else { continue };
+            let Some(&(j, _)) = acts.iter().find(|(_, q)| *q > s) else {
+                continue;
+            };
             let own = first_acts.get(&(run.clone(), s)).copied();
             if own.is_some_and(|p| p < j) {
                 continue;
             }
-            judge(FindingKind::ActivationGap, run, s, order[j].event_ms + policy.gap_timeout_ms, own);
+            judge(
+                FindingKind::ActivationGap,
+                run,
+                s,
+                order[j].event_ms + policy.gap_timeout_ms,
+                own,
+            );
         }
     }
     // Conflicts: a later activation differing from the first in etag or phase.
     for ((run, seq), &pa) in &first_acts {
-        let Event::Act { etag: e0, phase: p0, .. } = &order[pa].event else { unreachable!() };
+        let Event::Act {
+            etag: e0,
+            phase: p0,
+            ..
+        } = &order[pa].event
+        else {
+            unreachable!()
+        };
         if let Some(r) = order[pa + 1..].iter().find(|r| {
             matches!(&r.event, Event::Act { run: rr, seq: q, etag, phase } if rr == run && q == seq && (etag != e0 || phase != p0))
         }) {
@@ -296,7 +432,14 @@ fn model(policy: &Policy, order: &[Rec]) -> Expected {
                 latencies.push((order[pk].event_ms - order[pa].event_ms).max(0) as u64);
             }
         }
-        exp.runs.insert(run.clone(), (tracked, latencies.len() as u64, latencies.iter().copied().max()));
+        exp.runs.insert(
+            run.clone(),
+            (
+                tracked,
+                latencies.len() as u64,
+                latencies.iter().copied().max(),
+            ),
+        );
     }
     exp
 }
@@ -316,34 +459,59 @@ fn firsts(order: &[Rec], want: impl Fn(&Event) -> bool) -> BTreeMap<(RunKey, u64
 /// Runs the engine through a `PartitionGroup`, delivering records in the given interleaving.
 fn run_engine(s: &Scenario, delivery: &[Source]) -> (Task, Vec<Output>) {
     let payloads: [Vec<(String, String, i64)>; 2] = [0, 1].map(|side| {
-        s.topics[side].iter().map(|r| {
-            let (key, value) = r.payload(s.cloud_events);
-            (key, value, r.record_ms)
-        }).collect()
+        s.topics[side]
+            .iter()
+            .map(|r| {
+                let (key, value) = r.payload(s.cloud_events);
+                (key, value, r.record_ms)
+            })
+            .collect()
     });
     let mut task = Task::new(s.policy);
     let mut group = PartitionGroup::new(i64::MAX);
     let mut next = [0usize, 0usize];
     let mut outputs = vec![];
-    let drain = |group: &mut PartitionGroup<(usize, usize)>, task: &mut Task, bounded: bool, outputs: &mut Vec<Output>| {
+    let drain = |group: &mut PartitionGroup<(usize, usize)>,
+                 task: &mut Task,
+                 bounded: bool,
+                 outputs: &mut Vec<Output>| {
         while let Next::Record(source, (side, i)) = group.next(0, [bounded, bounded]) {
             let (key, value, ts) = &payloads[side][i];
-            let raw = RawRecord { source, partition: 0, offset: i as i64, timestamp_ms: Some(*ts), key: Some(key.as_bytes()), value: Some(value.as_bytes()) };
+            let raw = RawRecord {
+                source,
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(*ts),
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+            };
             task.process(&raw, outputs);
         }
     };
     for &source in delivery {
         let side = if source == Source::Activation { 0 } else { 1 };
         if next[side] < payloads[side].len() {
-            group.push(source, Some(payloads[side][next[side]].2), (side, next[side]));
+            group.push(
+                source,
+                Some(payloads[side][next[side]].2),
+                (side, next[side]),
+            );
             next[side] += 1;
             drain(&mut group, &mut task, false, &mut outputs);
         }
     }
     for side in 0..2 {
-        let source = if side == 0 { Source::Activation } else { Source::Ack };
+        let source = if side == 0 {
+            Source::Activation
+        } else {
+            Source::Ack
+        };
         while next[side] < payloads[side].len() {
-            group.push(source, Some(payloads[side][next[side]].2), (side, next[side]));
+            group.push(
+                source,
+                Some(payloads[side][next[side]].2),
+                (side, next[side]),
+            );
             next[side] += 1;
         }
     }
@@ -359,22 +527,48 @@ fn actual(task: &Task, outputs: &[Output]) -> Expected {
             Output::Detected(d) => {
                 for &seq in &d.sequences {
                     let run = RunKey::new(&d.world_id, &d.run_id);
-                    assert!(findings.insert((d.kind, run, seq), (d.detected_at, None)).is_none(), "raised twice: {d:?}");
+                    assert!(
+                        findings
+                            .insert((d.kind, run, seq), (d.detected_at, None))
+                            .is_none(),
+                        "raised twice: {d:?}"
+                    );
                 }
             }
             Output::Resolved(r) => {
                 let run = RunKey::new(&r.world_id, &r.run_id);
-                let f = findings.get_mut(&(r.kind, run, r.sequences[0])).expect("resolved before detected");
-                assert!(f.1.replace(r.resolved_at).is_none(), "resolved twice: {r:?}");
+                let f = findings
+                    .get_mut(&(r.kind, run, r.sequences[0]))
+                    .expect("resolved before detected");
+                assert!(
+                    f.1.replace(r.resolved_at).is_none(),
+                    "resolved twice: {r:?}"
+                );
             }
             _ => {}
         }
     }
-    got.findings = findings.into_iter().map(|((kind, run, seq), (d, r))| Finding { kind, run, seq, detected_at: d, resolved_at: r }).collect();
-    got.pending = task.pending().into_iter().map(|p| (p.kind, p.run, p.sequence, p.due)).collect();
+    got.findings = findings
+        .into_iter()
+        .map(|((kind, run, seq), (d, r))| Finding {
+            kind,
+            run,
+            seq,
+            detected_at: d,
+            resolved_at: r,
+        })
+        .collect();
+    got.pending = task
+        .pending()
+        .into_iter()
+        .map(|p| (p.kind, p.run, p.sequence, p.due))
+        .collect();
     for (run, state) in task.runs() {
         let s = state.summary();
-        got.runs.insert(run.clone(), (s.tracked, s.acked, s.latencies_ms.last().copied()));
+        got.runs.insert(
+            run.clone(),
+            (s.tracked, s.acked, s.latencies_ms.last().copied()),
+        );
     }
     got
 }
@@ -384,15 +578,27 @@ fn check_signals(policy: &Policy, expected: &Expected, outputs: &[Output]) {
     let mut by_run: BTreeMap<RunKey, Vec<(Action, u32, i64)>> = BTreeMap::new();
     for o in outputs {
         if let Output::Signal(s) = o {
-            by_run.entry(RunKey::new(&s.world_id, &s.run_id)).or_default().push((s.action, s.episode, s.at));
+            by_run
+                .entry(RunKey::new(&s.world_id, &s.run_id))
+                .or_default()
+                .push((s.action, s.episode, s.at));
         }
     }
-    let runs: BTreeSet<RunKey> = expected.findings.iter().map(|f| f.run.clone()).chain(by_run.keys().cloned()).collect();
+    let runs: BTreeSet<RunKey> = expected
+        .findings
+        .iter()
+        .map(|f| f.run.clone())
+        .chain(by_run.keys().cloned())
+        .collect();
     for run in runs {
         let signals = by_run.get(&run).cloned().unwrap_or_default();
         let findings: Vec<&Finding> = expected.findings.iter().filter(|f| f.run == run).collect();
         let pausing: Vec<&&Finding> = findings.iter().filter(|f| f.kind.pauses()).collect();
-        assert_eq!(pausing.is_empty(), signals.is_empty(), "{run}: signals {signals:?} vs findings {findings:?}");
+        assert_eq!(
+            pausing.is_empty(),
+            signals.is_empty(),
+            "{run}: signals {signals:?} vs findings {findings:?}"
+        );
         let mut episode = 0;
         let mut open_episode = false;
         let mut pause_at = 0;
@@ -402,20 +608,43 @@ fn check_signals(policy: &Policy, expected: &Expected, outputs: &[Output]) {
                     assert!(!open_episode, "{run}: pause inside an episode");
                     episode += 1;
                     assert_eq!(ep, episode, "{run}: episodes count up");
-                    assert!(pausing.iter().any(|f| f.detected_at == at), "{run}: pause at {at} is no finding's detection");
+                    assert!(
+                        pausing.iter().any(|f| f.detected_at == at),
+                        "{run}: pause at {at} is no finding's detection"
+                    );
                     open_episode = true;
                     pause_at = at;
                 }
                 Action::Resume => {
-                    assert!(open_episode && ep == episode, "{run}: resume outside its episode");
-                    assert!(findings.iter().any(|f| f.resolved_at == Some(at)), "{run}: resume at {at} resolved nothing");
+                    assert!(
+                        open_episode && ep == episode,
+                        "{run}: resume outside its episode"
+                    );
+                    assert!(
+                        findings.iter().any(|f| f.resolved_at == Some(at)),
+                        "{run}: resume at {at} resolved nothing"
+                    );
                     open_episode = false;
                 }
                 Action::Rollback => {
-                    assert!(policy.auto_rollback, "{run}: rollback without auto_rollback");
-                    assert!(open_episode && ep == episode, "{run}: rollback outside its episode");
-                    assert_eq!(at, pause_at + policy.rollback_after_ms, "{run}: rollback time");
-                    assert_eq!(signals.last(), Some(&(action, ep, at)), "{run}: a rollback is final");
+                    assert!(
+                        policy.auto_rollback,
+                        "{run}: rollback without auto_rollback"
+                    );
+                    assert!(
+                        open_episode && ep == episode,
+                        "{run}: rollback outside its episode"
+                    );
+                    assert_eq!(
+                        at,
+                        pause_at + policy.rollback_after_ms,
+                        "{run}: rollback time"
+                    );
+                    assert_eq!(
+                        signals.last(),
+                        Some(&(action, ep, at)),
+                        "{run}: a rollback is final"
+                    );
                     open_episode = false;
                 }
             }
@@ -425,10 +654,16 @@ fn check_signals(policy: &Policy, expected: &Expected, outputs: &[Output]) {
         // An episode still open at the end has something unresolved; an unresolved pausing
         // finding keeps it open. (An orphan_ack raised after a resume pauses nothing, SPEC §3.)
         if open_episode {
-            assert!(!all_resolved, "{run}: paused at the end with every finding resolved: {findings:?} {signals:?}");
+            assert!(
+                !all_resolved,
+                "{run}: paused at the end with every finding resolved: {findings:?} {signals:?}"
+            );
         }
         if pausing.iter().any(|f| f.resolved_at.is_none()) && !rolled_back {
-            assert!(open_episode, "{run}: resumed with a pausing finding open: {findings:?} {signals:?}");
+            assert!(
+                open_episode,
+                "{run}: resumed with a pausing finding open: {findings:?} {signals:?}"
+            );
         }
     }
 }
@@ -523,14 +758,30 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     // Short retention, so runs are also dropped (while resident and while evicted).
     s.policy.run_retention_ms = s.policy.rollback_after_ms.max(s.policy.ack_timeout_ms) + 1000;
     let order = merge(&s.topics);
-    let raw: Vec<(String, String, Rec)> = order.iter().map(|r| { let (k, v) = r.payload(s.cloud_events); (k, v, r.clone()) }).collect();
+    let raw: Vec<(String, String, Rec)> = order
+        .iter()
+        .map(|r| {
+            let (k, v) = r.payload(s.cloud_events);
+            (k, v, r.clone())
+        })
+        .collect();
     let record = |(k, v, r): &(String, String, Rec)| (r.source, r.record_ms, k.clone(), v.clone());
 
     let mut plain = Task::new(s.policy);
     let mut plain_out = vec![];
     for item in &raw {
         let (source, ts, k, v) = record(item);
-        plain.process(&RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(ts), key: Some(k.as_bytes()), value: Some(v.as_bytes()) }, &mut plain_out);
+        plain.process(
+            &RawRecord {
+                source,
+                partition: 0,
+                offset: 0,
+                timestamp_ms: Some(ts),
+                key: Some(k.as_bytes()),
+                value: Some(v.as_bytes()),
+            },
+            &mut plain_out,
+        );
     }
     // A far punctuation at the end, so retention drops happen.
     plain.punctuate(2_000_000_000_000, &mut plain_out);
@@ -544,8 +795,12 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
         let mut keys = vec![];
         for (key, state) in changes {
             match state {
-                Some(state) => { store.insert(key.clone(), serde_json::to_string(state).unwrap()); }
-                None => { store.remove(&key); }
+                Some(state) => {
+                    store.insert(key.clone(), serde_json::to_string(state).unwrap());
+                }
+                None => {
+                    store.remove(&key);
+                }
             }
             keys.push(key);
         }
@@ -553,10 +808,19 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     };
     for (i, item) in raw.iter().enumerate() {
         let (source, ts, k, v) = record(item);
-        let rec = RawRecord { source, partition: 0, offset: 0, timestamp_ms: Some(ts), key: Some(k.as_bytes()), value: Some(v.as_bytes()) };
+        let rec = RawRecord {
+            source,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: Some(ts),
+            key: Some(k.as_bytes()),
+            value: Some(v.as_bytes()),
+        };
         if let ackwatch_topology::Outcome::NeedsRun(key) = task.process(&rec, &mut out) {
             match store.get(&key) {
-                Some(json) => task.restore_run(key, serde_json::from_str::<RunState>(json).unwrap()),
+                Some(json) => {
+                    task.restore_run(key, serde_json::from_str::<RunState>(json).unwrap())
+                }
                 None => task.run_not_stored(key),
             }
             loads += 1;
@@ -570,8 +834,17 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     commit(&mut task, &mut store);
     task.punctuate(2_000_000_000_000, &mut out);
     // Dropped-run summaries are absent for runs dropped while evicted; all else is equal.
-    let evicted_drops = out.iter().filter(|o| matches!(o, Output::RunDropped { summary: None, .. })).count();
-    let strip = |o: &Output| match o { Output::RunDropped { run, .. } => Output::RunDropped { run: run.clone(), summary: None }, other => other.clone() };
+    let evicted_drops = out
+        .iter()
+        .filter(|o| matches!(o, Output::RunDropped { summary: None, .. }))
+        .count();
+    let strip = |o: &Output| match o {
+        Output::RunDropped { run, .. } => Output::RunDropped {
+            run: run.clone(),
+            summary: None,
+        },
+        other => other.clone(),
+    };
     let a: Vec<Output> = plain_out.iter().map(strip).collect();
     let b: Vec<Output> = out.iter().map(strip).collect();
     assert_eq!(a, b, "seed {seed}, loads {loads}");
@@ -598,5 +871,8 @@ fn eviction_property_exercises_loads_and_evicted_drops() {
         loads += l;
         drops += d;
     }
-    assert!(loads > 50 && drops > 50, "loads {loads}, drops of evicted runs {drops}");
+    assert!(
+        loads > 50 && drops > 50,
+        "loads {loads}, drops of evicted runs {drops}"
+    );
 }
