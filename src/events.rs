@@ -157,3 +157,19 @@ impl PartitionsAssigned<'_> {
             .set(self.partitions.len() as i64);
     }
 }
+
+pub struct TaskIdleExceeded {
+    pub partition: i32,
+    pub times: u64,
+}
+
+impl TaskIdleExceeded {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            partition = self.partition,
+            times = self.times,
+            "waited max_task_idle_ms for a lagging partition and went on without it; records may be judged out of order"
+        );
+        metrics.task_idle_exceeded.inc_by(self.times);
+    }
+}

@@ -260,12 +260,13 @@ pub async fn check_cluster(
 /// committed only by the commit protocol.
 fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
     let mut config = settings.kafka.client_config();
-    // librdkafka prefetches up to this per partition (default 64 MiB); the task buffers bound
-    // what ackwatch holds, so a smaller prefetch keeps a catching-up instance small. A full
-    // prefetch queue postpones the partition's next fetch by fetch.queue.backoff.ms (default
-    // 1 s, which starves a fast consumer); 10 ms refills it as soon as it drains.
+    // librdkafka prefetches up to queued.max.messages.kbytes per partition (default 64 MiB)
+    // into one queue for all partitions: a small prefetch keeps a catching-up instance small and
+    // keeps a lagging partition's records from queueing behind megabytes of the others'
+    // (max_task_idle_ms). A full prefetch postpones the partition's next fetch by
+    // fetch.queue.backoff.ms (default 1 s, which starves a fast consumer); 10 ms refills it.
     for (key, value) in [
-        ("queued.max.messages.kbytes", "16384"),
+        ("queued.max.messages.kbytes", "4096"),
         ("fetch.queue.backoff.ms", "10"),
     ] {
         if !settings.kafka.properties.contains_key(key) {
@@ -370,11 +371,13 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(POLL_BATCH_RECORDS_MAX);
     let mut errors = Vec::new();
     let mut touched = BTreeSet::new();
+    let mut poll_clock = Duration::ZERO;
     let result = loop {
         if shared.shutdown.load(Ordering::SeqCst) {
             break Ok(());
         }
         // Poll without the worker's lock: rebalance callbacks take it.
+        let polling = Instant::now();
         let generation = shared.generation.load(Ordering::SeqCst);
         let mut timeout = POLL_TIMEOUT;
         while batch.len() < POLL_BATCH_RECORDS_MAX {
@@ -389,8 +392,11 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
             batch.clear();
         }
         let tick = Instant::now();
+        let polled = tick.duration_since(polling);
         let now = wall_ms();
         let mut worker = shared.worker();
+        poll_clock += polled;
+        worker.poll_clock_ms = poll_clock.as_millis() as Millis;
         if let Some(fatal) = shared.fatal() {
             break Err(anyhow::anyhow!(fatal));
         }

@@ -77,6 +77,11 @@ pub struct Worker {
     pub to_start: BTreeSet<i32>,
     outputs: Vec<Output>,
     pub last_commit: Instant,
+    /// Milliseconds this instance has spent waiting in `poll`: the clock that bounds a task's
+    /// wait for a lagging partition (`max_task_idle_ms`). Time spent processing other tasks or
+    /// committing is not time the lagging partition's records could have arrived, so a busy
+    /// catch-up does not run one topic ahead of the other; when idle it runs with the wall clock.
+    pub poll_clock_ms: Millis,
     /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
     record_counters: [[prometheus::IntCounter; 6]; 2],
 }
@@ -147,6 +152,7 @@ impl Worker {
             to_start: BTreeSet::new(),
             outputs: Vec::new(),
             last_commit: Instant::now(),
+            poll_clock_ms: 0,
         })
     }
 
@@ -407,7 +413,7 @@ impl Worker {
                 |s: usize| self.cached_high_watermark(consumer, s, task.partition),
                 task.fetched_next,
             );
-            let next = task.group.next_with(now_ms, |s| {
+            let next = task.group.next_with(self.poll_clock_ms, |s| {
                 hwm_ok(s).is_some_and(|high| fetched_next[s] >= high)
             });
             let Next::Record(source, record) = next else {
@@ -768,9 +774,13 @@ impl Worker {
                 *seen = *n;
             }
             let idle = task.group.idle_exceeded;
-            self.metrics
-                .task_idle_exceeded
-                .inc_by(idle - task.seen_idle_exceeded);
+            if idle > task.seen_idle_exceeded {
+                crate::events::TaskIdleExceeded {
+                    partition: task.partition,
+                    times: idle - task.seen_idle_exceeded,
+                }
+                .emit(&self.metrics);
+            }
             task.seen_idle_exceeded = idle;
         }
         for (i, kind) in ackwatch_topology::FindingKind::ALL.iter().enumerate() {

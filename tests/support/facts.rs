@@ -329,7 +329,12 @@ pub fn assert_same_facts(
             .collect();
         assert!(
             missing.is_empty() && invented.is_empty(),
-            "missing {missing:?}\ninvented {invented:?}\n{logs}"
+            "{} of {} facts missing, {} invented\nmissing {:?}\ninvented {:?}\n{logs}",
+            missing.len(),
+            want.keys.len(),
+            invented.len(),
+            &missing[..missing.len().min(20)],
+            &invented[..invented.len().min(20)],
         );
         assert_eq!(
             unique.len(),
