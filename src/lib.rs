@@ -3,6 +3,7 @@
 //! Everything that decides *what* a record means lives in `ackwatch-topology`; this crate only
 //! decides where records come from and where outputs go.
 
+pub mod alerts;
 pub mod audit;
 pub mod changelog;
 pub mod events;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub limit_cut: IntCounterVec,
     pub buffer_paused_partitions: IntGauge,
     pub kafka_errors: IntCounterVec,
+    pub alerts_firing: IntGauge,
+    pub alert_posts: IntCounterVec,
     pub all_brokers_down: IntGauge,
 }
 
@@ -239,6 +241,17 @@ impl Metrics {
                 "ackwatch_kafka_errors_total",
                 "Errors reported by the Kafka client, by code",
                 &["code"],
+            ),
+            alerts_firing: gauge(
+                &r,
+                "ackwatch_alerts_firing",
+                "Alerts firing (open finding kinds of runs)",
+            ),
+            alert_posts: counter_vec(
+                &r,
+                "ackwatch_alert_posts_total",
+                "Posts to Alertmanager by URL and result",
+                &["url", "result"],
             ),
             all_brokers_down: gauge(
                 &r,

@@ -155,6 +155,31 @@ impl Runtime {
     }
 }
 
+/// Alerts to Alertmanager (`POST /api/v2/alerts` on each URL; empty: no alerts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Alerts {
+    /// Base URLs, e.g. `http://alertmanager:9093`; each is posted to independently (an HA pair).
+    pub alertmanager_urls: Vec<String>,
+    /// Firing alerts are re-sent this often, with `endsAt` four intervals ahead.
+    pub resend_interval_ms: u64,
+    /// Resolved alerts are re-sent for this long (Alertmanager keeps no state across restarts).
+    pub resolved_resend_ms: u64,
+    /// Runbook base URL; each alert links `<runbook_url>#<kind>`. Empty: no link.
+    pub runbook_url: String,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            alertmanager_urls: Vec::new(),
+            resend_interval_ms: 60_000,
+            resolved_resend_ms: 300_000,
+            runbook_url: String::new(),
+        }
+    }
+}
+
 /// The HTTP endpoint: metrics, health, readiness, run queries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -178,6 +203,7 @@ pub struct Settings {
     pub kafka: Kafka,
     pub runtime: Runtime,
     pub http: Http,
+    pub alerts: Alerts,
 }
 
 impl Settings {
@@ -239,6 +265,17 @@ impl Settings {
         anyhow::ensure!(
             !r.application_id.is_empty(),
             "runtime.application_id must not be empty"
+        );
+        for url in &self.alerts.alertmanager_urls {
+            anyhow::ensure!(
+                url.starts_with("http://") && url.len() > "http://".len(),
+                "alerts.alertmanager_urls: {url:?} is not an http:// URL like http://alertmanager:9093"
+            );
+        }
+        anyhow::ensure!(
+            (1000..=3_600_000).contains(&self.alerts.resend_interval_ms),
+            "alerts.resend_interval_ms = {} is not between 1000 and 3600000",
+            self.alerts.resend_interval_ms
         );
         anyhow::ensure!(
             r.changelog_replication_factor == -1 || r.changelog_replication_factor >= 1,
@@ -369,6 +406,10 @@ mod tests {
             Err("processing_guarantee"),
         );
         check("[http]\nlisten = \"localhost\"\n", Err("http.listen"));
+        check(
+            "[alerts]\nalertmanager_urls = [\"am:9093\"]\n",
+            Err("alerts.alertmanager_urls: \"am:9093\" is not an http:// URL"),
+        );
         check(
             "[topics]\nactivation = \"a\"\nack = \"a\"\n",
             Err("topics.activation and topics.ack must differ"),

@@ -326,6 +326,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
     tracing::info!(address = settings.http.listen.as_str(), "http listening");
     runtime.spawn(http::serve(listener, shared.clone()));
+    if !settings.alerts.alertmanager_urls.is_empty() {
+        runtime.spawn(alert_loop(shared.clone()));
+    }
     let on_signal = shared.clone();
     let shutdown_timeout = Duration::from_millis(settings.runtime.shutdown_timeout_ms);
     runtime.spawn(async move {
@@ -344,6 +347,70 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Posts the firing alerts (derived from the tasks' run states) to every Alertmanager: soon
+/// after an output changes them, every `resend_interval_ms` regardless, and every 5 s after a
+/// failed post, so an Alertmanager outage delays alerts but loses none.
+async fn alert_loop(shared: Arc<Shared>) {
+    const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+    let settings = shared.settings.alerts.clone();
+    let resend = Duration::from_millis(settings.resend_interval_ms);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client without TLS builds");
+    let dirty = shared.worker().alerts_dirty.clone();
+    let mut book = crate::alerts::AlertBook::default();
+    let mut last_post: Option<Instant> = None;
+    let mut failed = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let wait = if failed { RETRY_AFTER_FAILURE } else { resend };
+        let due = last_post.is_none_or(|t| t.elapsed() >= wait)
+            || (dirty.load(Ordering::Relaxed) && !failed);
+        if !due {
+            continue;
+        }
+        dirty.store(false, Ordering::Relaxed);
+        let reader = shared.clone();
+        let Ok(current) = tokio::task::spawn_blocking(move || {
+            let worker = reader.worker();
+            crate::alerts::firing(worker.tasks.values().flat_map(|t| t.engine.runs()))
+        })
+        .await
+        else {
+            continue;
+        };
+        let now = wall_ms();
+        book.update(now, current, &settings);
+        shared.metrics.alerts_firing.set(book.firing_count() as i64);
+        let payload = book.payload(now, &settings);
+        failed = false;
+        for url in &settings.alertmanager_urls {
+            let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+            let result = match client.post(&endpoint).json(&payload).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            shared
+                .metrics
+                .alert_posts
+                .with_label_values(&[url, outcome])
+                .inc();
+            if let Err(why) = result {
+                failed = true;
+                tracing::warn!(
+                    url = url.as_str(),
+                    error = why.as_str(),
+                    "cannot post alerts; retrying in 5 s"
+                );
+            }
+        }
+        last_post = Some(Instant::now());
+    }
 }
 
 async fn wait_for_signal() {

@@ -82,6 +82,8 @@ pub struct Worker {
     /// committing is not time the lagging partition's records could have arrived, so a busy
     /// catch-up does not run one topic ahead of the other; when idle it runs with the wall clock.
     pub poll_clock_ms: Millis,
+    /// Set when an output may change the firing alerts, so the alert loop posts soon.
+    pub alerts_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
     record_counters: [[prometheus::IntCounter; 6]; 2],
 }
@@ -153,6 +155,7 @@ impl Worker {
             outputs: Vec::new(),
             last_commit: Instant::now(),
             poll_clock_ms: 0,
+            alerts_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -499,6 +502,12 @@ impl Worker {
     fn emit_outputs(&mut self, _partition: i32, now_ms: Millis) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.outputs);
         for output in &outputs {
+            if matches!(
+                output,
+                Output::Detected(_) | Output::Resolved(_) | Output::Escalated { .. }
+            ) {
+                self.alerts_dirty.store(true, Ordering::Relaxed);
+            }
             match output {
                 Output::Detected(d) => {
                     self.metrics

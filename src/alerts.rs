@@ -1,0 +1,273 @@
+//! Alerts to Alertmanager (SPEC §3): one alert per open finding kind of a run's episode, derived
+//! from the run states, so an Alertmanager outage loses nothing: whatever is firing when it is
+//! back is posted again. Firing alerts are re-sent every `resend_interval_ms` with `endsAt` four
+//! intervals ahead (two failed sends do not resolve them, as Prometheus does it); resolved ones
+//! are sent with their `endsAt` for `resolved_resend_ms`, since Alertmanager keeps no state
+//! across its restarts.
+
+use std::collections::BTreeMap;
+
+use ackwatch_topology::run::EpisodeState;
+use ackwatch_topology::time::format_rfc3339_ms;
+use ackwatch_topology::{FindingKind, Millis, Phase, RunKey, RunState};
+use serde_json::{json, Value};
+
+use crate::settings::Alerts;
+
+pub const ALERT_NAME: &str = "AckwatchFinding";
+
+/// Open sequences listed in one alert's annotation. Cost: the annotation's length.
+pub const ALERT_SEQUENCES_LISTED_MAX: usize = 64;
+
+/// What identifies an alert in Alertmanager (its labels, severity aside).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AlertKey {
+    pub world_id: String,
+    pub run_id: String,
+    pub kind: FindingKind,
+    pub episode: u32,
+}
+
+/// One firing alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firing {
+    pub key: AlertKey,
+    pub severity: &'static str,
+    /// The earliest `detected_at` of the open findings.
+    pub starts_at: Millis,
+    pub sequences: Vec<u64>,
+    pub open: usize,
+}
+
+/// The alerts the runs' open findings call for. Critical when the run's episode escalated
+/// (`rollback_after_ms` passed without a rollback) or a finding is in an `unfreeze` phase.
+pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) -> Vec<Firing> {
+    let mut out = Vec::new();
+    for (key, run) in runs {
+        let escalated = matches!(
+            run.episode_state,
+            EpisodeState::Paused {
+                escalated: true,
+                ..
+            }
+        );
+        let mut by_kind: BTreeMap<FindingKind, Firing> = BTreeMap::new();
+        for (&seq, state) in &run.sequences {
+            for kind in FindingKind::ALL {
+                let Some(f) = state.finding(kind).filter(|f| f.is_open()) else {
+                    continue;
+                };
+                let alert = by_kind.entry(kind).or_insert_with(|| Firing {
+                    key: AlertKey {
+                        world_id: key.world_id.to_string(),
+                        run_id: key.run_id.to_string(),
+                        kind,
+                        episode: run.episode,
+                    },
+                    severity: if escalated { "critical" } else { "warning" },
+                    starts_at: f.detected_at,
+                    sequences: Vec::new(),
+                    open: 0,
+                });
+                alert.starts_at = alert.starts_at.min(f.detected_at);
+                alert.open += 1;
+                if alert.sequences.len() < ALERT_SEQUENCES_LISTED_MAX {
+                    alert.sequences.push(seq);
+                }
+                if state.phase() == Some(Phase::Unfreeze) {
+                    alert.severity = "critical";
+                }
+            }
+        }
+        out.extend(by_kind.into_values());
+    }
+    out
+}
+
+/// What was posted: firing alerts, and resolved ones still being re-sent.
+#[derive(Default)]
+pub struct AlertBook {
+    firing: BTreeMap<AlertKey, Firing>,
+    resolved: BTreeMap<AlertKey, (Firing, Millis)>,
+}
+
+impl AlertBook {
+    /// Takes the current firing set at `now_ms`: alerts no longer in it are resolved now.
+    pub fn update(&mut self, now_ms: Millis, current: Vec<Firing>, settings: &Alerts) {
+        let mut next: BTreeMap<AlertKey, Firing> =
+            current.into_iter().map(|f| (f.key.clone(), f)).collect();
+        for (key, old) in std::mem::take(&mut self.firing) {
+            if !next.contains_key(&key) {
+                self.resolved.insert(key, (old, now_ms));
+            }
+        }
+        for key in next.keys() {
+            self.resolved.remove(key);
+        }
+        self.resolved
+            .retain(|_, (_, at)| now_ms - *at <= settings.resolved_resend_ms as Millis);
+        self.firing = std::mem::take(&mut next);
+    }
+
+    pub fn firing_count(&self) -> usize {
+        self.firing.len()
+    }
+
+    /// The body of `POST /api/v2/alerts`.
+    pub fn payload(&self, now_ms: Millis, settings: &Alerts) -> Value {
+        let ends_firing = now_ms + 4 * settings.resend_interval_ms as Millis;
+        let alerts = self
+            .firing
+            .values()
+            .map(|f| alert(f, ends_firing, settings))
+            .chain(
+                self.resolved
+                    .values()
+                    .map(|(f, at)| alert(f, *at, settings)),
+            )
+            .collect();
+        Value::Array(alerts)
+    }
+}
+
+fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
+    let kind = f.key.kind.as_str();
+    let mut annotations = json!({
+        "summary": format!("{kind}: {} open in run {}/{}", f.open, f.key.world_id, f.key.run_id),
+        "sequences": f.sequences.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+    });
+    if !settings.runbook_url.is_empty() {
+        annotations["runbook_url"] = json!(format!("{}#{kind}", settings.runbook_url));
+    }
+    json!({
+        "labels": {
+            "alertname": ALERT_NAME,
+            "world_id": f.key.world_id,
+            "run_id": f.key.run_id,
+            "kind": kind,
+            "episode": f.key.episode.to_string(),
+            "severity": f.severity,
+        },
+        "annotations": annotations,
+        "startsAt": format_rfc3339_ms(f.starts_at),
+        "endsAt": format_rfc3339_ms(ends_at),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ackwatch_topology::run::{ActivationSeen, FindingState, SeqState};
+
+    fn run(
+        seqs: &[(u64, Phase, Option<(FindingKind, Millis, bool)>)],
+        escalated: bool,
+    ) -> RunState {
+        let mut r = RunState::new(0);
+        r.episode = 1;
+        if escalated {
+            r.episode_state = EpisodeState::Paused {
+                at: 0,
+                escalated: true,
+            };
+        }
+        for &(seq, phase, finding) in seqs {
+            let mut s = SeqState {
+                activation: Some(ActivationSeen {
+                    event_ms: 0,
+                    phase: Some(phase),
+                    etag: None,
+                }),
+                ..Default::default()
+            };
+            if let Some((kind, at, open)) = finding {
+                s.findings[kind.index()] = Some(FindingState {
+                    detected_at: at,
+                    resolved_at: (!open).then_some(at + 1),
+                });
+            }
+            r.sequences.insert(seq, s);
+        }
+        r
+    }
+
+    fn check(state: RunState, expected: &[(FindingKind, &str, Millis, &[u64])]) {
+        let key = RunKey::new("w", "r");
+        let got: Vec<(FindingKind, &str, Millis, Vec<u64>)> = firing([(&key, &state)])
+            .into_iter()
+            .map(|f| (f.key.kind, f.severity, f.starts_at, f.sequences))
+            .collect();
+        let want: Vec<(FindingKind, &str, Millis, Vec<u64>)> = expected
+            .iter()
+            .map(|(k, s, a, q)| (*k, *s, *a, q.to_vec()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn one_alert_per_open_kind_with_its_severity() {
+        use FindingKind::*;
+        use Phase::*;
+        check(run(&[(1, Freeze, None)], false), &[]);
+        check(
+            run(&[(1, Freeze, Some((AckMissing, 5, false)))], false),
+            &[],
+        );
+        check(
+            run(
+                &[
+                    (1, Freeze, Some((AckMissing, 5, true))),
+                    (2, Freeze, Some((AckMissing, 3, true))),
+                ],
+                false,
+            ),
+            &[(AckMissing, "warning", 3, &[1, 2])],
+        );
+        check(
+            run(
+                &[
+                    (1, Freeze, Some((AckMissing, 5, true))),
+                    (2, Unfreeze, Some((OrphanAck, 9, true))),
+                ],
+                false,
+            ),
+            &[
+                (AckMissing, "warning", 5, &[1]),
+                (OrphanAck, "critical", 9, &[2]),
+            ],
+        );
+        check(
+            run(&[(1, Freeze, Some((ActivationGap, 5, true)))], true),
+            &[(ActivationGap, "critical", 5, &[1])],
+        );
+    }
+
+    #[test]
+    fn resolved_alerts_are_resent_for_a_while_then_dropped() {
+        let settings = Alerts {
+            resend_interval_ms: 1000,
+            resolved_resend_ms: 10_000,
+            ..Alerts::default()
+        };
+        let key = RunKey::new("w", "r");
+        let state = run(
+            &[(1, Phase::Freeze, Some((FindingKind::AckMissing, 5, true)))],
+            false,
+        );
+        let mut book = AlertBook::default();
+        book.update(100, firing([(&key, &state)]), &settings);
+        let p = book.payload(100, &settings);
+        assert_eq!(p[0]["endsAt"], format_rfc3339_ms(4100));
+        assert_eq!(p[0]["labels"]["severity"], "warning");
+        book.update(200, vec![], &settings);
+        let p = book.payload(200, &settings);
+        assert_eq!(p.as_array().unwrap().len(), 1);
+        assert_eq!(
+            p[0]["endsAt"],
+            format_rfc3339_ms(200),
+            "resolved at the update that no longer saw it"
+        );
+        book.update(10_201, vec![], &settings);
+        assert_eq!(book.payload(10_201, &settings), json!([]));
+    }
+}

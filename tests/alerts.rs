@@ -1,0 +1,121 @@
+//! Alerts in the real Alertmanager (Debian's, started by scripts/alertmanager.sh on 127.0.0.1;
+//! a private one, so it can be stopped): a missing ACK raises an alert Alertmanager shows, the
+//! late ACK resolves it, and an alert raised while Alertmanager is down is delivered once it is
+//! back (the firing set is derived from the run states, never from a queue of sends).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ackwatch::kcat::KcatRecord;
+use ackwatch_topology::time::format_rfc3339_ms;
+use serde_json::Value;
+use support::facts::*;
+use support::{LiveTopics, Processor};
+
+struct Alertmanager {
+    dir: PathBuf,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alertmanager.sh")
+}
+
+impl Alertmanager {
+    fn run(&self, command: &str) -> String {
+        let out = Command::new("bash").arg(script()).arg(command).arg(&self.dir).output().unwrap();
+        assert!(out.status.success(), "alertmanager.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script()).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn record(topic: &str, world: &str, payload: String) -> KcatRecord {
+    KcatRecord {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        tstype: None,
+        ts: Some(now_ms()),
+        broker: None,
+        key: Some(world.into()),
+        payload: Some(payload),
+        headers: None,
+    }
+}
+
+fn activation(world: &str) -> KcatRecord {
+    let payload = format!(
+        r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"r1","requires_ack":true,"sequence":1,"phase":"freeze","etag":"e1","ts":"{}"}}"#,
+        format_rfc3339_ms(now_ms())
+    );
+    record("activation", world, payload)
+}
+
+fn ack(world: &str) -> KcatRecord {
+    let payload = format!(
+        r#"{{"type":"ActivationAck","version":1,"world_id":"{world}","run_id":"r1","sequence":1,"phase":"freeze","ack_ts":"{}"}}"#,
+        format_rfc3339_ms(now_ms())
+    );
+    record("control.activation.ack", world, payload)
+}
+
+/// The alerts Alertmanager lists for `world` (its API leaves out resolved ones).
+fn listed(address: &str, world: &str) -> Option<Vec<Value>> {
+    let (status, body) = support::http_get(address, &format!("/api/v2/alerts?filter=world_id%3D%22{world}%22"))?;
+    (status == 200).then(|| serde_json::from_str::<Value>(&body).ok()?.as_array().cloned()).flatten()
+}
+
+#[test]
+fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let am = Alertmanager { dir: dir.path().join("alertmanager") };
+    let url = am.run("start");
+    let address = url.strip_prefix("http://").unwrap().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "{url}");
+
+    let topics = rt.block_on(LiveTopics::create("alerts", 1));
+    let (config, http) = support::live_config(dir.path(), &topics, &support::unique("app-alerts"), "i1", "at_least_once", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!("[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\nrunbook_url = \"https://runbooks.example/ackwatch\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut processor = Processor::start(&config, &http);
+    processor.wait_ready(Duration::from_secs(60));
+
+    // An activation without its ACK: ack_missing after 3 s, an alert in Alertmanager.
+    rt.block_on(support::produce_kcat(&[activation("am_w1")], &topics));
+    let alerts = wait_for(|| listed(&address, "am_w1").filter(|a| !a.is_empty()));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let labels = &alerts[0]["labels"];
+    assert_eq!(labels["alertname"], "AckwatchFinding");
+    assert_eq!(labels["kind"], "ack_missing");
+    assert_eq!(labels["run_id"], "r1");
+    assert_eq!(labels["severity"], "warning");
+    assert_eq!(alerts[0]["annotations"]["sequences"], "1");
+    assert_eq!(alerts[0]["annotations"]["runbook_url"], "https://runbooks.example/ackwatch#ack_missing");
+    assert_eq!(alerts[0]["status"]["state"], "active");
+
+    // The late ACK resolves it.
+    rt.block_on(support::produce_kcat(&[ack("am_w1")], &topics));
+    wait_for(|| listed(&address, "am_w1").filter(|a| a.is_empty()));
+
+    // Alertmanager down while a second run's ACK goes missing; back up, the alert arrives.
+    am.run("stop");
+    rt.block_on(support::produce_kcat(&[activation("am_w2")], &topics));
+    std::thread::sleep(Duration::from_secs(6));
+    let (_, metrics) = support::http_get(&http, "/metrics").unwrap();
+    assert!(metrics.contains("ackwatch_alerts_firing 1"), "{metrics}");
+    assert!(metrics.contains(&format!("ackwatch_alert_posts_total{{result=\"error\",url=\"{url}\"}}")), "{metrics}");
+    assert_eq!(am.run("restart"), url);
+    let alerts = wait_for(|| listed(&address, "am_w2").filter(|a| !a.is_empty()));
+    assert_eq!(alerts[0]["labels"]["kind"], "ack_missing");
+    assert!(processor.terminate(Duration::from_secs(30)).success(), "{}", processor.log_text());
+}
