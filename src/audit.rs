@@ -10,9 +10,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::PathBuf;
 
-use ackwatch_topology::partition_group::{Next, PartitionGroup};
+use ackwatch_topology::partition_group::{Buffered, Next, PartitionGroup};
 use ackwatch_topology::report::{Report, ReportBuilder};
-use ackwatch_topology::{Millis, Output, Policy, RawRecord, Source, Task};
+use ackwatch_topology::{Millis, Output, Policy, Source, Task};
 use anyhow::Context;
 
 use crate::kcat::parse_line;
@@ -32,13 +32,6 @@ pub struct FileAudit {
     pub end_ms: Option<Millis>,
 }
 
-struct Buffered {
-    offset: i64,
-    timestamp_ms: Option<Millis>,
-    key: Option<Box<[u8]>>,
-    value: Option<Box<[u8]>>,
-}
-
 struct PartitionTask {
     group: PartitionGroup<Buffered>,
     task: Task,
@@ -56,15 +49,8 @@ impl PartitionTask {
         // A file gives no high watermark: until its end, wait for both topics to have a head.
         let caught_up = [bounded_end, bounded_end];
         while let Next::Record(source, record) = self.group.next(0, caught_up) {
-            let raw = RawRecord {
-                source,
-                partition,
-                offset: record.offset,
-                timestamp_ms: record.timestamp_ms,
-                key: record.key.as_deref(),
-                value: record.value.as_deref(),
-            };
-            self.task.process(&raw, outputs);
+            self.task
+                .process(&record.as_raw(source, partition), outputs);
             for output in outputs.drain(..) {
                 observe(&output);
                 report.observe(&output);

@@ -11,6 +11,7 @@ pub struct TaskRestored<'a> {
     pub from_offset: i64,
     pub to_offset: i64,
     pub records: u64,
+    pub bytes: u64,
     pub runs: usize,
     pub duration: Duration,
     pub store: &'a str,
@@ -24,12 +25,14 @@ impl TaskRestored<'_> {
             from_offset = self.from_offset,
             to_offset = self.to_offset,
             records = self.records,
+            bytes = self.bytes,
             runs = self.runs,
             duration_ms = self.duration.as_millis() as u64,
             store = self.store,
             "task restored"
         );
         metrics.restore_records.inc_by(self.records);
+        metrics.restore_bytes.inc_by(self.bytes);
     }
 }
 

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub changelog_records: IntCounter,
     pub restoring_tasks: IntGauge,
     pub restore_records: IntCounter,
+    pub restore_bytes: IntCounter,
     pub restore_remaining_records: IntGauge,
     pub task_idle_exceeded: IntCounter,
     pub limit_cut: IntCounterVec,
@@ -214,6 +215,11 @@ impl Metrics {
                 &r,
                 "ackwatch_restore_records_total",
                 "Changelog records applied by restores",
+            ),
+            restore_bytes: counter(
+                &r,
+                "ackwatch_restore_bytes_total",
+                "Changelog bytes (keys and values) applied by restores",
             ),
             restore_remaining_records: gauge(
                 &r,

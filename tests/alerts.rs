@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ackwatch::kcat::KcatRecord;
@@ -14,28 +12,6 @@ use ackwatch_topology::time::format_rfc3339_ms;
 use serde_json::Value;
 use support::facts::*;
 use support::{LiveTopics, Processor};
-
-struct Alertmanager {
-    dir: PathBuf,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alertmanager.sh")
-}
-
-impl Alertmanager {
-    fn run(&self, command: &str) -> String {
-        let out = Command::new("bash").arg(script()).arg(command).arg(&self.dir).output().unwrap();
-        assert!(out.status.success(), "alertmanager.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(script()).arg("stop").arg(&self.dir).status();
-    }
-}
 
 fn record(topic: &str, world: &str, payload: String) -> KcatRecord {
     KcatRecord {
@@ -69,21 +45,41 @@ fn ack(world: &str) -> KcatRecord {
 
 /// The alerts Alertmanager lists for `world` (its API leaves out resolved ones).
 fn listed(address: &str, world: &str) -> Option<Vec<Value>> {
-    let (status, body) = support::http_get(address, &format!("/api/v2/alerts?filter=world_id%3D%22{world}%22"))?;
-    (status == 200).then(|| serde_json::from_str::<Value>(&body).ok()?.as_array().cloned()).flatten()
+    let (status, body) = support::http_get(
+        address,
+        &format!("/api/v2/alerts?filter=world_id%3D%22{world}%22"),
+    )?;
+    (status == 200)
+        .then(|| {
+            serde_json::from_str::<Value>(&body)
+                .ok()?
+                .as_array()
+                .cloned()
+        })
+        .flatten()
 }
 
 #[test]
 fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let am = Alertmanager { dir: dir.path().join("alertmanager") };
+    let am = support::Scripted {
+        script: "alertmanager.sh",
+        dir: dir.path().join("alertmanager"),
+    };
     let url = am.run("start");
     let address = url.strip_prefix("http://").unwrap().to_string();
     assert!(address.starts_with("127.0.0.1:"), "{url}");
 
     let topics = rt.block_on(LiveTopics::create("alerts", 1));
-    let (config, http) = support::live_config(dir.path(), &topics, &support::unique("app-alerts"), "i1", "at_least_once", "");
+    let (config, http) = support::live_config(
+        dir.path(),
+        &topics,
+        &support::unique("app-alerts"),
+        "i1",
+        "at_least_once",
+        "",
+    );
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += &format!("[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\nrunbook_url = \"https://runbooks.example/ackwatch\"\n");
     std::fs::write(&config, text).unwrap();
@@ -100,7 +96,10 @@ fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
     assert_eq!(labels["run_id"], "r1");
     assert_eq!(labels["severity"], "warning");
     assert_eq!(alerts[0]["annotations"]["sequences"], "1");
-    assert_eq!(alerts[0]["annotations"]["runbook_url"], "https://runbooks.example/ackwatch#ack_missing");
+    assert_eq!(
+        alerts[0]["annotations"]["runbook_url"],
+        "https://runbooks.example/ackwatch#ack_missing"
+    );
     assert_eq!(alerts[0]["status"]["state"], "active");
 
     // The late ACK resolves it.
@@ -113,9 +112,18 @@ fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
     std::thread::sleep(Duration::from_secs(6));
     let (_, metrics) = support::http_get(&http, "/metrics").unwrap();
     assert!(metrics.contains("ackwatch_alerts_firing 1"), "{metrics}");
-    assert!(metrics.contains(&format!("ackwatch_alert_posts_total{{result=\"error\",url=\"{url}\"}}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "ackwatch_alert_posts_total{{result=\"error\",url=\"{url}\"}}"
+        )),
+        "{metrics}"
+    );
     assert_eq!(am.run("restart"), url);
     let alerts = wait_for(|| listed(&address, "am_w2").filter(|a| !a.is_empty()));
     assert_eq!(alerts[0]["labels"]["kind"], "ack_missing");
-    assert!(processor.terminate(Duration::from_secs(30)).success(), "{}", processor.log_text());
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
 }

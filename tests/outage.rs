@@ -5,47 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use support::facts::*;
 use support::{LiveTopics, Processor};
-
-struct Broker {
-    dir: PathBuf,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh")
-}
-
-impl Broker {
-    fn run(&self, command: &str) -> String {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg(command)
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka-broker.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 fn metric(http: &str, name: &str) -> Option<f64> {
     let (_, text) = support::http_get(http, "/metrics")?;
@@ -56,7 +19,8 @@ fn metric(http: &str, name: &str) -> Option<f64> {
 #[test]
 fn broker_outage_is_reported_and_survived() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker {
+    let broker = support::Scripted {
+        script: "kafka-broker.sh",
         dir: dir.path().join("kafka"),
     };
     let bootstrap = broker.run("start");

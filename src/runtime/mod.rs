@@ -7,7 +7,9 @@
 //!        ^                                      (outputs and dead letters produced at once)
 //!        |                                                   |
 //!        +── commit every commit_interval_ms <── punctuate every PUNCTUATE_INTERVAL
-//!            (changelog, outputs, store, offsets)    (waits run out; wall-clock stream time)
+//!            (changelog, outputs, store, offsets)    (waits run out; wall-clock stream time
+//!                                                     when a deadline is due and the task is
+//!                                                     confirmed caught up)
 //! ```
 //!
 //! Rebalance callbacks run inside `poll` on the same thread: a revocation commits and closes

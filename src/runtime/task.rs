@@ -14,28 +14,13 @@
 use std::collections::BTreeMap;
 
 use ackwatch_state::{Record, TaskStore};
-use ackwatch_topology::partition_group::PartitionGroup;
-use ackwatch_topology::{Millis, Source, Task};
+use ackwatch_topology::partition_group::{Buffered, PartitionGroup};
+use ackwatch_topology::{Millis, Task};
 
 /// Records a task buffers per input partition before that partition is paused (the buffer
 /// fills only while the other partition lags, SPEC §4). Cost: up to this many records (at most
 /// a record value each, `RECORD_VALUE_BYTES_MAX` for tracked ones) in memory per partition.
 pub const TASK_BUFFERED_RECORDS_MAX: usize = 10_000;
-
-/// One record held by a task between its fetch and its processing.
-pub struct Buffered {
-    pub offset: i64,
-    pub timestamp_ms: Option<Millis>,
-    pub key: Option<Box<[u8]>>,
-    pub value: Option<Box<[u8]>>,
-}
-
-pub fn side(source: Source) -> usize {
-    match source {
-        Source::Activation => 0,
-        Source::Ack => 1,
-    }
-}
 
 pub struct StreamTask {
     pub partition: i32,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ackwatch_state::{encode_changes, StoreOptions, TaskStore};
-use ackwatch_topology::partition_group::Next;
+use ackwatch_topology::partition_group::{side, Buffered, Next};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
 use anyhow::{bail, Context as _};
@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use super::task::{side, Buffered, StreamTask, TASK_BUFFERED_RECORDS_MAX};
+use super::task::{StreamTask, TASK_BUFFERED_RECORDS_MAX};
 use super::Ctx;
 use crate::changelog;
 use crate::events::{RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
@@ -30,6 +30,8 @@ use crate::sink::{self, Sink};
 /// Longest a commit waits for the broker to acknowledge outputs and changelog records before
 /// the process gives up and exits (a restart recovers from the changelog).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a watermark request confirming a task is caught up may take (it blocks processing).
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest a metadata or offsets request at task start may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -224,6 +226,7 @@ impl Worker {
             from_offset: stats.from_offset,
             to_offset: stats.to_offset,
             records: stats.records,
+            bytes: stats.bytes,
             runs,
             duration: stats.duration,
             store: &store.dir().display().to_string(),
@@ -392,17 +395,33 @@ impl Worker {
             return Ok(());
         };
         let result = self.drain(consumer, &mut task, now_ms);
-        let punctuate = result.is_ok()
+        let to = now_ms - self.settings.runtime.lateness_ms as Millis;
+        if result.is_ok()
             && task.group.is_empty()
-            && self.caught_up(consumer, &task, 0)
-            && self.caught_up(consumer, &task, 1);
-        if punctuate {
-            let lateness = self.settings.runtime.lateness_ms as Millis;
-            task.engine.punctuate(now_ms - lateness, &mut self.outputs);
+            && task.engine.next_due().is_some_and(|due| due < to)
+            && self.confirmed_caught_up(consumer, &task)
+        {
+            task.engine.punctuate(to, &mut self.outputs);
         }
         self.tasks.insert(partition, task);
         result?;
         self.emit_outputs(partition, now_ms)
+    }
+
+    /// Whether both sides of the task have been fetched to their high watermarks: first by the
+    /// client's cached watermarks (no request), then, since a cached watermark can be stale
+    /// (a slow fetch, a busy broker) and wall-clock stream time would then pass deadlines of
+    /// records already on the broker, confirmed by asking the broker. Only asked when a
+    /// deadline is about to fire by the wall clock; a failed request means "not caught up".
+    fn confirmed_caught_up(&self, consumer: &BaseConsumer<Ctx>, task: &StreamTask) -> bool {
+        if !(self.caught_up(consumer, task, 0) && self.caught_up(consumer, task, 1)) {
+            return false;
+        }
+        (0..2).all(|s| {
+            consumer
+                .fetch_watermarks(&self.topic_names[s], task.partition, WATERMARK_TIMEOUT)
+                .is_ok_and(|(_, high)| task.fetched_next[s] >= high)
+        })
     }
 
     fn drain(
@@ -424,14 +443,7 @@ impl Worker {
             };
             let s = side(source);
             task.buffered[s] -= 1;
-            let raw = RawRecord {
-                source,
-                partition: task.partition,
-                offset: record.offset,
-                timestamp_ms: record.timestamp_ms,
-                key: record.key.as_deref(),
-                value: record.value.as_deref(),
-            };
+            let raw = record.as_raw(source, task.partition);
             let outcome = task.engine.process(&raw, &mut self.outputs);
             let label = match &outcome {
                 Outcome::Tracked => 0,

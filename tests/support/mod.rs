@@ -378,3 +378,45 @@ impl Drop for Processor {
         let _ = self.child.wait();
     }
 }
+
+/// A broker or Alertmanager of a test's own, run by its script in `scripts/` (`start`, `stop`,
+/// `restart` DIR); stopped when dropped.
+pub struct Scripted {
+    pub script: &'static str,
+    pub dir: std::path::PathBuf,
+}
+
+impl Scripted {
+    /// Runs `scripts/<script> COMMAND DIR`, failing the test with its stderr; returns stdout.
+    pub fn run(&self, command: &str) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(self.script);
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {command}: {}",
+            self.script,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(self.script);
+        let _ = std::process::Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}

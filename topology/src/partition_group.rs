@@ -7,13 +7,36 @@
 
 use std::collections::VecDeque;
 
-use crate::decode::Source;
+use crate::decode::{RawRecord, Source};
 use crate::time::Millis;
 
-fn side(source: Source) -> usize {
+/// The index of a source in per-side arrays: 0 activation, 1 ACK.
+pub fn side(source: Source) -> usize {
     match source {
         Source::Activation => 0,
         Source::Ack => 1,
+    }
+}
+
+/// One record held by a task between its read and its processing, owned.
+#[derive(Debug)]
+pub struct Buffered {
+    pub offset: i64,
+    pub timestamp_ms: Option<Millis>,
+    pub key: Option<Box<[u8]>>,
+    pub value: Option<Box<[u8]>>,
+}
+
+impl Buffered {
+    pub fn as_raw(&self, source: Source, partition: i32) -> RawRecord<'_> {
+        RawRecord {
+            source,
+            partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+        }
     }
 }
 

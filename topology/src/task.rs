@@ -161,6 +161,12 @@ impl Task {
         self.runs.get(key)
     }
 
+    /// No deadline of the task passes before this (the earliest entry of the due index; it may
+    /// be earlier than the true next deadline, never later). `None`: nothing pending at all.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.due.first().map(|(due, _)| *due)
+    }
+
     /// Runs known to the task, in memory or evicted.
     pub fn run_count(&self) -> usize {
         self.runs.len() + self.evicted_count
