@@ -405,7 +405,7 @@ impl Worker {
         }
         self.tasks.insert(partition, task);
         result?;
-        self.emit_outputs(partition, now_ms)
+        self.emit_outputs(now_ms)
     }
 
     /// Whether both sides of the task have been fetched to their high watermarks: first by the
@@ -462,7 +462,7 @@ impl Worker {
             }
             task.processed_next[s] = record.offset + 1;
             if !self.outputs.is_empty() {
-                self.emit_outputs(task.partition, now_ms)?;
+                self.emit_outputs(now_ms)?;
             }
             if task.paused[s] && task.buffered[s] <= TASK_BUFFERED_RECORDS_MAX / 2 {
                 task.paused[s] = false;
@@ -511,7 +511,7 @@ impl Worker {
         Ok(())
     }
 
-    fn emit_outputs(&mut self, _partition: i32, now_ms: Millis) -> anyhow::Result<()> {
+    fn emit_outputs(&mut self, now_ms: Millis) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.outputs);
         for output in &outputs {
             if matches!(
