@@ -394,6 +394,7 @@ impl Worker {
         let Some(mut task) = self.tasks.remove(&partition) else {
             return Ok(());
         };
+        task.group.hold_after = Some(now_ms - self.settings.runtime.lateness_ms as Millis);
         let result = self.drain(consumer, &mut task, now_ms);
         let to = now_ms - self.settings.runtime.lateness_ms as Millis;
         if result.is_ok()

@@ -58,6 +58,11 @@ pub struct PartitionGroup<T> {
     waiting_since: Option<Millis>,
     /// Times the wait ran out and the task went on without the empty partition.
     pub idle_exceeded: u64,
+    /// Live only: while the other partition is empty and caught up, records with a timestamp
+    /// after this are held (the live caller sets the wall clock minus `lateness_ms`), so a
+    /// record that reached the broker within `lateness_ms` of its timestamp is merged in order
+    /// even when its fetch comes after the other partition's. `None` (bounded inputs): no hold.
+    pub hold_after: Option<Millis>,
 }
 
 impl<T> PartitionGroup<T> {
@@ -67,6 +72,7 @@ impl<T> PartitionGroup<T> {
             max_task_idle_ms,
             waiting_since: None,
             idle_exceeded: 0,
+            hold_after: None,
         }
     }
 
@@ -113,6 +119,14 @@ impl<T> PartitionGroup<T> {
                 let empty = 1 - full;
                 if caught_up(empty) {
                     self.waiting_since = None;
+                    // At the head of both partitions, a record of the other one with a lower
+                    // timestamp may still be on its way: hold records newer than `hold_after`.
+                    if self
+                        .hold_after
+                        .is_some_and(|h| heads[full].is_some_and(|ts| ts > h))
+                    {
+                        return Next::Wait;
+                    }
                 } else {
                     let since = *self.waiting_since.get_or_insert(now_ms);
                     // Millis::MAX marks a wait that already ran out: processing goes on,
@@ -206,6 +220,34 @@ mod tests {
         );
         assert_eq!(group.idle_exceeded, 1, "one wait, counted once");
         assert_eq!(group.next(1300, [true, false]), Next::Empty);
+    }
+
+    #[test]
+    fn live_holds_records_newer_than_the_hold_while_the_other_side_is_empty() {
+        let mut group = PartitionGroup::new(1000);
+        group.hold_after = Some(100);
+        group.push(Source::Activation, Some(100), "a100");
+        group.push(Source::Activation, Some(101), "a101");
+        assert_eq!(
+            group.next(0, [true, true]),
+            Next::Record(Source::Activation, "a100")
+        );
+        assert_eq!(
+            group.next(0, [true, true]),
+            Next::Wait,
+            "a101 is newer than the hold"
+        );
+        group.push(Source::Ack, Some(99), "k99");
+        assert_eq!(
+            group.next(0, [true, true]),
+            Next::Record(Source::Ack, "k99")
+        );
+        assert_eq!(group.next(0, [true, true]), Next::Wait);
+        group.hold_after = Some(101);
+        assert_eq!(
+            group.next(0, [true, true]),
+            Next::Record(Source::Activation, "a101")
+        );
     }
 
     #[test]
