@@ -46,19 +46,7 @@ fn scenarios_live(guarantee: &str) {
         processor.wait_ready(READY_TIMEOUT);
         let want = reference(&input, policy, now_ms());
         let committed = guarantee == "exactly_once_v2";
-        let gap_count = want
-            .keys
-            .iter()
-            .filter(|k| k.starts_with("ackwatch:gap:"))
-            .count();
-        let gap = read_topic(&topics.gap, committed, gap_count, QUIET, OUTPUT_TIMEOUT);
-        let signal = read_topic(
-            &topics.signal,
-            committed,
-            want.keys.len() - gap_count,
-            QUIET,
-            OUTPUT_TIMEOUT,
-        );
+        let (gap, signal) = read_outputs(&topics, &want, committed);
         let got = observed(&gap, &signal);
         let log = processor.log_text();
         assert_eq!(got.keys, want.keys, "{name}: idempotency keys\n{log}");
@@ -242,21 +230,8 @@ fn poison_records_are_dead_lettered_and_processing_continues() {
     let clean = dir.path().join("valid.kcat.jsonl");
     write_kcat(&clean, &records);
     let want = reference(&clean, Policy::default(), now_ms());
-    let gap_count = want
-        .keys
-        .iter()
-        .filter(|k| k.starts_with("ackwatch:gap:"))
-        .count();
-    let got = observed(
-        &read_topic(&topics.gap, false, gap_count, QUIET, OUTPUT_TIMEOUT),
-        &read_topic(
-            &topics.signal,
-            false,
-            want.keys.len() - gap_count,
-            QUIET,
-            OUTPUT_TIMEOUT,
-        ),
-    );
+    let (gap, signal) = read_outputs(&topics, &want, false);
+    let got = observed(&gap, &signal);
     assert_eq!(got.keys, want.keys);
     assert!(!got.findings.is_empty());
     let (_, metrics) = support::http_get(&http, "/metrics").unwrap();

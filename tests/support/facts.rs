@@ -39,6 +39,35 @@ pub fn read_kcat(path: &Path) -> Vec<KcatRecord> {
         .collect()
 }
 
+/// Reads the gap and signal topics until they hold at least as many records as the audit's
+/// facts of each kind (then until quiet), with read_committed under exactly_once_v2.
+pub fn read_outputs(
+    topics: &LiveTopics,
+    want: &Reference,
+    read_committed: bool,
+) -> (Vec<OutRecord>, Vec<OutRecord>) {
+    let gap_count = want
+        .keys
+        .iter()
+        .filter(|k| k.starts_with("ackwatch:gap:"))
+        .count();
+    let gap = read_topic(
+        &topics.gap,
+        read_committed,
+        gap_count,
+        QUIET,
+        OUTPUT_TIMEOUT,
+    );
+    let signal = read_topic(
+        &topics.signal,
+        read_committed,
+        want.keys.len() - gap_count,
+        QUIET,
+        OUTPUT_TIMEOUT,
+    );
+    (gap, signal)
+}
+
 pub fn write_kcat(path: &Path, records: &[KcatRecord]) {
     let text: Vec<String> = records
         .iter()
@@ -287,19 +316,7 @@ pub fn assert_same_facts(
         want.tracked as usize * 3 > records.len(),
         "generated traffic is mostly tracked activations and ACKs"
     );
-    let gap_count = want
-        .keys
-        .iter()
-        .filter(|k| k.starts_with("ackwatch:gap:"))
-        .count();
-    let gap = read_topic(&topics.gap, exactly_once, gap_count, QUIET, OUTPUT_TIMEOUT);
-    let signal = read_topic(
-        &topics.signal,
-        exactly_once,
-        want.keys.len() - gap_count,
-        QUIET,
-        OUTPUT_TIMEOUT,
-    );
+    let (gap, signal) = read_outputs(topics, &want, exactly_once);
     let mut bytes_by_key: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for r in gap.iter().chain(&signal) {
         let key = r.header("ackwatch.idempotency_key").unwrap().to_string();
