@@ -86,6 +86,15 @@ impl<T> PartitionGroup<T> {
         self.queues[0].is_empty() && self.queues[1].is_empty()
     }
 
+    /// Whether every buffered record's timestamp is after `t_ms` (true when nothing is
+    /// buffered). Live, stream time may follow the wall clock to `t_ms` while records are held
+    /// only when this holds: none of them can then carry a deadline-passing time the
+    /// punctuation would skip. Scans whole queues (timestamps within a partition can go
+    /// backwards); they hold at most `lateness_ms` of records when the task is caught up.
+    pub fn all_after(&self, t_ms: Millis) -> bool {
+        self.queues.iter().flatten().all(|(ts, _)| *ts > t_ms)
+    }
+
     /// The next record to process. `caught_up[s]` says partition s has been read to its high
     /// watermark (always true for a bounded input); `now_ms` is the caller's clock, used only
     /// to bound the wait.
@@ -247,6 +256,27 @@ mod tests {
         assert_eq!(
             group.next(0, [true, true]),
             Next::Record(Source::Activation, "a101")
+        );
+    }
+
+    #[test]
+    fn all_after_looks_at_every_buffered_record_not_only_the_heads() {
+        let mut group = PartitionGroup::new(1000);
+        assert!(group.all_after(Millis::MAX), "empty");
+        group.push(Source::Activation, Some(200), "a200");
+        group.push(Source::Ack, Some(150), "k150");
+        assert!(group.all_after(149));
+        assert!(!group.all_after(150), "a record at t is not after t");
+        group.push(
+            Source::Activation,
+            Some(120),
+            "a120 (timestamps went backwards)",
+        );
+        assert!(!group.all_after(149));
+        group.push(Source::Ack, None, "no timestamp");
+        assert!(
+            !group.all_after(Millis::MIN + 1),
+            "no timestamp sorts first"
         );
     }
 
