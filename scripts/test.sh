@@ -6,6 +6,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 bash scripts/setup.sh
+# The deploy bundle, offline: rules and their unit tests, manifests against their schemas, ...
+bash scripts/check-deploy.sh
 
 run_dir="$(mktemp -d -t ackwatch-test.XXXXXX)"
 cleanup() {

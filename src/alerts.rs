@@ -136,8 +136,8 @@ fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
         "summary": format!("{kind}: {} open in run {}/{}", f.open, f.key.world_id, f.key.run_id),
         "sequences": f.sequences.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
     });
-    if !settings.runbook_url.is_empty() {
-        annotations["runbook_url"] = json!(format!("{}#{kind}", settings.runbook_url));
+    if let Some(url) = runbook_link(&settings.runbook_url, kind) {
+        annotations["runbook_url"] = json!(url);
     }
     json!({
         "labels": {
@@ -152,6 +152,18 @@ fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
         "startsAt": format_rfc3339_ms(f.starts_at),
         "endsAt": format_rfc3339_ms(ends_at),
     })
+}
+
+/// The runbook page of a finding kind: `{kind}` in the configured URL is replaced (one page per
+/// kind, as deploy/runbooks/ has them); a URL without it gets `#<kind>` (one page, an anchor per kind).
+fn runbook_link(runbook_url: &str, kind: &str) -> Option<String> {
+    if runbook_url.is_empty() {
+        None
+    } else if runbook_url.contains("{kind}") {
+        Some(runbook_url.replace("{kind}", kind))
+    } else {
+        Some(format!("{runbook_url}#{kind}"))
+    }
 }
 
 #[cfg(test)]
@@ -269,5 +281,25 @@ mod tests {
         );
         book.update(10_201, vec![], &settings);
         assert_eq!(book.payload(10_201, &settings), json!([]));
+    }
+
+    #[test]
+    fn runbook_links_fill_the_kind_into_a_template_or_add_an_anchor() {
+        let check = |url: &str, expected: Option<&str>| {
+            assert_eq!(
+                runbook_link(url, "ack_missing").as_deref(),
+                expected,
+                "{url}"
+            )
+        };
+        check("", None);
+        check(
+            "https://runbooks.example/ackwatch",
+            Some("https://runbooks.example/ackwatch#ack_missing"),
+        );
+        check(
+            "https://git.example/ackwatch/blob/main/deploy/runbooks/{kind}.md",
+            Some("https://git.example/ackwatch/blob/main/deploy/runbooks/ack_missing.md"),
+        );
     }
 }

@@ -176,3 +176,92 @@ impl TaskIdleExceeded {
         metrics.task_idle_exceeded.inc_by(self.times);
     }
 }
+
+/// A signal WorldService accepted (2xx).
+pub struct SignalDelivered<'a> {
+    pub key: &'a str,
+    pub attempts: u32,
+}
+
+impl SignalDelivered<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::debug!(
+            idempotency_key = self.key,
+            attempts = self.attempts,
+            "signal delivered to WorldService"
+        );
+        metrics.worldservice_posts.with_label_values(&["ok"]).inc();
+        metrics
+            .worldservice_signals
+            .with_label_values(&["delivered"])
+            .inc();
+    }
+}
+
+/// A post that failed in a way worth retrying (connection, timeout, 5xx, 408, 429).
+pub struct SignalPostFailed<'a> {
+    pub key: &'a str,
+    pub error: &'a str,
+    pub attempt: u32,
+    pub retry_in: Duration,
+}
+
+impl SignalPostFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            idempotency_key = self.key,
+            error = self.error,
+            attempt = self.attempt,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "cannot post a signal to WorldService; retrying"
+        );
+        metrics
+            .worldservice_posts
+            .with_label_values(&["error"])
+            .inc();
+    }
+}
+
+/// A signal WorldService refused for good (4xx other than 408/429): not retried.
+pub struct SignalRejected<'a> {
+    pub key: &'a str,
+    pub status: u16,
+}
+
+impl SignalRejected<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            idempotency_key = self.key,
+            status = self.status,
+            "WorldService rejected a signal; not retried (it stays on the signal topic)"
+        );
+        metrics
+            .worldservice_posts
+            .with_label_values(&["rejected"])
+            .inc();
+        metrics
+            .worldservice_signals
+            .with_label_values(&["rejected"])
+            .inc();
+    }
+}
+
+/// A signal older than `worldservice.max_signal_age_ms` when read: no longer current, not posted.
+pub struct SignalExpired<'a> {
+    pub key: &'a str,
+    pub age_ms: i64,
+}
+
+impl SignalExpired<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            idempotency_key = self.key,
+            age_ms = self.age_ms,
+            "signal older than worldservice.max_signal_age_ms; not posted"
+        );
+        metrics
+            .worldservice_signals
+            .with_label_values(&["expired"])
+            .inc();
+    }
+}

@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod settings;
 pub mod sim;
 pub mod sink;
+pub mod worldservice;
 
 /// The allocator of the ackwatch binary and its benchmarks: the engine allocates small, short
 /// lived values per record (run keys, etags, outputs); mimalloc handles that pattern well.

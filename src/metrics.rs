@@ -46,6 +46,8 @@ pub struct Metrics {
     pub alerts_firing: IntGauge,
     pub alert_posts: IntCounterVec,
     pub all_brokers_down: IntGauge,
+    pub worldservice_posts: IntCounterVec,
+    pub worldservice_signals: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -90,6 +92,14 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
 }
 
 /// Buckets in milliseconds from 1 ms to about 65 s.
+/// Buckets of `controlbus_apply_ack_latency_ms`, in ms. Boundaries sit where operators draw
+/// lines: the RFC's 3000 ms ACK timeout and the runbooks' 5000 ms freeze-phase alert
+/// (`ControlBusApplyAckLatencyHigh`), so both count exactly instead of by interpolation.
+pub const ACK_LATENCY_BUCKETS_MS: [f64; 17] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 3000.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0,
+];
+
 fn ms_buckets() -> Vec<f64> {
     exponential_buckets(1.0, 2.0, 17).expect("valid buckets")
 }
@@ -102,7 +112,7 @@ impl Metrics {
                 "controlbus_apply_ack_latency_ms",
                 "ACK latency: first ACK event time minus activation event time, ms",
             )
-            .buckets(ms_buckets()),
+            .buckets(ACK_LATENCY_BUCKETS_MS.to_vec()),
             &["phase"],
         )
         .expect("valid metric");
@@ -264,6 +274,18 @@ impl Metrics {
                 "ackwatch_kafka_all_brokers_down",
                 "1 while the Kafka client reaches no broker",
             ),
+            worldservice_posts: counter_vec(
+                &r,
+                "ackwatch_worldservice_posts_total",
+                "HTTP posts of signals to WorldService, by result (ok, rejected, error)",
+                &["result"],
+            ),
+            worldservice_signals: counter_vec(
+                &r,
+                "ackwatch_worldservice_signals_total",
+                "Signals handled by the WorldService delivery, by outcome (delivered, rejected, expired)",
+                &["outcome"],
+            ),
             registry: r,
         };
         // Every label value known up front, so dashboards see zeros rather than gaps.
@@ -282,6 +304,12 @@ impl Metrics {
         }
         for action in Action::ALL {
             m.signals.with_label_values(&[action.as_str()]);
+        }
+        for result in ["ok", "rejected", "error"] {
+            m.worldservice_posts.with_label_values(&[result]);
+        }
+        for outcome in ["delivered", "rejected", "expired"] {
+            m.worldservice_signals.with_label_values(&[outcome]);
         }
         for phase in ["freeze", "unfreeze", "none"] {
             m.ack_latency_ms.with_label_values(&[phase]);
@@ -311,7 +339,9 @@ mod tests {
             .observe(12.0);
         let text = m.render();
         for needle in [
-            "controlbus_apply_ack_latency_ms_bucket{phase=\"freeze\",le=\"16\"} 1",
+            "controlbus_apply_ack_latency_ms_bucket{phase=\"freeze\",le=\"10\"} 0",
+            "controlbus_apply_ack_latency_ms_bucket{phase=\"freeze\",le=\"25\"} 1",
+            "controlbus_apply_ack_latency_ms_bucket{phase=\"freeze\",le=\"5000\"} 1",
             "controlbus_apply_ack_latency_ms_count{phase=\"unfreeze\"} 0",
             "ackwatch_records_total{outcome=\"duplicate\",topic=\"control.activation.ack\"} 0",
             "ackwatch_invalid_records_total{reason=\"key_mismatch\"} 0",

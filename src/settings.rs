@@ -119,6 +119,10 @@ pub struct Runtime {
     pub changelog_replication_factor: i32,
     /// Longest a shutdown (drain, commit, leave the group) may take before the process exits.
     pub shutdown_timeout_ms: u64,
+    /// Kafka static group membership: the consumer's `group.instance.id` is the instance id, so
+    /// an instance restarted within `session.timeout.ms` gets its partitions back without a
+    /// rebalance (and a shutdown does not leave the group: its partitions wait for it).
+    pub static_membership: bool,
 }
 
 impl Default for Runtime {
@@ -133,6 +137,7 @@ impl Default for Runtime {
             lateness_ms: 500,
             changelog_replication_factor: -1,
             shutdown_timeout_ms: 30_000,
+            static_membership: false,
         }
     }
 }
@@ -165,7 +170,8 @@ pub struct Alerts {
     pub resend_interval_ms: u64,
     /// Resolved alerts are re-sent for this long (Alertmanager keeps no state across restarts).
     pub resolved_resend_ms: u64,
-    /// Runbook base URL; each alert links `<runbook_url>#<kind>`. Empty: no link.
+    /// Runbook link of each alert: `{kind}` is replaced by the finding kind (one page per kind,
+    /// as in deploy/runbooks/); without it, `#<kind>` is appended. Empty: no link.
     pub runbook_url: String,
 }
 
@@ -176,6 +182,36 @@ impl Default for Alerts {
             resend_interval_ms: 60_000,
             resolved_resend_ms: 300_000,
             runbook_url: String::new(),
+        }
+    }
+}
+
+/// Signals also POSTed to WorldService over HTTP (src/worldservice.rs); off when `url` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldService {
+    /// Where each signal is POSTed as JSON, e.g. `http://worldservice:8080/apply/signals`.
+    pub url: String,
+    /// Longest one post may take (connect to response).
+    pub timeout_ms: u64,
+    /// First retry wait of a failed post; doubles per attempt (with jitter) up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Signals older than this (record timestamp) are no longer current: skipped and counted.
+    pub max_signal_age_ms: u64,
+    /// The request header that carries the signal's idempotency key.
+    pub idempotency_header: String,
+}
+
+impl Default for WorldService {
+    fn default() -> Self {
+        WorldService {
+            url: String::new(),
+            timeout_ms: 2000,
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+            max_signal_age_ms: 3_600_000,
+            idempotency_header: "Idempotency-Key".into(),
         }
     }
 }
@@ -204,6 +240,7 @@ pub struct Settings {
     pub runtime: Runtime,
     pub http: Http,
     pub alerts: Alerts,
+    pub worldservice: WorldService,
 }
 
 impl Settings {
@@ -272,6 +309,43 @@ impl Settings {
                 "alerts.alertmanager_urls: {url:?} is not an http:// URL like http://alertmanager:9093"
             );
         }
+        let ws = &self.worldservice;
+        anyhow::ensure!(
+            ws.url.is_empty() || (ws.url.starts_with("http://") && ws.url.len() > "http://".len()),
+            "worldservice.url: {:?} is not an http:// URL like http://worldservice:8080/signals (empty: off)",
+            ws.url
+        );
+        for (key, value, min, max) in [
+            ("worldservice.timeout_ms", ws.timeout_ms, 10, 600_000),
+            (
+                "worldservice.retry_initial_ms",
+                ws.retry_initial_ms,
+                1,
+                600_000,
+            ),
+            (
+                "worldservice.retry_max_ms",
+                ws.retry_max_ms,
+                ws.retry_initial_ms,
+                3_600_000,
+            ),
+            (
+                "worldservice.max_signal_age_ms",
+                ws.max_signal_age_ms,
+                1000,
+                30 * 86_400_000,
+            ),
+        ] {
+            anyhow::ensure!(
+                (min..=max).contains(&value),
+                "{key} = {value} is not between {min} and {max}"
+            );
+        }
+        anyhow::ensure!(
+            reqwest::header::HeaderName::from_bytes(ws.idempotency_header.as_bytes()).is_ok(),
+            "worldservice.idempotency_header = {:?} is not a valid HTTP header name",
+            ws.idempotency_header
+        );
         anyhow::ensure!(
             (1000..=3_600_000).contains(&self.alerts.resend_interval_ms),
             "alerts.resend_interval_ms = {} is not between 1000 and 3600000",
@@ -409,6 +483,18 @@ mod tests {
         check(
             "[alerts]\nalertmanager_urls = [\"am:9093\"]\n",
             Err("alerts.alertmanager_urls: \"am:9093\" is not an http:// URL"),
+        );
+        check(
+            "[worldservice]\nurl = \"worldservice:8080\"\n",
+            Err("worldservice.url: \"worldservice:8080\" is not an http:// URL"),
+        );
+        check(
+            "[worldservice]\nretry_initial_ms = 1000\nretry_max_ms = 500\n",
+            Err("worldservice.retry_max_ms = 500 is not between 1000 and 3600000"),
+        );
+        check(
+            "[worldservice]\nidempotency_header = \"Idempotency Key\"\n",
+            Err("worldservice.idempotency_header"),
         );
         check(
             "[topics]\nactivation = \"a\"\nack = \"a\"\n",

@@ -172,7 +172,7 @@ impl ConsumerContext for Ctx {
     }
 }
 
-fn wall_ms() -> Millis {
+pub(crate) fn wall_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
@@ -283,6 +283,9 @@ fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
+    if settings.runtime.static_membership {
+        config.set("group.instance.id", settings.runtime.instance_id());
+    }
     config
 }
 
@@ -331,6 +334,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if !settings.alerts.alertmanager_urls.is_empty() {
         runtime.spawn(alert_loop(shared.clone()));
     }
+    let delivery_stop = Arc::new(AtomicBool::new(false));
+    let delivery = (!settings.worldservice.url.is_empty()).then(|| {
+        runtime.spawn(crate::worldservice::deliver_loop(
+            settings.clone(),
+            shared.metrics.clone(),
+            delivery_stop.clone(),
+        ))
+    });
     let on_signal = shared.clone();
     let shutdown_timeout = Duration::from_millis(settings.runtime.shutdown_timeout_ms);
     runtime.spawn(async move {
@@ -347,6 +358,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .spawn(move || processing_loop(processing))?
         .join()
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    delivery_stop.store(true, Ordering::SeqCst);
+    if let Some(delivery) = delivery {
+        // Let the delivery consumer commit what it delivered before the runtime goes.
+        let _ = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), delivery).await });
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -564,7 +581,19 @@ pub fn describe(settings: &Settings) -> String {
          Sink: signal-sink (topic: {signal})\n      <-- ack-join\n    \
          Sink: dead-letter-sink (topic: {dlq})\n      <-- ack-join\n\
          State stores:\n    \
-         {store}: RocksDB per task, key (world_id, run_id), changelog {changelog} (compacted)\n",
+         {store}: RocksDB per task, key (world_id, run_id), changelog {changelog} (compacted)\n{ws}",
+        ws = if settings.worldservice.url.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "   Sub-topology: 1 (consumer group {app}-worldservice)\n    \
+                 Source: signal-source (topics: [{signal}])\n      --> worldservice-http-sink\n    \
+                 Sink: worldservice-http-sink (POST {url})\n      <-- signal-source\n",
+                app = settings.runtime.application_id,
+                signal = t.signal,
+                url = settings.worldservice.url,
+            )
+        },
         app = settings.runtime.application_id,
         act = t.activation,
         ack = t.ack,
