@@ -48,6 +48,9 @@ use crate::settings::{Guarantee, Settings};
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 /// How often every task is processed and punctuated without a new record.
 const PUNCTUATE_INTERVAL: Duration = Duration::from_millis(50);
+/// Shortest time between punctuations woken by a due deadline: bounds the watermark requests
+/// while a deadline is due but the task is not confirmed caught up.
+const DUE_PUNCTUATE_SPACING: Duration = Duration::from_millis(5);
 /// How often the state-summarising gauges are recomputed (a scan of every run held).
 const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// Records taken from the consumer per pass of the loop (one lock, one processing pass per
@@ -458,6 +461,9 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     let mut touched = BTreeSet::new();
     let mut poll_clock = Duration::ZERO;
+    // When the earliest deadline of any task can fire by the wall clock (SPEC §4): the loop
+    // punctuates then, so a finding waits `lateness_ms`, not also a punctuation interval.
+    let mut wall_fire_ms: Option<Millis> = None;
     let result = loop {
         if shared.shutdown.load(Ordering::SeqCst) {
             break Ok(());
@@ -465,7 +471,12 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         // Poll without the worker's lock: rebalance callbacks take it.
         let polling = Instant::now();
         let generation = shared.generation.load(Ordering::SeqCst);
-        let mut timeout = POLL_TIMEOUT;
+        let mut timeout = match wall_fire_ms {
+            Some(at) => POLL_TIMEOUT.min(Duration::from_millis(
+                at.saturating_sub(wall_ms()).max(0) as u64,
+            )),
+            None => POLL_TIMEOUT,
+        };
         while batch.len() < POLL_BATCH_RECORDS_MAX {
             match consumer.poll(timeout) {
                 Some(Ok(m)) => batch.push(m),
@@ -514,7 +525,9 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
                     touched.insert(p);
                 }
             }
-            let punctuate = tick.duration_since(last_punctuate) >= PUNCTUATE_INTERVAL;
+            let since = tick.duration_since(last_punctuate);
+            let punctuate = since >= PUNCTUATE_INTERVAL
+                || (wall_fire_ms.is_some_and(|at| now >= at) && since >= DUE_PUNCTUATE_SPACING);
             if punctuate {
                 last_punctuate = tick;
                 touched.extend(worker.tasks.keys().copied());
@@ -528,6 +541,7 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
                     .commit(&consumer)
                     .inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
             }
+            wall_fire_ms = worker.next_wall_clock_fire_ms();
             if tick.duration_since(last_refresh) >= METRICS_REFRESH_INTERVAL {
                 last_refresh = tick;
                 worker.refresh_metrics(&consumer);

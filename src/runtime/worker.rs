@@ -421,8 +421,12 @@ impl Worker {
         if !(self.caught_up(consumer, task, 0) && self.caught_up(consumer, task, 1)) {
             return false;
         }
+        // Asked through the producer's client: the broker answers a connection's requests in
+        // order, and the consumer's connection usually has a long-poll fetch in flight
+        // (`fetch.wait.max.ms`, 500 ms), which held each confirmation for up to that long.
         (0..2).all(|s| {
-            consumer
+            self.producer
+                .client()
                 .fetch_watermarks(&self.topic_names[s], task.partition, WATERMARK_TIMEOUT)
                 .is_ok_and(|(_, high)| task.fetched_next[s] >= high)
         })
@@ -832,6 +836,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The wall-clock time at which the earliest task deadline can fire by the wall clock
+    /// (stream time, the wall clock minus `lateness_ms`, passes it), so the loop wakes then
+    /// rather than at its next regular punctuation.
+    pub fn next_wall_clock_fire_ms(&self) -> Option<Millis> {
+        let lateness = self.settings.runtime.lateness_ms as Millis;
+        let due = self
+            .tasks
+            .values()
+            .filter_map(|t| t.engine.next_due())
+            .min()?;
+        Some(due.saturating_add(lateness).saturating_add(1))
     }
 
     pub fn partitions(&self) -> Vec<i32> {
