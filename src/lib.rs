@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod settings;
 pub mod sim;
+pub mod simulator;
 pub mod sink;
 pub mod worldservice;
 
