@@ -27,6 +27,79 @@ enum Command {
     Check(ConfigArgs),
     /// Print the processing topology (sources, processor, store, sinks).
     Topology(ConfigArgs),
+    /// Produce simulated WorldService and Gateway traffic with known faults, and its ground truth.
+    Loadgen(LoadgenArgs),
+    /// See ackwatch work on an embedded Kafka: simulated traffic with faults, the live processor,
+    /// findings and signals as they happen, and a comparison with the ground truth at the end.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Worlds, each running apply runs back to back.
+    #[arg(long, default_value_t = 100)]
+    worlds: usize,
+    /// Records per second over all worlds (activations and ACKs).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long new apply runs start (e.g. 30s, 5m); the runs under way then finish.
+    #[arg(long, default_value = "60s")]
+    duration: String,
+    /// Fault profile: none, default, heavy, duplicates.
+    #[arg(long, default_value = "default")]
+    faults: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Gateways acknowledging (each with its own clock skew).
+    #[arg(long, default_value_t = 2)]
+    gateways: u32,
+}
+
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Produce to this cluster (topics from --config, or the defaults).
+    #[arg(long, conflicts_with = "output", required_unless_present = "output")]
+    bootstrap_servers: Option<String>,
+    /// Write kcat -J lines to this file instead of producing.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Partitions of the file's records (a cluster's topics say how many they have).
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Write the ground truth (findings and signals SPEC.md prescribes) to this JSON file.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Produce as fast as possible instead of at the records' timestamps.
+    #[arg(long)]
+    no_pace: bool,
+    /// Event time of the first record (RFC 3339). Default: now.
+    #[arg(long)]
+    start_time: Option<String>,
+    /// TOML configuration: [topics], [policy] (the truth follows it) and [kafka.properties].
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long new apply runs start; the demo ends once their last deadlines passed.
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Fault profile: none, default, heavy, duplicates.
+    #[arg(long, default_value = "heavy")]
+    faults: String,
+    #[arg(long, default_value_t = 8)]
+    worlds: usize,
+    /// Records per second (the mock cluster keeps only the newest records; keep this modest).
+    #[arg(long, default_value_t = 80)]
+    rate: u64,
+    /// Where the processor serves /metrics, /healthz, /readyz, /runs.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http: String,
 }
 
 #[derive(clap::Args)]
@@ -50,13 +123,26 @@ fn init_logging() {
     }
 }
 
+/// The demo's screen is for findings: the processor logs only warnings unless RUST_LOG says.
+fn init_logging_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,librdkafka=error".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn check(args: ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
     println!("ok: configuration is valid");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (_, lines) = runtime.block_on(ackwatch::runtime::check_cluster(&settings, false))?;
+    let (_, lines) = runtime.block_on(ackwatch::runtime::check_cluster(
+        &settings,
+        ackwatch::runtime::ChangelogCheck::Report,
+    ))?;
     for line in lines {
         println!("{line}");
     }
@@ -146,6 +232,85 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sim_spec(
+    args: &SimArgs,
+    settings: &Settings,
+    start_ms: i64,
+    partitions: i32,
+) -> anyhow::Result<ackwatch::simulator::SimSpec> {
+    use ackwatch::simulator::{Faults, SimSpec};
+    Ok(SimSpec {
+        worlds: args.worlds,
+        rate: args.rate,
+        duration_ms: ackwatch::loadgen::parse_duration_ms(&args.duration)
+            .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        start_ms,
+        seed: args.seed,
+        partitions,
+        faults: Faults::profile(&args.faults).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--faults {:?}: not one of {:?}",
+                args.faults,
+                Faults::PROFILES
+            )
+        })?,
+        gateways: args.gateways,
+        world_prefix: "world_".into(),
+        policy: settings.policy,
+    })
+}
+
+fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    use ackwatch::loadgen;
+    let mut settings = Settings::load(args.config.as_deref())?;
+    let start_ms = match &args.start_time {
+        Some(t) => ackwatch_topology::time::parse_rfc3339_ms(t).ok_or_else(|| {
+            anyhow::anyhow!("--start-time {t:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
+        })?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64,
+    };
+    let (done, truth) = if let Some(path) = &args.output {
+        let spec = sim_spec(&args.sim, &settings, start_ms, args.partitions)?;
+        loadgen::write_kcat(path, spec)?
+    } else {
+        settings.kafka.bootstrap_servers =
+            args.bootstrap_servers.clone().expect("required by clap");
+        let partitions = loadgen::input_partitions(&settings)?;
+        let spec = sim_spec(&args.sim, &settings, start_ms, partitions)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        loadgen::produce(&settings, spec, !args.no_pace, &stop, |p| {
+            eprintln!("loadgen: {} records, {:.0} records/s", p.records, p.rate())
+        })?
+    };
+    println!(
+        "loadgen: {} records ({} MiB of values) in {:.2} s: {:.0} records/s",
+        done.records,
+        done.bytes >> 20,
+        done.elapsed.as_secs_f64(),
+        done.rate()
+    );
+    println!("{}", loadgen::truth_summary(&truth));
+    if let Some(path) = &args.truth {
+        loadgen::write_truth(path, &truth)?;
+        println!("truth written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+    ackwatch::demo::run(ackwatch::demo::DemoOptions {
+        duration_ms: ackwatch::loadgen::parse_duration_ms(&args.duration)
+            .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        seed: args.seed,
+        faults: args.faults,
+        worlds: args.worlds,
+        rate: args.rate,
+        http_listen: args.http,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -157,6 +322,17 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Topology(args) => Settings::load(args.config.as_deref())
             .map(|s| print!("{}", ackwatch::runtime::describe(&s))),
+        Command::Loadgen(args) => loadgen(args),
+        Command::Demo(args) => {
+            init_logging_quiet();
+            match demo(args) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!(
+                    "what ackwatch detected differs from the ground truth (see above)"
+                )),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -184,9 +184,21 @@ pub(crate) fn wall_ms() -> Millis {
 /// What `check` and `run` verify about the cluster before processing: every topic exists, the
 /// inputs are co-partitioned, the changelog matches them. Returns the input partition count and
 /// one line per check.
+/// What `check_cluster` does about the changelog topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangelogCheck {
+    /// `ackwatch check`: report whether it exists and fits; create nothing.
+    Report,
+    /// `ackwatch run`: create it when missing; refuse one that is not compacted.
+    Ensure,
+    /// An embedded cluster without admin requests (librdkafka's mock cluster, `ackwatch demo`):
+    /// the embedder created it; only its partition count is checked.
+    Precreated,
+}
+
 pub async fn check_cluster(
     settings: &Settings,
-    create_changelog: bool,
+    changelog_check: ChangelogCheck,
 ) -> anyhow::Result<(i32, Vec<String>)> {
     let config = settings.kafka.client_config();
     let admin: AdminClient<DefaultClientContext> = config
@@ -252,7 +264,13 @@ pub async fn check_cluster(
             "changelog topic {changelog} has {n} partitions but the input topics have {activation}: delete it \
              (ackwatch recreates it and restores from scratch) or restore the input partition count"
         ),
-        None if !create_changelog => lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
+        None if changelog_check == ChangelogCheck::Report => lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
+        None if changelog_check == ChangelogCheck::Precreated => {
+            bail!("changelog topic {changelog} does not exist on the embedded cluster")
+        }
+        Some(_) if changelog_check == ChangelogCheck::Precreated => {
+            lines.push(format!("ok: changelog topic {changelog} ({activation} partitions, created by the embedder)"))
+        }
         _ => {
             let ensured = changelog::ensure_topic(&config, &changelog, activation, settings.runtime.changelog_replication_factor).await?;
             lines.push(format!("ok: changelog topic {changelog} ({ensured:?}, compacted, {activation} partitions)"));
@@ -292,8 +310,23 @@ fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
     config
 }
 
+/// How the processor is embedded: `ackwatch run` uses the defaults.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Set by the embedder to stop the processor as SIGTERM would (drain, commit, leave).
+    pub stop: Option<Arc<AtomicBool>>,
+    /// The cluster serves no admin requests (`ackwatch demo`'s mock cluster): the changelog
+    /// topic was created by the embedder.
+    pub embedded_cluster: bool,
+}
+
 /// Runs the processor until SIGTERM/SIGINT or a fatal error.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    run_with(settings, RunOptions::default())
+}
+
+/// [`run`], embedded: stopped also by `options.stop`.
+pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(
         application_id = settings.runtime.application_id.as_str(),
         bootstrap_servers = settings.kafka.bootstrap_servers.as_str(),
@@ -305,7 +338,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (_, lines) = runtime.block_on(check_cluster(&settings, true))?;
+    let changelog_check = if options.embedded_cluster {
+        ChangelogCheck::Precreated
+    } else {
+        ChangelogCheck::Ensure
+    };
+    let (_, lines) = runtime.block_on(check_cluster(&settings, changelog_check))?;
     for line in lines {
         tracing::info!("{line}");
     }
@@ -345,6 +383,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             delivery_stop.clone(),
         ))
     });
+    if let Some(stop) = options.stop.clone() {
+        let shared = shared.clone();
+        runtime.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(
+                "stop requested by the embedder: draining, committing, leaving the group"
+            );
+            shared.shutdown.store(true, Ordering::SeqCst);
+        });
+    }
     let on_signal = shared.clone();
     let shutdown_timeout = Duration::from_millis(settings.runtime.shutdown_timeout_ms);
     runtime.spawn(async move {
