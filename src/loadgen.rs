@@ -118,7 +118,7 @@ pub fn produce(
         ("linger.ms", "5"),
         ("batch.num.messages", "10000"),
         ("queue.buffering.max.messages", "1000000"),
-        ("queue.buffering.max.kbytes", "1048576"),
+        ("queue.buffering.max.kbytes", "65536"),
         ("compression.type", "lz4"),
     ] {
         if !settings.kafka.properties.contains_key(key) {

@@ -377,7 +377,8 @@ struct Pending {
     /// Event time of a tracked activation or ACK (what moves stream time); None otherwise.
     event_ms: Option<Millis>,
     effect: Effect,
-    record: KcatRecord,
+    /// Boxed: the heap moves entries on every push and pop; a pointer is cheaper to move.
+    record: Box<KcatRecord>,
 }
 
 impl Pending {
@@ -707,7 +708,7 @@ impl Simulation {
             order: self.order,
             event_ms,
             effect,
-            record: KcatRecord {
+            record: Box::new(KcatRecord {
                 topic: if activation_topic {
                     "activation"
                 } else {
@@ -722,7 +723,7 @@ impl Simulation {
                 key,
                 payload: Some(payload),
                 headers: None,
-            },
+            }),
         }));
     }
 
@@ -1007,7 +1008,7 @@ impl Iterator for Simulation {
             if let Some(h) = head {
                 if !can_start || h < next_run.unwrap_or(Millis::MAX) {
                     let Reverse(p) = self.records.pop().expect("peeked");
-                    let mut record = p.record;
+                    let mut record = *p.record;
                     self.referee.process(record.partition, p.event_ms, p.effect);
                     let offset = self
                         .offsets
