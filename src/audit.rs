@@ -59,6 +59,71 @@ impl PartitionTask {
     }
 }
 
+/// The engine over a bounded input, as the live processor runs it: one task per partition, the
+/// two topics of a partition merged by record timestamp. Used by the file and cluster audits.
+pub struct Replay<'o> {
+    policy: Policy,
+    tasks: BTreeMap<i32, PartitionTask>,
+    outputs: Vec<Output>,
+    pub report: ReportBuilder,
+    observe: &'o mut dyn FnMut(&Output),
+}
+
+impl<'o> Replay<'o> {
+    pub fn new(policy: Policy, observe: &'o mut dyn FnMut(&Output)) -> Self {
+        Replay {
+            policy,
+            tasks: BTreeMap::new(),
+            outputs: Vec::new(),
+            report: ReportBuilder::default(),
+            observe,
+        }
+    }
+
+    /// Takes one record of `partition` and processes what the merge releases.
+    pub fn push(&mut self, source: Source, partition: i32, record: Buffered) {
+        let policy = self.policy;
+        let entry = self
+            .tasks
+            .entry(partition)
+            .or_insert_with(|| PartitionTask {
+                group: PartitionGroup::new(Millis::MAX),
+                task: Task::new(policy),
+            });
+        entry.group.push(source, record.timestamp_ms, record);
+        entry.drain(
+            partition,
+            false,
+            &mut self.outputs,
+            &mut self.report,
+            self.observe,
+        );
+    }
+
+    /// The input ended: every buffered record is processed, then (with `end_ms`) deadlines
+    /// before it fire, as they did live; the rest are pending at the end.
+    pub fn finish(mut self, end_ms: Option<Millis>) -> Report {
+        for (partition, mut entry) in std::mem::take(&mut self.tasks) {
+            entry.drain(
+                partition,
+                true,
+                &mut self.outputs,
+                &mut self.report,
+                self.observe,
+            );
+            if let Some(end) = end_ms {
+                entry.task.punctuate(end, &mut self.outputs);
+                for output in self.outputs.drain(..) {
+                    (self.observe)(&output);
+                    self.report.observe(&output);
+                }
+            }
+            self.report.finish_task(&entry.task);
+        }
+        self.report.build()
+    }
+}
+
 impl FileAudit {
     pub fn run(&self) -> anyhow::Result<Report> {
         self.run_with(&mut |_| {})
@@ -84,9 +149,7 @@ impl FileAudit {
             bar
         });
 
-        let mut report = ReportBuilder::default();
-        let mut tasks: BTreeMap<i32, PartitionTask> = BTreeMap::new();
-        let mut outputs = Vec::new();
+        let mut replay = Replay::new(self.policy, observe);
         for path in &self.inputs {
             let file = File::open(path)
                 .with_context(|| format!("cannot open input {}", path.display()))?;
@@ -111,8 +174,8 @@ impl FileAudit {
                 let record = match parse_line(line.trim_end()) {
                     Ok(record) => record,
                     Err(why) => {
-                        report.malformed_lines += 1;
-                        if report.malformed_lines <= MALFORMED_LINES_PRINTED_MAX {
+                        replay.report.malformed_lines += 1;
+                        if replay.report.malformed_lines <= MALFORMED_LINES_PRINTED_MAX {
                             eprintln!("{}:{line_no}: skipped: {why}", path.display());
                         }
                         continue;
@@ -123,17 +186,12 @@ impl FileAudit {
                 } else if record.topic == self.topics.ack {
                     Source::Ack
                 } else {
-                    report.other_topic += 1;
+                    replay.report.other_topic += 1;
                     continue;
                 };
-                let partition = record.partition;
-                let entry = tasks.entry(partition).or_insert_with(|| PartitionTask {
-                    group: PartitionGroup::new(Millis::MAX),
-                    task: Task::new(self.policy),
-                });
-                entry.group.push(
+                replay.push(
                     source,
-                    record.timestamp_ms,
+                    record.partition,
                     Buffered {
                         offset: record.offset,
                         timestamp_ms: record.timestamp_ms,
@@ -141,27 +199,19 @@ impl FileAudit {
                         value: record.payload.map(|p| p.as_bytes().into()),
                     },
                 );
-                entry.drain(partition, false, &mut outputs, &mut report, observe);
             }
         }
-        if report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
-            eprintln!("... {} malformed lines in all", report.malformed_lines);
+        if replay.report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
+            eprintln!(
+                "... {} malformed lines in all",
+                replay.report.malformed_lines
+            );
         }
-        for (partition, mut entry) in tasks {
-            entry.drain(partition, true, &mut outputs, &mut report, observe);
-            if let Some(end) = self.end_ms {
-                entry.task.punctuate(end, &mut outputs);
-                for output in outputs.drain(..) {
-                    observe(&output);
-                    report.observe(&output);
-                }
-            }
-            report.finish_task(&entry.task);
-        }
+        let report = replay.finish(self.end_ms);
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        Ok(report.build())
+        Ok(report)
     }
 }
 

@@ -6,8 +6,10 @@
 pub mod alerts;
 pub mod audit;
 pub mod changelog;
+pub mod cluster_audit;
 pub mod demo;
 pub mod events;
+pub mod html;
 pub mod kcat;
 pub mod loadgen;
 pub mod metrics;

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay retained records (kcat -J files) with fresh state and report what SPEC.md prescribes.
+    /// Replay retained records (kcat -J files, or a cluster over a time window) with fresh state
+    /// and report what SPEC.md prescribes (and, for a cluster, where live outputs differ).
     Audit(AuditArgs),
     /// Run the live processor: join the consumer group, emit gap events, signals and metrics.
     Run(ConfigArgs),
@@ -153,13 +154,31 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
 enum Format {
     Text,
     Json,
+    /// A self-contained page (timelines, latency by phase, tables); best with --output.
+    Html,
 }
 
 #[derive(clap::Args)]
 struct AuditArgs {
     /// kcat -J files (one record per line); records of both input topics, any partitions.
-    #[arg(long = "input", required = true, num_args = 1..)]
+    #[arg(long = "input", num_args = 1.., required_unless_present = "bootstrap_servers", conflicts_with = "bootstrap_servers")]
     inputs: Vec<PathBuf>,
+    /// Audit the retained topics of this cluster instead (with --from and --to); no consumer
+    /// group is joined and no offset committed. Live outputs in the window are compared too.
+    #[arg(long, requires_all = ["from", "to"])]
+    bootstrap_servers: Option<String>,
+    /// Start of the cluster window (RFC 3339); findings and signals are reported from here.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the cluster window (RFC 3339); the replay ends here, as live stream time did.
+    #[arg(long)]
+    to: Option<String>,
+    /// Records read before --from so runs that began earlier are understood (e.g. 5m, 1h).
+    #[arg(long, default_value = "5m")]
+    warmup: String,
+    /// Only this world's records (cluster audits).
+    #[arg(long)]
+    world: Option<String>,
     /// What to print on standard output.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -212,24 +231,135 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    if let Some(bootstrap) = &args.bootstrap_servers {
+        return cluster_audit(&args, settings, bootstrap.clone());
+    }
+    let mut latencies: std::collections::BTreeMap<&'static str, Vec<u64>> = Default::default();
     let report = FileAudit {
-        inputs: args.inputs,
+        inputs: args.inputs.clone(),
         topics: settings.topics,
         policy: settings.policy,
         progress: !args.quiet,
         end_ms,
     }
-    .run()?;
-    let json = serde_json::to_string_pretty(&report)?;
+    .run_with(&mut |output| {
+        if let ackwatch_topology::Output::Latency { phase, ms, .. } = output {
+            latencies.entry(phase_name(*phase)).or_default().push(*ms);
+        }
+    })?;
+    let latency_by_phase = latencies
+        .into_iter()
+        .map(|(p, s)| (p.to_string(), ackwatch::cluster_audit::histogram(&s)))
+        .collect();
+    let html = || {
+        ackwatch::html::render(&ackwatch::html::Page {
+            title: "ackwatch audit".into(),
+            subtitle: format!(
+                "replay of {}",
+                args.inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            report: &report,
+            latency_by_phase: &latency_by_phase,
+            live: None,
+        })
+    };
+    write_outputs(
+        &args,
+        || serde_json::to_string_pretty(&report),
+        html,
+        || summary(&report),
+    )
+}
+
+fn phase_name(phase: Option<ackwatch_topology::Phase>) -> &'static str {
+    match phase {
+        Some(ackwatch_topology::Phase::Freeze) => "freeze",
+        Some(ackwatch_topology::Phase::Unfreeze) => "unfreeze",
+        None => "none",
+    }
+}
+
+/// `--output` gets the JSON report, or the page with `--format html`; standard output gets
+/// what `--format` says.
+fn write_outputs(
+    args: &AuditArgs,
+    json: impl Fn() -> serde_json::Result<String>,
+    html: impl Fn() -> String,
+    text: impl Fn() -> String,
+) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
-        std::fs::write(path, &json)
+        let content = if args.format == Format::Html {
+            html()
+        } else {
+            json()?
+        };
+        std::fs::write(path, content)
             .map_err(|e| anyhow::anyhow!("cannot write report to {}: {e}", path.display()))?;
     }
     match args.format {
-        Format::Json => println!("{json}"),
-        Format::Text => print!("{}", summary(&report)),
+        Format::Json => println!("{}", json()?),
+        Format::Text => print!("{}", text()),
+        Format::Html if args.output.is_none() => print!("{}", html()),
+        Format::Html => print!("{}", text()),
     }
     Ok(())
+}
+
+fn cluster_audit(
+    args: &AuditArgs,
+    mut settings: Settings,
+    bootstrap: String,
+) -> anyhow::Result<()> {
+    let time = |flag: &str, value: &Option<String>| -> anyhow::Result<i64> {
+        let text = value.as_deref().unwrap_or_default();
+        ackwatch_topology::time::parse_rfc3339_ms(text).ok_or_else(|| {
+            anyhow::anyhow!("{flag} {text:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
+        })
+    };
+    settings.kafka.bootstrap_servers = bootstrap;
+    let audit = ackwatch::cluster_audit::ClusterAudit {
+        from_ms: time("--from", &args.from)?,
+        to_ms: time("--to", &args.to)?,
+        warmup_ms: ackwatch::loadgen::parse_duration_ms(&args.warmup)
+            .map_err(|e| anyhow::anyhow!("--warmup: {e}"))?,
+        world: args.world.clone(),
+        settings,
+    };
+    let result = audit.run()?;
+    let html = || {
+        ackwatch::html::render(&ackwatch::html::Page {
+            title: "ackwatch cluster audit".into(),
+            subtitle: format!(
+                "{} to {} on {} (read from {}){}",
+                result.window.from,
+                result.window.to,
+                audit.settings.kafka.bootstrap_servers,
+                result.window.read_from,
+                result
+                    .window
+                    .world_id
+                    .as_deref()
+                    .map_or(String::new(), |w| format!(", world {w}"))
+            ),
+            report: &result.report,
+            latency_by_phase: &result.latency_by_phase,
+            live: Some((
+                result.live_outputs_compared,
+                &result.live_differences,
+                result.live_differences_total,
+            )),
+        })
+    };
+    write_outputs(
+        args,
+        || serde_json::to_string_pretty(&result),
+        html,
+        || ackwatch::cluster_audit::summary(&result),
+    )
 }
 
 fn sim_spec(

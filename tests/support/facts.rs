@@ -369,3 +369,10 @@ pub fn remove_if_present(dir: &Path) {
         _ => {}
     }
 }
+
+/// Reads the gap and signal topics until at least `min` records in all and then quiet;
+/// returns how many they hold.
+pub fn read_outputs_at_least(topics: &LiveTopics, min: usize) -> usize {
+    read_topic(&topics.gap, false, min, QUIET, OUTPUT_TIMEOUT).len()
+        + read_topic(&topics.signal, false, 0, QUIET, OUTPUT_TIMEOUT).len()
+}

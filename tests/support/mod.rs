@@ -180,6 +180,20 @@ pub async fn produce_kcat(records: &[ackwatch::kcat::KcatRecord], topics: &LiveT
     }
 }
 
+/// Produces one record (key and value) to `topic`.
+pub async fn produce_value(topic: &str, key: &str, value: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = client_config().create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+}
+
 /// One record read back from an output topic.
 #[derive(Clone, Debug)]
 pub struct OutRecord {
