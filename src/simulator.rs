@@ -134,6 +134,51 @@ pub struct SimSpec {
     pub world_prefix: String,
     /// The policy the truth is derived for (timeouts, rollback).
     pub policy: Policy,
+    /// Scripted faults by (world index, run number of that world from 0, sequence); they
+    /// replace the rate-based pick for those sequences.
+    pub script: BTreeMap<(usize, u32, u64), Fault>,
+}
+
+/// One entry of a fault script (`--fault-script FILE`: a JSON array of these).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptEntry {
+    /// The number in the world id (`world_3` is 3).
+    world: usize,
+    /// The world's n-th apply run, from 0.
+    run: u32,
+    sequence: u64,
+    fault: Fault,
+}
+
+/// Parses a fault script: `[{"world": 3, "run": 0, "sequence": 2, "fault": "dropped_ack"}, ...]`
+/// with faults `dropped_ack`, `late_ack`, `lost_activation`, `duplicate_activation`,
+/// `duplicate_ack`, `extra_gateway_ack`, `conflict`.
+pub fn parse_script(json: &str) -> anyhow::Result<BTreeMap<(usize, u32, u64), Fault>> {
+    let entries: Vec<ScriptEntry> = serde_json::from_str(json).map_err(|e| {
+        anyhow::anyhow!("fault script: {e} (expected a JSON array of {{\"world\", \"run\", \"sequence\", \"fault\"}})")
+    })?;
+    let mut script = BTreeMap::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        anyhow::ensure!(
+            e.sequence >= 1,
+            "fault script entry {i}: sequences start at 1"
+        );
+        anyhow::ensure!(
+            e.fault != Fault::None,
+            "fault script entry {i}: \"none\" is not a fault"
+        );
+        anyhow::ensure!(
+            script
+                .insert((e.world, e.run, e.sequence), e.fault)
+                .is_none(),
+            "fault script entry {i}: world {} run {} sequence {} has a fault already",
+            e.world,
+            e.run,
+            e.sequence
+        );
+    }
+    Ok(script)
 }
 
 impl Default for SimSpec {
@@ -149,6 +194,7 @@ impl Default for SimSpec {
             gateways: 2,
             world_prefix: "world_".into(),
             policy: Policy::default(),
+            script: BTreeMap::new(),
         }
     }
 }
@@ -166,6 +212,12 @@ impl SimSpec {
             (1..=16).contains(&self.gateways),
             "--gateways must be between 1 and 16"
         );
+        if let Some(&(w, run, seq)) = self.script.keys().find(|(w, _, _)| *w >= self.worlds) {
+            anyhow::bail!(
+                "fault script: world {w} (run {run}, sequence {seq}) is not one of the {} worlds",
+                self.worlds
+            );
+        }
         let p = &self.policy;
         anyhow::ensure!(
             p.ack_timeout_ms >= 2 * MARGIN_MS + GATEWAY_GAP_TIMEOUT_MS + 200
@@ -225,6 +277,9 @@ pub struct Truth {
     pub untracked: u64,
     pub duplicates: u64,
     pub policy: Policy,
+    /// Scripted faults that did not happen (the run was shorter, started after the traffic
+    /// ended, or a lost first sequence at the start, which SPEC §2 exempts), as "world run seq".
+    pub script_unapplied: Vec<String>,
 }
 
 /// Detected versus prescribed, keyed by (kind, world, run, sequence) for findings and by
@@ -322,8 +377,10 @@ impl Rng {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
+/// A fault of one sequence (by rate from [`Faults`], or by script: [`parse_script`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
     None,
     DroppedAck,
     LateAck,
@@ -623,6 +680,9 @@ pub struct Simulation {
     referee: Referee,
     counts: Truth,
     end_ms: Millis,
+    /// Scripted faults not applied yet, and those refused.
+    script: BTreeMap<(usize, u32, u64), Fault>,
+    script_refused: Vec<String>,
 }
 
 impl Simulation {
@@ -652,6 +712,8 @@ impl Simulation {
             versions: vec![100; spec.worlds],
             referee: Referee::new(spec.policy),
             counts: Truth::default(),
+            script: spec.script.clone(),
+            script_refused: Vec::new(),
             spec,
             rng,
             worlds,
@@ -673,6 +735,12 @@ impl Simulation {
             live_findings,
             live_signals,
             policy: self.spec.policy,
+            script_unapplied: self
+                .script_refused
+                .iter()
+                .cloned()
+                .chain(self.script.keys().map(|(w, r, s)| format!("{w} {r} {s}")))
+                .collect(),
             ..self.counts.clone()
         }
     }
@@ -774,7 +842,15 @@ impl Simulation {
             for k in 0..strategies {
                 let seq = (i * strategies + k + 1) as u64;
                 self.versions[w] += 1;
-                let fault = pick_fault(&mut self.rng, &self.spec.faults, protect_first && seq == 1);
+                let protected = protect_first && seq == 1;
+                let fault = match self.script.remove(&(w, run_no, seq)) {
+                    Some(Fault::LostActivation) if protected => {
+                        self.script_refused.push(format!("{w} {run_no} {seq}"));
+                        Fault::None
+                    }
+                    Some(scripted) => scripted,
+                    None => pick_fault(&mut self.rng, &self.spec.faults, protected),
+                };
                 steps.push(Step {
                     seq,
                     phase,

@@ -6,7 +6,8 @@
 
 use ackwatch::audit::FileAudit;
 use ackwatch::settings::Topics;
-use ackwatch::simulator::{check_report, simulate, Faults, SimSpec};
+use ackwatch::simulator::{check_report, parse_script, simulate, Faults, SimSpec, TruthFinding};
+use ackwatch_topology::FindingKind;
 use ackwatch_topology::Policy;
 
 fn check(profile: &str, seed: u64, policy: Policy, partitions: i32) {
@@ -121,4 +122,109 @@ fn the_same_seed_gives_the_same_traffic_and_truth() {
     })
     .unwrap();
     assert_ne!(a, c);
+}
+
+#[test]
+fn scripted_faults_are_exactly_the_findings_of_a_quiet_traffic() {
+    let script = parse_script(
+        r#"[
+            {"world": 0, "run": 2, "sequence": 3, "fault": "dropped_ack"},
+            {"world": 1, "run": 3, "sequence": 1, "fault": "late_ack"},
+            {"world": 2, "run": 4, "sequence": 2, "fault": "lost_activation"},
+            {"world": 3, "run": 2, "sequence": 1, "fault": "conflict"},
+            {"world": 4, "run": 1, "sequence": 2, "fault": "duplicate_ack"},
+            {"world": 4, "run": 1, "sequence": 99, "fault": "dropped_ack"}
+        ]"#,
+    )
+    .unwrap();
+    let spec = SimSpec {
+        worlds: 5,
+        rate: 50,
+        duration_ms: 60_000,
+        faults: Faults::profile("none").unwrap(),
+        script,
+        ..SimSpec::default()
+    };
+    let (records, truth) = simulate(spec).unwrap();
+    let found: Vec<(FindingKind, &str, u64, bool)> = truth
+        .live_findings
+        .iter()
+        .map(|f: &TruthFinding| {
+            (
+                f.kind,
+                f.world_id.as_str(),
+                f.sequence,
+                f.resolved_at_ms.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        4,
+        "dropped, late, lost, conflict; the duplicate raises nothing: {found:?}"
+    );
+    for want in [
+        (FindingKind::AckMissing, "world_0", 3, false),
+        (FindingKind::AckMissing, "world_1", 1, true),
+        (FindingKind::ActivationGap, "world_2", 2, false),
+        (FindingKind::SequenceConflict, "world_3", 1, false),
+    ] {
+        assert!(found.contains(&want), "{want:?} not in {found:?}");
+    }
+    assert_eq!(truth.duplicates, 1);
+    assert_eq!(truth.script_unapplied, vec!["4 1 99".to_string()]);
+    // Resumed only where the finding resolved: the late ACK's run.
+    let resumed: Vec<&str> = truth
+        .live_signals
+        .iter()
+        .filter(|s| s.action == "resume")
+        .map(|s| s.world_id.as_str())
+        .collect();
+    assert_eq!(resumed, ["world_1"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scripted.kcat.jsonl");
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    let report = FileAudit {
+        inputs: vec![path],
+        topics: Topics::default(),
+        policy: Policy::default(),
+        progress: false,
+        end_ms: None,
+    }
+    .run()
+    .unwrap();
+    let result = check_report(&truth, &report);
+    assert!(result.is_exact(), "{result}");
+
+    for (bad, why) in [
+        (
+            r#"[{"world": 0, "run": 0, "sequence": 1, "fault": "meteor"}]"#,
+            "unknown variant",
+        ),
+        (
+            r#"[{"world": 0, "run": 0, "sequence": 0, "fault": "late_ack"}]"#,
+            "sequences start at 1",
+        ),
+        (
+            r#"[{"world": 0, "run": 0, "sequence": 1, "fault": "late_ack", "x": 1}]"#,
+            "unknown field",
+        ),
+    ] {
+        let err = parse_script(bad).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    let far =
+        parse_script(r#"[{"world": 9, "run": 0, "sequence": 1, "fault": "late_ack"}]"#).unwrap();
+    let err = simulate(SimSpec {
+        worlds: 5,
+        script: far,
+        ..SimSpec::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("world 9"), "{err}");
 }
