@@ -24,6 +24,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::runtime::wall_ms;
 use crate::runtime::{run_with, RunOptions};
 use crate::settings::Settings;
 use crate::simulator::{compare, finding_facts, signal_facts, Comparison, Faults, SimSpec, Truth};
@@ -265,12 +266,6 @@ fn viewer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
     Ok(consumer)
 }
 
-fn wall_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
 /// The latest moment the truth names: once the wall clock minus `lateness_ms` passes it, every
 /// prescribed output is due.
 fn last_due(truth: &Truth) -> Millis {
@@ -282,8 +277,19 @@ fn last_due(truth: &Truth) -> Millis {
     findings.chain(signals).flatten().max().unwrap_or(0)
 }
 
-/// Runs the demo; true when the detected outputs equal the ground truth.
-pub fn run(options: DemoOptions) -> anyhow::Result<bool> {
+/// How a demo ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// What ackwatch detected equals the ground truth.
+    Exact,
+    /// It differs (the summary says where).
+    Differs,
+    /// Ctrl-C before the last deadlines: the comparison is incomplete.
+    Interrupted,
+}
+
+/// Runs the demo.
+pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
     let faults = Faults::profile(&options.faults).with_context(|| {
         format!(
             "--faults {:?}: not one of {:?}",
@@ -389,9 +395,14 @@ pub fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let mut last_draw = Instant::now();
     let mut last_output = Instant::now();
     let mut drawn = 0usize;
+    // Set at Ctrl-C: facts due before it are compared once the output topics went quiet.
+    let mut cut: Option<Millis> = None;
     loop {
-        if interrupted.load(Ordering::SeqCst) {
-            println!("interrupted: stopping (outputs not yet due are missing from the comparison)");
+        if cut.is_none() && interrupted.load(Ordering::SeqCst) {
+            println!("interrupted: comparing what was due before now");
+            cut = Some(wall_ms() - lateness);
+        }
+        if cut.is_some() && last_output.elapsed() > Duration::from_millis(1500) {
             break;
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
@@ -440,7 +451,7 @@ pub fn run(options: DemoOptions) -> anyhow::Result<bool> {
             let _ = std::io::stdout().flush();
             drawn += 1;
         }
-        if let Some(t) = &truth {
+        if let (Some(t), None) = (&truth, cut) {
             let due = last_due(t) + lateness + 1500;
             if wall_ms() > due && last_output.elapsed() > Duration::from_secs(2) {
                 break;
@@ -448,38 +459,63 @@ pub fn run(options: DemoOptions) -> anyhow::Result<bool> {
         }
     }
     let _ = drawn;
+    if let Some(p) = producer.take() {
+        // Interrupted: the producer stops at its next record; its truth covers what it sent.
+        if let Ok(Ok((done, t))) = p.join() {
+            produced = done.records;
+            truth = Some(t);
+        }
+    }
     stop_processor.store(true, Ordering::SeqCst);
     let processed = processor
         .join()
         .map_err(|_| anyhow::anyhow!("the processor panicked"))?;
     processed.context("the processor failed")?;
     let Some(truth) = truth else {
-        return Ok(false);
+        return Ok(Ended::Interrupted);
     };
-    let (findings, signals) = closing_comparison(&truth, &view);
+    let (findings, signals) = closing_comparison(&truth, &view, cut);
     println!("\n{}", summary_text(produced, &truth, &findings, &signals));
     drop(consumer);
     drop(mock);
-    Ok(findings.is_exact() && signals.is_exact())
+    Ok(if interrupted.load(Ordering::SeqCst) {
+        Ended::Interrupted
+    } else if findings.is_exact() && signals.is_exact() {
+        Ended::Exact
+    } else {
+        Ended::Differs
+    })
 }
 
-fn closing_comparison(truth: &Truth, view: &View) -> (Comparison, Comparison) {
-    let want_findings = finding_facts(truth.live_findings.iter().map(|f| {
-        (
-            f.kind,
-            f.world_id.as_str(),
-            f.run_id.as_str(),
-            f.sequence,
-            f.detected_at_ms,
-            f.resolved_at_ms,
-        )
-    }));
+/// Detected against prescribed; with `cut` (an interrupted demo) only what was due before it:
+/// findings detected and signals given before it, resolutions before it.
+fn closing_comparison(truth: &Truth, view: &View, cut: Option<Millis>) -> (Comparison, Comparison) {
+    let due = |t: Millis| cut.is_none_or(|c| t < c);
+    let resolved = |r: Option<Millis>| r.filter(|r| due(*r));
+    let want_findings = finding_facts(
+        truth
+            .live_findings
+            .iter()
+            .filter(|f| due(f.detected_at_ms))
+            .map(|f| {
+                let (world, run) = (f.world_id.as_str(), f.run_id.as_str());
+                (
+                    f.kind,
+                    world,
+                    run,
+                    f.sequence,
+                    f.detected_at_ms,
+                    resolved(f.resolved_at_ms),
+                )
+            }),
+    );
     let got_findings = finding_facts(
         view.findings
             .iter()
-            .map(|((k, w, r, s), (d, res))| (*k, w.as_str(), r.as_str(), *s, *d, *res)),
+            .filter(|(_, (d, _))| due(*d))
+            .map(|((k, w, r, s), (d, res))| (*k, w.as_str(), r.as_str(), *s, *d, resolved(*res))),
     );
-    let want_signals = signal_facts(truth.live_signals.iter().map(|s| {
+    let want_signals = signal_facts(truth.live_signals.iter().filter(|s| due(s.at_ms)).map(|s| {
         (
             s.action.as_str(),
             s.world_id.as_str(),
@@ -491,6 +527,7 @@ fn closing_comparison(truth: &Truth, view: &View) -> (Comparison, Comparison) {
     let got_signals = signal_facts(
         view.signals
             .iter()
+            .filter(|(_, at)| due(**at))
             .map(|((a, w, r, e), at)| (a.as_str(), w.as_str(), r.as_str(), *e, *at)),
     );
     (

@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use crate::runtime::wall_ms;
 use crate::settings::Settings;
 use crate::simulator::{SimSpec, Simulation, Truth};
 
@@ -96,12 +97,6 @@ pub fn input_partitions(settings: &Settings) -> anyhow::Result<i32> {
         settings.topics.ack
     );
     Ok(a)
-}
-
-fn wall_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// Produces the simulation to the cluster `settings` names (its topics), paced or not;

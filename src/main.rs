@@ -443,7 +443,7 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+fn demo(args: DemoArgs) -> anyhow::Result<ackwatch::demo::Ended> {
     ackwatch::demo::run(ackwatch::demo::DemoOptions {
         duration_ms: ackwatch::loadgen::parse_duration_ms(&args.duration)
             .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
@@ -470,10 +470,14 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_logging_quiet();
             match demo(args) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(anyhow::anyhow!(
+                Ok(ackwatch::demo::Ended::Exact) => Ok(()),
+                Ok(ackwatch::demo::Ended::Differs) => Err(anyhow::anyhow!(
                     "what ackwatch detected differs from the ground truth (see above)"
                 )),
+                Ok(ackwatch::demo::Ended::Interrupted) => {
+                    eprintln!("demo interrupted: the comparison above covers only what was due");
+                    return ExitCode::from(130);
+                }
                 Err(e) => Err(e),
             }
         }

@@ -8,6 +8,7 @@ use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, RawRecord, Source};
 
 use crate::kcat::KcatRecord;
+use crate::simulator::{fnv, uuid, Rng};
 
 #[derive(Clone, Debug)]
 pub struct TrafficSpec {
@@ -35,20 +36,6 @@ impl Default for TrafficSpec {
             start_ms: 1_772_442_000_000,
             world_prefix: "world_",
         }
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -130,24 +117,6 @@ pub fn generate(spec: &TrafficSpec) -> Vec<KcatRecord> {
             }
         })
         .collect()
-}
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-fn uuid(rng: &mut Rng) -> String {
-    let (a, b) = (rng.next(), rng.next());
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 fn activation(world: &str, run: &str, seq: u64, phase: &str, t: Millis, rng: &mut Rng) -> String {

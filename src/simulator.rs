@@ -354,18 +354,18 @@ pub fn signal_facts<'a>(
 // ---------------------------------------------------------------------------------------------
 // Generation.
 
-struct Rng(u64);
+/// splitmix64: small, fast, seeded; shared by the benchmark traffic (src/sim.rs).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
     fn range(&mut self, lo: Millis, hi: Millis) -> Millis {
@@ -751,10 +751,7 @@ impl Simulation {
 
     /// The partition of a world's records: FNV-1a of the id, modulo the partitions.
     pub fn partition_of(world: &str, partitions: i32) -> i32 {
-        let h = world.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        (h % partitions.max(1) as u64) as i32
+        (fnv(world) % partitions.max(1) as u64) as i32
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1105,7 +1102,7 @@ impl Iterator for Simulation {
     }
 }
 
-fn uuid(rng: &mut Rng) -> String {
+pub(crate) fn uuid(rng: &mut Rng) -> String {
     let (a, b) = (rng.next(), rng.next());
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -1201,6 +1198,13 @@ fn poison(world: &str, run: &str, t: Millis, rng: &mut Rng) -> (Option<String>, 
             ),
         ),
     }
+}
+
+/// FNV-1a of a text: a stable hash for partitioning simulated worlds.
+pub(crate) fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Records of a whole simulation and its truth (for files and tests; a live producer iterates

@@ -5,31 +5,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use ackwatch::simulator::{compare, finding_facts, signal_facts, Truth};
-use ackwatch_topology::time::{format_rfc3339_ms, parse_rfc3339_ms};
-use ackwatch_topology::FindingKind;
+use ackwatch::simulator::{compare, Truth};
+use ackwatch_topology::time::format_rfc3339_ms;
 use serde_json::Value;
-use support::facts::{now_ms, read_outputs_at_least, runtime};
+use support::ackwatch;
+use support::facts::{now_ms, read_outputs_at_least, report_facts, runtime, truth_facts};
 use support::{LiveTopics, Processor};
-
-fn ackwatch(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ackwatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn time(v: &Value) -> i64 {
-    parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
-}
 
 fn audit(config: &str, from: i64, to: i64, extra: &[&str]) -> Value {
     let (from, to, bootstrap) = (
@@ -123,73 +106,16 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
         live_outputs,
         "every live output of the window was compared"
     );
-    let kind = |n: &str| {
-        FindingKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == n)
-            .unwrap()
-    };
-    let mut got = Vec::new();
-    for row in report["findings"].as_array().unwrap() {
-        for seq in row["sequences"].as_array().unwrap() {
-            got.push((
-                kind(row["kind"].as_str().unwrap()),
-                row["world_id"].as_str().unwrap().to_string(),
-                row["run_id"].as_str().unwrap().to_string(),
-                seq.as_u64().unwrap(),
-                time(&row["detected_at"]),
-                (!row["resolved_at"].is_null()).then(|| time(&row["resolved_at"])),
-            ));
-        }
-    }
-    let findings = compare(
-        &finding_facts(truth.live_findings.iter().map(|f| {
-            (
-                f.kind,
-                f.world_id.as_str(),
-                f.run_id.as_str(),
-                f.sequence,
-                f.detected_at_ms,
-                f.resolved_at_ms,
-            )
-        })),
-        &finding_facts(
-            got.iter()
-                .map(|(k, w, r, s, d, res)| (*k, w.as_str(), r.as_str(), *s, *d, *res)),
-        ),
-    );
+    let (got_findings, got_signals) = report_facts(&report);
+    let (want_findings, want_signals) = truth_facts(&truth, true);
+    let findings = compare(&want_findings, &got_findings);
     assert!(findings.is_exact(), "{findings:?}");
-    let got_signals: Vec<(String, String, String, u32, i64)> = report["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["action"].as_str().unwrap().to_string(),
-                s["world_id"].as_str().unwrap().to_string(),
-                s["run_id"].as_str().unwrap().to_string(),
-                s["episode"].as_u64().unwrap() as u32,
-                time(&s["at"]),
-            )
-        })
-        .collect();
-    let signals = compare(
-        &signal_facts(truth.live_signals.iter().map(|s| {
-            (
-                s.action.as_str(),
-                s.world_id.as_str(),
-                s.run_id.as_str(),
-                s.episode,
-                s.at_ms,
-            )
-        })),
-        &signal_facts(
-            got_signals
-                .iter()
-                .map(|(a, w, r, e, at)| (a.as_str(), w.as_str(), r.as_str(), *e, *at)),
-        ),
-    );
+    let signals = compare(&want_signals, &got_signals);
     assert!(signals.is_exact(), "{signals:?}");
+    assert!(
+        findings.detected >= 5 && signals.detected >= 3,
+        "{findings:?} {signals:?}"
+    );
 
     // One world only.
     let world = truth.live_findings[0].world_id.clone();
@@ -231,6 +157,26 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
     ] {
         assert!(html.contains(needle), "page lacks {needle}");
     }
+
+    // No side effects: the audits joined no consumer group (their consumers only assign).
+    let admin: rdkafka::consumer::BaseConsumer = support::client_config().create().unwrap();
+    let groups =
+        rdkafka::consumer::Consumer::fetch_group_list(&admin, None, Duration::from_secs(30))
+            .unwrap();
+    let names: Vec<String> = groups
+        .groups()
+        .iter()
+        .map(|g| g.name().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == &app),
+        "the live processor's group is listed: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("ackwatch-audit-")),
+        "an audit left a consumer group: {names:?}"
+    );
+    drop(groups);
 
     // A signal nobody should have emitted is a difference.
     let fake = format!(

@@ -5,86 +5,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::process::Command;
-
-use ackwatch::simulator::{compare, finding_facts, signal_facts, Truth};
-use ackwatch_topology::time::parse_rfc3339_ms;
-use ackwatch_topology::FindingKind;
+use ackwatch::simulator::{compare, Truth};
 use serde_json::Value;
-
-fn ackwatch(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ackwatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn kind(name: &str) -> FindingKind {
-    FindingKind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == name)
-        .unwrap()
-}
-
-fn time(v: &Value) -> i64 {
-    parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
-}
-
-/// The audit report's findings and signals as comparable facts.
-fn report_facts(report: &Value) -> (BTreeMap<String, String>, BTreeMap<String, String>, usize) {
-    let mut findings = Vec::new();
-    for row in report["findings"].as_array().unwrap() {
-        for seq in row["sequences"].as_array().unwrap() {
-            findings.push((
-                kind(row["kind"].as_str().unwrap()),
-                row["world_id"].as_str().unwrap().to_string(),
-                row["run_id"].as_str().unwrap().to_string(),
-                seq.as_u64().unwrap(),
-                time(&row["detected_at"]),
-                (!row["resolved_at"].is_null()).then(|| time(&row["resolved_at"])),
-            ));
-        }
-    }
-    let signals: Vec<(String, String, String, u32, i64)> = report["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["action"].as_str().unwrap().to_string(),
-                s["world_id"].as_str().unwrap().to_string(),
-                s["run_id"].as_str().unwrap().to_string(),
-                s["episode"].as_u64().unwrap() as u32,
-                time(&s["at"]),
-            )
-        })
-        .collect();
-    let pending: usize = report["pending_at_end"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["sequences"].as_array().unwrap().len())
-        .sum();
-    (
-        finding_facts(
-            findings
-                .iter()
-                .map(|(k, w, r, s, d, res)| (*k, w.as_str(), r.as_str(), *s, *d, *res)),
-        ),
-        signal_facts(
-            signals
-                .iter()
-                .map(|(a, w, r, e, at)| (a.as_str(), w.as_str(), r.as_str(), *e, *at)),
-        ),
-        pending,
-    )
-}
+use support::ackwatch;
+use support::facts::{report_facts, truth_facts};
 
 #[test]
 fn loadgen_files_audited_agree_with_loadgen_truth_for_several_seeds_and_profiles() {
@@ -137,26 +61,14 @@ fn loadgen_files_audited_agree_with_loadgen_truth_for_several_seeds_and_profiles
             serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
         let report: Value =
             serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-        let (got_findings, got_signals, got_pending) = report_facts(&report);
-        let want_findings = finding_facts(truth.findings.iter().map(|f| {
-            (
-                f.kind,
-                f.world_id.as_str(),
-                f.run_id.as_str(),
-                f.sequence,
-                f.detected_at_ms,
-                f.resolved_at_ms,
-            )
-        }));
-        let want_signals = signal_facts(truth.signals.iter().map(|s| {
-            (
-                s.action.as_str(),
-                s.world_id.as_str(),
-                s.run_id.as_str(),
-                s.episode,
-                s.at_ms,
-            )
-        }));
+        let (got_findings, got_signals) = report_facts(&report);
+        let got_pending: usize = report["pending_at_end"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["sequences"].as_array().unwrap().len())
+            .sum();
+        let (want_findings, want_signals) = truth_facts(&truth, false);
         let findings = compare(&want_findings, &got_findings);
         let signals = compare(&want_signals, &got_signals);
         assert!(

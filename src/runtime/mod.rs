@@ -175,7 +175,8 @@ impl ConsumerContext for Ctx {
     }
 }
 
-pub(crate) fn wall_ms() -> Millis {
+/// The wall clock in epoch milliseconds: the only clock outside the engine (SPEC §4 live time).
+pub fn wall_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)

@@ -376,3 +376,99 @@ pub fn read_outputs_at_least(topics: &LiveTopics, min: usize) -> usize {
     read_topic(&topics.gap, false, min, QUIET, OUTPUT_TIMEOUT).len()
         + read_topic(&topics.signal, false, 0, QUIET, OUTPUT_TIMEOUT).len()
 }
+
+/// A JSON audit report's findings (one fact per sequence, with detected_at and resolved_at) and
+/// signals (with episode and `at`) as the simulator's comparable facts.
+pub fn report_facts(
+    report: &serde_json::Value,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    use ackwatch::simulator::{finding_facts, signal_facts};
+    let time = |v: &serde_json::Value| {
+        ackwatch_topology::time::parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
+    };
+    let kind = |n: &str| {
+        ackwatch_topology::FindingKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == n)
+            .unwrap()
+    };
+    let mut findings = Vec::new();
+    for row in report["findings"].as_array().unwrap() {
+        for seq in row["sequences"].as_array().unwrap() {
+            findings.push((
+                kind(row["kind"].as_str().unwrap()),
+                row["world_id"].as_str().unwrap().to_string(),
+                row["run_id"].as_str().unwrap().to_string(),
+                seq.as_u64().unwrap(),
+                time(&row["detected_at"]),
+                (!row["resolved_at"].is_null()).then(|| time(&row["resolved_at"])),
+            ));
+        }
+    }
+    let signals: Vec<(String, String, String, u32, i64)> = report["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_string(),
+                s["world_id"].as_str().unwrap().to_string(),
+                s["run_id"].as_str().unwrap().to_string(),
+                s["episode"].as_u64().unwrap() as u32,
+                time(&s["at"]),
+            )
+        })
+        .collect();
+    (
+        finding_facts(
+            findings
+                .iter()
+                .map(|(k, w, r, s, d, res)| (*k, w.as_str(), r.as_str(), *s, *d, *res)),
+        ),
+        signal_facts(
+            signals
+                .iter()
+                .map(|(a, w, r, e, at)| (a.as_str(), w.as_str(), r.as_str(), *e, *at)),
+        ),
+    )
+}
+
+/// The truth's facts for a replay (`findings`, `signals`) or a live run (`live_*`).
+pub fn truth_facts(
+    truth: &ackwatch::simulator::Truth,
+    live: bool,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    use ackwatch::simulator::{finding_facts, signal_facts};
+    let (findings, signals) = if live {
+        (&truth.live_findings, &truth.live_signals)
+    } else {
+        (&truth.findings, &truth.signals)
+    };
+    (
+        finding_facts(findings.iter().map(|f| {
+            (
+                f.kind,
+                f.world_id.as_str(),
+                f.run_id.as_str(),
+                f.sequence,
+                f.detected_at_ms,
+                f.resolved_at_ms,
+            )
+        })),
+        signal_facts(signals.iter().map(|s| {
+            (
+                s.action.as_str(),
+                s.world_id.as_str(),
+                s.run_id.as_str(),
+                s.episode,
+                s.at_ms,
+            )
+        })),
+    )
+}

@@ -15,6 +15,19 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
+/// Runs the ackwatch binary: (success, stdout, stderr).
+pub fn ackwatch(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ackwatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn bootstrap() -> String {
     std::env::var("ACKWATCH_TEST_BOOTSTRAP").expect(
         "ACKWATCH_TEST_BOOTSTRAP is not set: run the tests with scripts/test.sh (it starts a Kafka broker), \
