@@ -282,6 +282,35 @@ pub struct Truth {
     pub script_unapplied: Vec<String>,
 }
 
+impl Truth {
+    /// The truth as comparable facts (see [`finding_facts`], [`signal_facts`]): the replay's
+    /// findings and signals, or (`live`) those of a live run that outlasted every deadline.
+    pub fn facts(&self, live: bool) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let (findings, signals) = if live {
+            (&self.live_findings, &self.live_signals)
+        } else {
+            (&self.findings, &self.signals)
+        };
+        (
+            finding_facts(findings.iter().map(|f| {
+                let (world, run) = (f.world_id.as_str(), f.run_id.as_str());
+                (
+                    f.kind,
+                    world,
+                    run,
+                    f.sequence,
+                    f.detected_at_ms,
+                    f.resolved_at_ms,
+                )
+            })),
+            signal_facts(signals.iter().map(|s| {
+                let (world, run) = (s.world_id.as_str(), s.run_id.as_str());
+                (s.action.as_str(), world, run, s.episode, s.at_ms)
+            })),
+        )
+    }
+}
+
 /// Detected versus prescribed, keyed by (kind, world, run, sequence) for findings and by
 /// (action, world, run, episode) for signals; times compared too.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1280,17 +1309,8 @@ impl std::fmt::Display for ReportCheck {
 pub fn check_report(truth: &Truth, report: &ackwatch_topology::report::Report) -> ReportCheck {
     use ackwatch_topology::time::parse_rfc3339_ms;
     let time = |s: &str| parse_rfc3339_ms(s).expect("report times are RFC 3339");
-    let (raised, pending) = (&truth.findings, &truth.pending_at_end);
-    let want_findings = finding_facts(raised.iter().map(|f| {
-        (
-            f.kind,
-            f.world_id.as_str(),
-            f.run_id.as_str(),
-            f.sequence,
-            f.detected_at_ms,
-            f.resolved_at_ms,
-        )
-    }));
+    let pending = &truth.pending_at_end;
+    let (want_findings, want_signals) = truth.facts(false);
     let got_findings = finding_facts(report.findings.iter().flat_map(|row| {
         row.sequences.iter().map(move |&seq| {
             (
@@ -1322,15 +1342,6 @@ pub fn check_report(truth: &Truth, report: &ackwatch_topology::report::Report) -
                 .map(move |&seq| pending_key(p.kind, &p.world_id, &p.run_id, seq))
         })
         .collect();
-    let want_signals = signal_facts(truth.signals.iter().map(|s| {
-        (
-            s.action.as_str(),
-            s.world_id.as_str(),
-            s.run_id.as_str(),
-            s.episode,
-            s.at_ms,
-        )
-    }));
     let got_signals = signal_facts(report.signals.iter().map(|s| {
         (
             s.action.as_str(),

@@ -86,20 +86,7 @@ fn scenarios_live(guarantee: &str) {
             "{metrics}"
         );
         // The scenario's runs are past retention by the wall clock; a fresh activation is not.
-        let fresh = KcatRecord {
-            topic: "activation".into(),
-            partition: 0,
-            offset: 0,
-            tstype: None,
-            ts: Some(now_ms()),
-            broker: None,
-            key: Some("live_world".into()),
-            payload: Some(format!(
-                r#"{{"type":"ActivationUpdated","version":1,"world_id":"live_world","run_id":"r1","requires_ack":true,"sequence":1,"phase":"freeze","ts":"{}"}}"#,
-                ackwatch_topology::time::format_rfc3339_ms(now_ms())
-            )),
-            headers: None,
-        };
+        let fresh = fresh_activation("live_world", "r1");
         rt.block_on(support::produce_kcat(&[fresh], &topics));
         let run = wait_for(|| {
             support::http_get(&http, "/runs/live_world/r1")

@@ -10,6 +10,29 @@ use ackwatch::simulator::{check_report, parse_script, simulate, Faults, SimSpec,
 use ackwatch_topology::FindingKind;
 use ackwatch_topology::Policy;
 
+/// The records as a kcat -J file, replayed by the file audit under `policy`.
+fn audit(
+    records: &[ackwatch::kcat::KcatRecord],
+    policy: Policy,
+) -> ackwatch_topology::report::Report {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traffic.kcat.jsonl");
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    FileAudit {
+        inputs: vec![path],
+        topics: Topics::default(),
+        policy,
+        progress: false,
+        end_ms: None,
+    }
+    .run()
+    .unwrap()
+}
+
 fn check(profile: &str, seed: u64, policy: Policy, partitions: i32) {
     let spec = SimSpec {
         worlds: 40,
@@ -22,22 +45,7 @@ fn check(profile: &str, seed: u64, policy: Policy, partitions: i32) {
         ..SimSpec::default()
     };
     let (records, truth) = simulate(spec).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("traffic.kcat.jsonl");
-    let text: Vec<String> = records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap())
-        .collect();
-    std::fs::write(&path, text.join("\n") + "\n").unwrap();
-    let report = FileAudit {
-        inputs: vec![path],
-        topics: Topics::default(),
-        policy,
-        progress: false,
-        end_ms: None,
-    }
-    .run()
-    .unwrap();
+    let report = audit(&records, policy);
     let result = check_report(&truth, &report);
     assert!(
         result.is_exact(),
@@ -182,22 +190,7 @@ fn scripted_faults_are_exactly_the_findings_of_a_quiet_traffic() {
         .collect();
     assert_eq!(resumed, ["world_1"]);
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scripted.kcat.jsonl");
-    let text: Vec<String> = records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap())
-        .collect();
-    std::fs::write(&path, text.join("\n") + "\n").unwrap();
-    let report = FileAudit {
-        inputs: vec![path],
-        topics: Topics::default(),
-        policy: Policy::default(),
-        progress: false,
-        end_ms: None,
-    }
-    .run()
-    .unwrap();
+    let report = audit(&records, Policy::default());
     let result = check_report(&truth, &report);
     assert!(result.is_exact(), "{result}");
 

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ackwatch::kcat::KcatRecord;
 use ackwatch_topology::Policy;
 use axum::http::{HeaderMap, StatusCode};
 use support::facts::*;
@@ -149,20 +148,7 @@ fn signals_reach_worldservice_in_order_with_their_keys_through_failures_and_rest
     );
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
-    let fresh = KcatRecord {
-        topic: "activation".into(),
-        partition: 0,
-        offset: 0,
-        tstype: None,
-        ts: Some(now_ms()),
-        broker: None,
-        key: Some("ws_world".into()),
-        payload: Some(format!(
-            r#"{{"type":"ActivationUpdated","version":1,"world_id":"ws_world","run_id":"r9","requires_ack":true,"sequence":1,"phase":"freeze","ts":"{}"}}"#,
-            ackwatch_topology::time::format_rfc3339_ms(now_ms())
-        )),
-        headers: None,
-    };
+    let fresh = fresh_activation("ws_world", "r9");
     rt.block_on(support::produce_kcat(&[fresh], &topics));
     let after = wait_for(|| {
         let seen = seen.lock().unwrap();

@@ -436,39 +436,22 @@ pub fn report_facts(
     )
 }
 
-/// The truth's facts for a replay (`findings`, `signals`) or a live run (`live_*`).
-pub fn truth_facts(
-    truth: &ackwatch::simulator::Truth,
-    live: bool,
-) -> (
-    std::collections::BTreeMap<String, String>,
-    std::collections::BTreeMap<String, String>,
-) {
-    use ackwatch::simulator::{finding_facts, signal_facts};
-    let (findings, signals) = if live {
-        (&truth.live_findings, &truth.live_signals)
-    } else {
-        (&truth.findings, &truth.signals)
-    };
-    (
-        finding_facts(findings.iter().map(|f| {
-            (
-                f.kind,
-                f.world_id.as_str(),
-                f.run_id.as_str(),
-                f.sequence,
-                f.detected_at_ms,
-                f.resolved_at_ms,
-            )
-        })),
-        signal_facts(signals.iter().map(|s| {
-            (
-                s.action.as_str(),
-                s.world_id.as_str(),
-                s.run_id.as_str(),
-                s.episode,
-                s.at_ms,
-            )
-        })),
-    )
+/// A tracked freeze activation stamped now (wall clock): live tests need a run the wall clock
+/// has not passed retention or deadlines of.
+pub fn fresh_activation(world: &str, run: &str) -> KcatRecord {
+    let now = now_ms();
+    KcatRecord {
+        topic: "activation".into(),
+        partition: 0,
+        offset: 0,
+        tstype: None,
+        ts: Some(now),
+        broker: None,
+        key: Some(world.into()),
+        payload: Some(format!(
+            r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"{run}","requires_ack":true,"sequence":1,"phase":"freeze","ts":"{}"}}"#,
+            ackwatch_topology::time::format_rfc3339_ms(now)
+        )),
+        headers: None,
+    }
 }
