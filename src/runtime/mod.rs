@@ -667,3 +667,24 @@ pub fn describe(settings: &Settings) -> String {
         dlq = t.dead_letter,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_membership_makes_the_instance_id_the_group_instance_id() {
+        let check = |static_membership: bool, instance_id: &str, expected: Option<&str>| {
+            let mut settings = Settings::default();
+            settings.runtime.static_membership = static_membership;
+            settings.runtime.instance_id = instance_id.into();
+            let config = consumer_config(&settings);
+            assert_eq!(config.get("group.instance.id"), expected);
+            assert_eq!(config.get("group.id"), Some("ackwatch"));
+            assert_eq!(config.get("partition.assignment.strategy"), Some("range"));
+        };
+        check(false, "ackwatch-0", None);
+        check(true, "ackwatch-0", Some("ackwatch-0"));
+        check(true, "ackwatch-2", Some("ackwatch-2"));
+    }
+}
