@@ -492,38 +492,13 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
 fn closing_comparison(truth: &Truth, view: &View, cut: Option<Millis>) -> (Comparison, Comparison) {
     let due = |t: Millis| cut.is_none_or(|c| t < c);
     let resolved = |r: Option<Millis>| r.filter(|r| due(*r));
-    let want_findings = finding_facts(
-        truth
-            .live_findings
-            .iter()
-            .filter(|f| due(f.detected_at_ms))
-            .map(|f| {
-                let (world, run) = (f.world_id.as_str(), f.run_id.as_str());
-                (
-                    f.kind,
-                    world,
-                    run,
-                    f.sequence,
-                    f.detected_at_ms,
-                    resolved(f.resolved_at_ms),
-                )
-            }),
-    );
+    let (want_findings, want_signals) = truth.facts_until(true, cut);
     let got_findings = finding_facts(
         view.findings
             .iter()
             .filter(|(_, (d, _))| due(*d))
             .map(|((k, w, r, s), (d, res))| (*k, w.as_str(), r.as_str(), *s, *d, resolved(*res))),
     );
-    let want_signals = signal_facts(truth.live_signals.iter().filter(|s| due(s.at_ms)).map(|s| {
-        (
-            s.action.as_str(),
-            s.world_id.as_str(),
-            s.run_id.as_str(),
-            s.episode,
-            s.at_ms,
-        )
-    }));
     let got_signals = signal_facts(
         view.signals
             .iter()

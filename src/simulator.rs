@@ -286,24 +286,29 @@ impl Truth {
     /// The truth as comparable facts (see [`finding_facts`], [`signal_facts`]): the replay's
     /// findings and signals, or (`live`) those of a live run that outlasted every deadline.
     pub fn facts(&self, live: bool) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        self.facts_until(live, None)
+    }
+
+    /// [`Self::facts`] of what was due before `cut` (a live run stopped early): findings
+    /// detected and signals given before it, resolutions before it.
+    pub fn facts_until(
+        &self,
+        live: bool,
+        cut: Option<Millis>,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let due = |t: Millis| cut.is_none_or(|c| t < c);
         let (findings, signals) = if live {
             (&self.live_findings, &self.live_signals)
         } else {
             (&self.findings, &self.signals)
         };
         (
-            finding_facts(findings.iter().map(|f| {
+            finding_facts(findings.iter().filter(|f| due(f.detected_at_ms)).map(|f| {
                 let (world, run) = (f.world_id.as_str(), f.run_id.as_str());
-                (
-                    f.kind,
-                    world,
-                    run,
-                    f.sequence,
-                    f.detected_at_ms,
-                    f.resolved_at_ms,
-                )
+                let resolved = f.resolved_at_ms.filter(|r| due(*r));
+                (f.kind, world, run, f.sequence, f.detected_at_ms, resolved)
             })),
-            signal_facts(signals.iter().map(|s| {
+            signal_facts(signals.iter().filter(|s| due(s.at_ms)).map(|s| {
                 let (world, run) = (s.world_id.as_str(), s.run_id.as_str());
                 (s.action.as_str(), world, run, s.episode, s.at_ms)
             })),
