@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     // A realistic run state: 8 sequences, acked, as a finished apply run leaves it.
     let mut state = RunState::new(1_772_442_000_000);
     for seq in 1..=8u64 {
-        let s = state.sequences.entry(seq).or_default();
+        let s = state.sequences.get_or_default(seq);
         s.activation = Some(ackwatch_topology::run::ActivationSeen {
             event_ms: 1_772_442_000_000 + seq as i64 * 200,
             phase: Some(ackwatch_topology::Phase::Freeze),

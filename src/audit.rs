@@ -21,6 +21,14 @@ use crate::settings::Topics;
 /// Malformed input lines printed before the audit only counts them.
 const MALFORMED_LINES_PRINTED_MAX: u64 = 20;
 
+/// Lines the reader thread parses before handing them over as one batch. Cost: one batch of
+/// parsed records (about 1 KiB each) in memory; smaller batches cost a channel hand-off more often.
+const READ_BATCH_LINES_MAX: usize = 1024;
+
+/// Batches the reader thread may be ahead of the engine. With `READ_BATCH_LINES_MAX` this bounds
+/// the read-ahead to about 4 MiB; when it binds, the reader waits (nothing is dropped).
+const READ_AHEAD_BATCHES_MAX: usize = 4;
+
 pub struct FileAudit {
     pub inputs: Vec<PathBuf>,
     pub topics: Topics,
@@ -150,6 +158,54 @@ impl FileAudit {
         });
 
         let mut replay = Replay::new(self.policy, observe);
+        // A reader thread reads and parses the kcat lines (about half the work: every payload
+        // is a JSON string to unescape) while this thread runs the engine, so the audit uses
+        // two cores. The channel holds at most `READ_AHEAD_BATCHES_MAX` batches.
+        let (batches, received) = std::sync::mpsc::sync_channel(READ_AHEAD_BATCHES_MAX);
+        let read_result = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| self.read_inputs(bar.as_ref(), batches));
+            for batch in received {
+                for line in batch {
+                    match line {
+                        ReadLine::Record(source, partition, record) => {
+                            replay.push(source, partition, record)
+                        }
+                        ReadLine::OtherTopic => replay.report.other_topic += 1,
+                        ReadLine::Malformed(why) => {
+                            replay.report.malformed_lines += 1;
+                            if replay.report.malformed_lines <= MALFORMED_LINES_PRINTED_MAX {
+                                eprintln!("{why}");
+                            }
+                        }
+                    }
+                }
+            }
+            reader.join().expect("the audit's reader thread panicked")
+        });
+        read_result?;
+        if replay.report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
+            eprintln!(
+                "... {} malformed lines in all",
+                replay.report.malformed_lines
+            );
+        }
+        let report = replay.finish(self.end_ms);
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(report)
+    }
+}
+
+impl FileAudit {
+    /// Reads every input in order and sends its lines, parsed, in batches; stops early when the
+    /// receiver is gone. Runs on the reader thread.
+    fn read_inputs(
+        &self,
+        bar: Option<&indicatif::ProgressBar>,
+        batches: std::sync::mpsc::SyncSender<Vec<ReadLine>>,
+    ) -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(READ_BATCH_LINES_MAX);
         for path in &self.inputs {
             let file = File::open(path)
                 .with_context(|| format!("cannot open input {}", path.display()))?;
@@ -165,54 +221,69 @@ impl FileAudit {
                     break;
                 }
                 line_no += 1;
-                if let Some(bar) = &bar {
+                if let Some(bar) = bar {
                     bar.inc(n as u64);
                 }
                 if line.trim().is_empty() {
                     continue;
                 }
-                let record = match parse_line(line.trim_end()) {
-                    Ok(record) => record,
-                    Err(why) => {
-                        replay.report.malformed_lines += 1;
-                        if replay.report.malformed_lines <= MALFORMED_LINES_PRINTED_MAX {
-                            eprintln!("{}:{line_no}: skipped: {why}", path.display());
-                        }
-                        continue;
-                    }
-                };
-                let source = if record.topic == self.topics.activation {
-                    Source::Activation
-                } else if record.topic == self.topics.ack {
-                    Source::Ack
-                } else {
-                    replay.report.other_topic += 1;
-                    continue;
-                };
-                replay.push(
-                    source,
-                    record.partition,
-                    Buffered {
-                        offset: record.offset,
-                        timestamp_ms: record.timestamp_ms,
-                        key: record.key.map(|k| k.as_bytes().into()),
-                        value: record.payload.map(|p| p.as_bytes().into()),
-                    },
+                batch.push(
+                    self.read_line(line.trim_end(), || format!("{}:{line_no}", path.display())),
                 );
+                if batch.len() == READ_BATCH_LINES_MAX {
+                    let full =
+                        std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH_LINES_MAX));
+                    if batches.send(full).is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
-        if replay.report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
-            eprintln!(
-                "... {} malformed lines in all",
-                replay.report.malformed_lines
-            );
+        if !batch.is_empty() {
+            let _ = batches.send(batch);
         }
-        let report = replay.finish(self.end_ms);
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        Ok(report)
+        Ok(())
     }
+
+    fn read_line(&self, line: &str, place: impl FnOnce() -> String) -> ReadLine {
+        let record = match parse_line(line) {
+            Ok(record) => record,
+            Err(why) => return ReadLine::Malformed(format!("{}: skipped: {why}", place())),
+        };
+        let source = if record.topic == self.topics.activation {
+            Source::Activation
+        } else if record.topic == self.topics.ack {
+            Source::Ack
+        } else {
+            return ReadLine::OtherTopic;
+        };
+        ReadLine::Record(
+            source,
+            record.partition,
+            Buffered {
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.map(into_boxed_bytes),
+                value: record.payload.map(into_boxed_bytes),
+            },
+        )
+    }
+}
+
+/// An unescaped string is already owned: keep its allocation instead of copying it.
+fn into_boxed_bytes(text: std::borrow::Cow<'_, str>) -> Box<[u8]> {
+    match text {
+        std::borrow::Cow::Owned(owned) => owned.into_bytes().into_boxed_slice(),
+        std::borrow::Cow::Borrowed(borrowed) => borrowed.as_bytes().into(),
+    }
+}
+
+/// One input line as the reader thread hands it over.
+enum ReadLine {
+    Record(Source, i32, Buffered),
+    OtherTopic,
+    /// Where and why, ready to print.
+    Malformed(String),
 }
 
 /// The human summary of a report.

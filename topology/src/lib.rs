@@ -18,6 +18,7 @@ pub mod partition_group;
 pub mod policy;
 pub mod report;
 pub mod run;
+pub mod seq_map;
 pub mod task;
 pub mod time;
 

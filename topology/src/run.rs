@@ -4,12 +4,13 @@
 //! Pending timers are not stored; they are derived from the per-sequence facts
 //! ([`RunState::rebuild_timers`]), so a restored run fires exactly what the original would have.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decode::Phase;
 use crate::policy::Policy;
+use crate::seq_map::SeqMap;
 use crate::time::Millis;
 
 /// The four finding kinds of SPEC §2. The order is the firing order at equal deadlines.
@@ -182,7 +183,7 @@ pub struct RunState {
     pub last_event_ms: Millis,
     /// Highest tracked sequence seen.
     pub max_sequence: Option<u64>,
-    pub sequences: BTreeMap<u64, SeqState>,
+    pub sequences: SeqMap,
     /// Episodes started so far (the current one's number when paused).
     pub episode: u32,
     pub episode_state: EpisodeState,

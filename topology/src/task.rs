@@ -24,7 +24,7 @@ use crate::output::{
 };
 use crate::policy::Policy;
 use crate::run::{
-    ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, Timer, TimerKind,
+    ActivationSeen, EpisodeState, FindingKind, FindingState, RunState, SeqState, Timer, TimerKind,
 };
 use crate::time::Millis;
 use crate::{RunKey, RunRef};
@@ -412,27 +412,44 @@ impl Task {
             }
             let gap_due = act.event_ms.saturating_add(policy.gap_timeout_ms);
             // Highest first, so a run near its limit keeps the sequences closest to this one.
+            let mut kept_from = from;
+            let mut len = run.sequences.len();
             for missing in (from..seq).rev() {
-                if !run.sequences.contains_key(&missing)
-                    && run.sequences.len() + 1 >= RUN_SEQUENCES_MAX
-                {
-                    let left = missing - from + 1;
-                    run.cut += left;
-                    self.counters.cut("run_sequences", left);
-                    break;
+                if !run.sequences.contains_key(&missing) {
+                    if len + 1 >= RUN_SEQUENCES_MAX {
+                        let left = missing - from + 1;
+                        run.cut += left;
+                        self.counters.cut("run_sequences", left);
+                        kept_from = missing + 1;
+                        break;
+                    }
+                    len += 1;
                 }
-                run.untrack(missing, &policy);
-                let state = run.sequences.entry(missing).or_default();
+            }
+            let mut absent = Vec::new();
+            for missing in kept_from..seq {
+                let Some(state) = run.sequences.get(&missing) else {
+                    absent.push(missing);
+                    continue;
+                };
                 if state.activation.is_none() && state.gap_due.is_none() {
-                    state.gap_due = Some(gap_due);
+                    run.untrack(missing, &policy);
+                    run.sequences.get_or_default(missing).gap_due = Some(gap_due);
+                    run.track(missing, &policy);
                 }
+            }
+            run.sequences.insert_absent(&absent, || SeqState {
+                gap_due: Some(gap_due),
+                ..SeqState::default()
+            });
+            for &missing in &absent {
                 run.track(missing, &policy);
             }
         }
         run.max_sequence = Some(run.max_sequence.map_or(seq, |m| m.max(seq)));
 
         run.untrack(seq, &policy);
-        let state = run.sequences.entry(seq).or_default();
+        let state = run.sequences.get_or_default(seq);
         state.activation = Some(ActivationSeen {
             event_ms: act.event_ms,
             phase: act.phase,
@@ -474,7 +491,7 @@ impl Task {
         }
         self.counters.acks += 1;
         run.untrack(seq, &policy);
-        let state = run.sequences.entry(seq).or_default();
+        let state = run.sequences.get_or_default(seq);
         state.ack_ms = Some(ack.event_ms);
         state.ack_phase = ack.phase;
         let latency = state
