@@ -147,18 +147,28 @@ impl ChangelogWriter {
 }
 
 /// What a restore did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreStats {
     pub from_offset: i64,
     pub to_offset: i64,
     pub records: u64,
     pub bytes: u64,
     pub duration: Duration,
+    /// Keys of the records after the last commit marker: a commit that did not finish (the
+    /// previous owner died while writing it). They were not applied; the new owner must write
+    /// those keys' current values (or tombstones) in its first commit, so that a later restore
+    /// that reads past them (followed by newer markers) never applies them.
+    pub unfinished_keys: Vec<Vec<u8>>,
 }
 
-/// Brings `store` up to the end of partition p of the changelog: from the store's checkpoint when
-/// it is within the partition's retained range, from the beginning (after clearing the store)
-/// otherwise. Records the new end as the checkpoint.
+/// Tail records read per step when looking for the last commit marker; doubled each step.
+/// Cost: one fetch of this many records (a commit's changelog records, in the common case).
+const MARKER_SEARCH_RECORDS_MIN: i64 = 1_000;
+
+/// Brings `store` up to the last complete commit of partition p of the changelog: from the
+/// store's checkpoint when it is within the partition's retained range, from the beginning
+/// (after clearing the store) otherwise. Records after the last commit marker are a commit
+/// that never finished: they are not applied, and their keys are returned.
 pub fn restore(
     config: &ClientConfig,
     topic: &str,
@@ -168,18 +178,10 @@ pub fn restore(
     restore_with_progress(config, topic, partition, store, &|_| {})
 }
 
-/// [`restore`], reporting the changelog offsets left to read after every applied batch.
-pub fn restore_with_progress(
-    config: &ClientConfig,
-    topic: &str,
-    partition: i32,
-    store: &TaskStore,
-    progress: &dyn Fn(i64),
-) -> anyhow::Result<RestoreStats> {
-    let started = Instant::now();
+fn restore_consumer(config: &ClientConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
     // librdkafka wants a group id even for a manual assignment; it joins no group and commits
     // nothing, so the restore never touches any consumer group's offsets.
-    let consumer: BaseConsumer = config
+    config
         .clone()
         .set("group.id", format!("{topic}-restore"))
         .set("enable.auto.commit", "false")
@@ -192,7 +194,80 @@ pub fn restore_with_progress(
         .set("max.partition.fetch.bytes", "16777216")
         .set("queued.max.messages.kbytes", "262144")
         .create()
-        .context("cannot create the restore consumer")?;
+        .context("cannot create the restore consumer")
+}
+
+/// Reads `[from, to)` of the partition, calling `each` with (offset, key, value).
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    each: &mut dyn FnMut(i64, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let mut next = from;
+    while next < to {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                if m.offset() < to {
+                    let key = m.key().context("changelog record without a key")?;
+                    each(m.offset(), key, m.payload())?;
+                }
+            }
+            Some(Err(e)) => bail!("cannot read changelog {topic}[{partition}]: {e}"),
+            // The last offsets may hold no record (transaction markers): the position says.
+            None => next = next.max(position(consumer, topic, partition)?.unwrap_or(next)),
+        }
+    }
+    Ok(())
+}
+
+/// The offset of the last commit marker in `[low, high)`, read backwards in growing steps.
+fn last_marker(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    low: i64,
+    high: i64,
+) -> anyhow::Result<Option<i64>> {
+    let mut end = high;
+    let mut step = MARKER_SEARCH_RECORDS_MIN;
+    while end > low {
+        let start = (end - step).max(low);
+        let mut found = None;
+        read_range(consumer, topic, partition, start, end, &mut |offset, key, _| {
+            if key == ackwatch_state::codec::COMMIT_KEY {
+                found = Some(offset);
+            }
+            Ok(())
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        end = start;
+        step = step.saturating_mul(2);
+    }
+    Ok(None)
+}
+
+/// [`restore`], reporting the changelog offsets left to read after every applied batch.
+pub fn restore_with_progress(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    store: &TaskStore,
+    progress: &dyn Fn(i64),
+) -> anyhow::Result<RestoreStats> {
+    let started = Instant::now();
+    let consumer = restore_consumer(config, topic)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
         .with_context(|| format!("cannot read the offsets of {topic}[{partition}]"))?;
@@ -203,43 +278,41 @@ pub fn restore_with_progress(
             low
         }
     };
+    // Applied: everything up to and including the last marker.
+    let applied_end = last_marker(&consumer, topic, partition, from, high)?.map_or(from, |m| m + 1);
     let mut stats = RestoreStats {
         from_offset: from,
         to_offset: high,
         records: 0,
         bytes: 0,
         duration: Duration::ZERO,
+        unfinished_keys: Vec::new(),
     };
-    if from < high {
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
-        consumer.assign(&assignment)?;
-        drop(assignment);
-        let mut batch: Vec<Record> = Vec::with_capacity(RESTORE_BATCH_RECORDS_MAX);
-        let mut next = from;
-        while next < high {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    let key = m.key().context("changelog record without a key")?.to_vec();
-                    stats.bytes += (key.len() + m.payload().map_or(0, <[u8]>::len)) as u64;
-                    batch.push((key, m.payload().map(<[u8]>::to_vec)));
-                    if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
-                        stats.records += store
-                            .apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
-                        batch.clear();
-                        progress(high - next);
-                    }
-                }
-                Some(Err(e)) => bail!("cannot read changelog {topic}[{partition}]: {e}"),
-                // The last offsets may hold no record (transaction markers): the position says.
-                None => next = next.max(position(&consumer, topic, partition)?.unwrap_or(next)),
-            }
+    let mut batch: Vec<Record> = Vec::with_capacity(RESTORE_BATCH_RECORDS_MAX);
+    read_range(&consumer, topic, partition, from, high, &mut |offset, key, value| {
+        stats.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        if offset >= applied_end {
+            stats.unfinished_keys.push(key.to_vec());
+            return Ok(());
         }
-        stats.records +=
-            store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
-    }
-    store.commit_records(&[], Some(high))?;
+        batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+        if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
+            stats.records +=
+                store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+            batch.clear();
+            progress(high - offset - 1);
+        }
+        Ok(())
+    })?;
+    stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+    // With an unfinished commit at the end, the checkpoint stays before it, so a restore of
+    // this store reads it again (and again leaves it out, unless newer commits follow it).
+    let checkpoint = if stats.unfinished_keys.is_empty() {
+        high
+    } else {
+        applied_end
+    };
+    store.commit_records(&[], Some(checkpoint))?;
     stats.duration = started.elapsed();
     Ok(stats)
 }

@@ -57,7 +57,7 @@ async fn commit(
     partition: i32,
 ) -> usize {
     let (changes, meta) = task.take_changes();
-    let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref());
+    let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), &ackwatch_state::CommitMarker { input_next: [0, 0] });
     let end = writer.write(partition, &records).await.unwrap();
     store.commit_records(&records, end).unwrap();
     records.len()
@@ -164,4 +164,87 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
     assert_eq!(incremental.records as usize, written);
     let expected = sorted_state(task.runs().map(|(k, v)| (k.clone(), v.clone())));
     assert_eq!(sorted_state(store.load().unwrap().runs), expected);
+}
+
+/// A commit whose writer died mid-way (its records without its closing marker) is left out of
+/// a restore, whatever store restores: the restored state is the last complete commit's, and the
+/// keys of the unfinished one are reported for the next owner to write again. Once a newer
+/// commit rewrites them, a full restore reads past the unfinished records to the right state.
+#[tokio::test]
+async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
+    let config = support::client_config();
+    let app = support::unique("app");
+    let topic = changelog::topic_name(&app);
+    changelog::ensure_topic(&config, &topic, 1, 1)
+        .await
+        .unwrap();
+    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        TaskStore::open(&dir.path().join(name), &app, 0, &StoreOptions::default())
+            .unwrap()
+            .0
+    };
+
+    let mut task = Task::new(Policy::default());
+    feed(&mut task, 0, 20, T0);
+    commit(&mut task, &writer, &open("writer"), 0).await;
+    let complete = sorted_state(task.runs().map(|(k, v)| (k.clone(), v.clone())));
+    let complete_meta = task.meta();
+
+    // The next commit dies after writing some of its records, before its marker.
+    let mut dying = Task::new(Policy::default());
+    for (key, run) in &complete {
+        dying.restore_run(key.clone(), run.clone());
+    }
+    dying.restore_meta(complete_meta);
+    feed(&mut dying, 15, 10, T0 + 5_000); // changes 5 runs, adds 5
+    let (changes, meta) = dying.take_changes();
+    let mut records = encode_changes(
+        changes.iter().map(|(k, v)| (k, *v)),
+        meta.as_ref(),
+        &ackwatch_state::CommitMarker { input_next: [9, 9] },
+    );
+    records.pop().expect("the marker, last");
+    records.truncate(records.len() - 2); // and two more records never written
+    let unfinished: Vec<Vec<u8>> = records.iter().map(|(k, _)| k.clone()).collect();
+    assert!(unfinished.len() >= 5);
+    writer.write(0, &records).await.unwrap();
+
+    let fresh = open("fresh");
+    let stats = changelog::restore(&config, &topic, 0, &fresh).unwrap();
+    let restored = fresh.load().unwrap();
+    assert_eq!(sorted_state(restored.runs), complete, "the last complete commit");
+    assert_eq!(restored.meta, Some(complete_meta));
+    assert_eq!(
+        restored.marker,
+        Some(ackwatch_state::CommitMarker { input_next: [0, 0] })
+    );
+    assert_eq!(stats.unfinished_keys, unfinished);
+    // Restoring the same store again still leaves the unfinished commit out.
+    let again = changelog::restore(&config, &topic, 0, &fresh).unwrap();
+    assert_eq!(again.unfinished_keys, unfinished);
+    assert_eq!(sorted_state(fresh.load().unwrap().runs), complete);
+
+    // The next owner writes the unfinished keys again (their complete-commit state or a
+    // tombstone), with its own changes, in its first commit.
+    let mut owner = Task::new(Policy::default());
+    for (key, run) in &complete {
+        owner.restore_run(key.clone(), run.clone());
+    }
+    owner.restore_meta(complete_meta);
+    for key in &stats.unfinished_keys {
+        match ackwatch_state::codec::decode_key(key) {
+            Ok(run) => owner.rewrite_at_next_commit(Some(run), false),
+            Err(_) => owner.rewrite_at_next_commit(None, true),
+        }
+    }
+    feed(&mut owner, 40, 3, T0 + 6_000);
+    commit(&mut owner, &writer, &open("owner"), 0).await;
+    let expected = sorted_state(owner.runs().map(|(k, v)| (k.clone(), v.clone())));
+    let rebuilt = open("rebuilt");
+    let stats = changelog::restore(&config, &topic, 0, &rebuilt).unwrap();
+    assert!(stats.unfinished_keys.is_empty());
+    assert_eq!(sorted_state(rebuilt.load().unwrap().runs), expected);
+    assert_eq!(rebuilt.load().unwrap().meta, Some(owner.meta()));
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ackwatch_state::{encode_changes, StoreOptions, TaskStore};
+use ackwatch_state::codec;
+use ackwatch_state::{encode_changes, CommitMarker, StoreOptions, TaskStore};
 use ackwatch_topology::partition_group::{side, Buffered, Next};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
@@ -220,6 +221,22 @@ impl Worker {
         for (key, run) in contents.runs {
             engine.restore_run(key, run);
         }
+        // Keys of a commit the previous owner did not finish: written again at the first commit.
+        for key in &stats.unfinished_keys {
+            if codec::is_task_key(key) {
+                engine.rewrite_at_next_commit(None, true);
+            } else {
+                engine.rewrite_at_next_commit(Some(codec::decode_key(key)?), false);
+            }
+        }
+        if !stats.unfinished_keys.is_empty() {
+            tracing::warn!(
+                partition,
+                records = stats.unfinished_keys.len(),
+                "the changelog ends with a commit its writer did not finish; it was left out"
+            );
+        }
+        let reflected = contents.marker.map(|m| m.input_next);
         TaskRestored {
             partition,
             changelog: &self.changelog_topic,
@@ -235,6 +252,7 @@ impl Worker {
 
         // Where processing starts: the group's committed offset, else the partition's start.
         let mut start = [0i64; 2];
+        let mut committed_start = [0i64; 2];
         let mut list = TopicPartitionList::new();
         for topic in &self.topic_names {
             list.add_partition(topic, partition);
@@ -256,6 +274,13 @@ impl Worker {
                         .0
                 }
             };
+            // The restored state may reflect records after the committed offset (the previous
+            // owner died between writing its changelog and committing its offsets); their
+            // outputs were acknowledged before the changelog was written, so they are skipped.
+            committed_start[s] = start[s];
+            if let Some(reflected) = reflected {
+                start[s] = start[s].max(reflected[s]);
+            }
             consumer
                 .seek(topic, partition, Offset::Offset(start[s]), REQUEST_TIMEOUT)
                 .with_context(|| format!("cannot seek {topic}[{partition}] to {}", start[s]))?;
@@ -267,13 +292,15 @@ impl Worker {
         }
         consumer.resume(&list).context("cannot resume partitions")?;
         drop(list);
-        Ok(StreamTask::new(
+        let mut task = StreamTask::new(
             partition,
             engine,
             store,
             start,
             self.settings.runtime.max_task_idle_ms as Millis,
-        ))
+        );
+        task.committed_next = committed_start;
+        Ok(task)
     }
 
     /// Closes the tasks of `partitions` (after a commit); their buffered records are dropped
@@ -658,12 +685,29 @@ impl Worker {
     /// changelog, so a restore never loses a change the outputs depend on.
     pub fn commit(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
         let started = Instant::now();
+        crash_point(CrashPoint::Start);
+        if !self.eos() {
+            // Outputs first: a changelog record may reach the broker before the crash that
+            // stops this commit, and a restored state must never hold a finding whose event
+            // was not delivered (re-processing would not emit it again).
+            self.producer
+                .flush(COMMIT_TIMEOUT)
+                .context("outputs not acknowledged in time")?;
+            self.check_deliveries()?;
+        }
         let changelog_topic = self.changelog_topic.clone();
         let partitions: Vec<i32> = self.tasks.keys().copied().collect();
         for p in &partitions {
             let task = self.tasks.get_mut(p).expect("listed");
+            let marker = CommitMarker {
+                input_next: task.processed_next,
+            };
             let (changes, meta) = task.engine.take_changes();
-            let records = encode_changes(changes.iter().map(|(k, s)| (k, *s)), meta.as_ref());
+            let records = encode_changes(
+                changes.iter().map(|(k, s)| (k, *s)),
+                meta.as_ref(),
+                &marker,
+            );
             drop(changes);
             let mut task = self.tasks.remove(p).expect("listed");
             task.pending_store = records;
@@ -685,6 +729,7 @@ impl Worker {
                 .inc_by(task.pending_store.len() as u64);
             self.tasks.insert(*p, task);
             result?;
+            crash_point(CrashPoint::ChangelogSent);
         }
 
         let mut offsets = TopicPartitionList::new();
@@ -719,18 +764,8 @@ impl Worker {
                 .flush(COMMIT_TIMEOUT)
                 .context("outputs and changelog records not acknowledged in time")?;
         }
-        let failures = self.producer.context().failures.load(Ordering::Relaxed);
-        if failures > 0 {
-            let first = self
-                .producer
-                .context()
-                .first_failure
-                .lock()
-                .expect("not poisoned")
-                .clone()
-                .unwrap_or_default();
-            bail!("{failures} records were not delivered (first: {first}); outputs may be missing, so offsets are not committed");
-        }
+        self.check_deliveries()?;
+        crash_point(CrashPoint::ChangelogAcknowledged);
 
         let ends = std::mem::take(
             &mut *self
@@ -747,6 +782,7 @@ impl Worker {
                 task.pending_store.clear();
             }
         }
+        crash_point(CrashPoint::StoreWritten);
 
         if !self.eos() && offsets_moved {
             if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
@@ -760,6 +796,7 @@ impl Worker {
             }
         }
         drop(offsets);
+        crash_point(CrashPoint::OffsetsCommitted);
         for task in self.tasks.values_mut() {
             task.committed_next = task.processed_next;
         }
@@ -768,6 +805,23 @@ impl Worker {
             .commit_duration_ms
             .observe(started.elapsed().as_secs_f64() * 1000.0);
         self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Fails the commit when the producer reported a record it could not deliver.
+    fn check_deliveries(&self) -> anyhow::Result<()> {
+        let failures = self.producer.context().failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            let first = self
+                .producer
+                .context()
+                .first_failure
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_default();
+            bail!("{failures} records were not delivered (first: {first}); outputs may be missing, so offsets are not committed");
+        }
         Ok(())
     }
 
@@ -859,5 +913,61 @@ impl Worker {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect()
+    }
+}
+
+/// Points of the commit protocol where a crash test may kill the process (`ACKWATCH_CRASH_AT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    Start,
+    ChangelogSent,
+    ChangelogAcknowledged,
+    StoreWritten,
+    OffsetsCommitted,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 5] = [
+        CrashPoint::Start,
+        CrashPoint::ChangelogSent,
+        CrashPoint::ChangelogAcknowledged,
+        CrashPoint::StoreWritten,
+        CrashPoint::OffsetsCommitted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::Start => "start",
+            CrashPoint::ChangelogSent => "changelog_sent",
+            CrashPoint::ChangelogAcknowledged => "changelog_acknowledged",
+            CrashPoint::StoreWritten => "store_written",
+            CrashPoint::OffsetsCommitted => "offsets_committed",
+        }
+    }
+}
+
+/// The crash test hook: with `ACKWATCH_CRASH_AT=<point>:<n>` the process kills itself with
+/// SIGKILL (no destructor, no flush) the n-th time a commit passes `<point>` (a task's
+/// `changelog_sent` counts once per task). Read once; unset, a commit pays one atomic load.
+fn crash_point(point: CrashPoint) {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(&'static str, u64)>> = OnceLock::new();
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        let value = std::env::var("ACKWATCH_CRASH_AT").ok()?;
+        let (name, n) = value.split_once(':')?;
+        let point = CrashPoint::ALL.into_iter().find(|p| p.name() == name)?;
+        Some((point.name(), n.parse().ok()?))
+    });
+    let Some((name, n)) = *target else {
+        return;
+    };
+    if name == point.name() && PASSED.fetch_add(1, Ordering::Relaxed) + 1 == n {
+        eprintln!("ACKWATCH_CRASH_AT: killing this process at {name} #{n}");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }

@@ -6,11 +6,30 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format of stored run states and task meta. Bump it when `RunState` changes shape.
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: every commit's changelog records end with a [`CommitMarker`].
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Changelog/store key of the task meta (stream time, first record time). Run keys start with
 /// a length byte pair, so no run key equals it.
 pub const META_KEY: &[u8] = b"\xff\xffmeta";
+
+/// Changelog/store key of the [`CommitMarker`], the last record of every commit.
+pub const COMMIT_KEY: &[u8] = b"\xff\xffcommit";
+
+/// Written last in each commit's changelog records (same partition, so after all of them):
+/// a restore applies the changelog only up to the last marker, so it never restores half a
+/// commit, and the marker says which input the restored state reflects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitMarker {
+    /// Next input offset per source (activation, ack) the state reflects: every record
+    /// before it was processed, and its outputs acknowledged by the broker.
+    pub input_next: [i64; 2],
+}
+
+/// Whether a store/changelog key is one of the task's own (meta, marker), not a run's.
+pub fn is_task_key(key: &[u8]) -> bool {
+    key == META_KEY || key == COMMIT_KEY
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -70,6 +89,14 @@ pub fn decode_meta(bytes: &[u8]) -> Result<TaskMeta, CodecError> {
     decode(bytes)
 }
 
+pub fn encode_marker(marker: &CommitMarker) -> Vec<u8> {
+    encode(marker)
+}
+
+pub fn decode_marker(bytes: &[u8]) -> Result<CommitMarker, CodecError> {
+    decode(bytes)
+}
+
 /// `len(world_id) as u16 BE, world_id, run_id`: unambiguous whatever the ids contain.
 pub fn encode_key(run: &RunKey) -> Vec<u8> {
     let world = run.world_id.as_bytes();
@@ -84,7 +111,7 @@ pub fn encode_key(run: &RunKey) -> Vec<u8> {
 pub fn decode_key(bytes: &[u8]) -> Result<RunKey, CodecError> {
     let (len, rest) = bytes.split_first_chunk::<2>().ok_or(CodecError::BadKey)?;
     let len = u16::from_be_bytes(*len) as usize;
-    if rest.len() < len || bytes == META_KEY {
+    if rest.len() < len || is_task_key(bytes) {
         return Err(CodecError::BadKey);
     }
     let world = std::str::from_utf8(&rest[..len]).map_err(|_| CodecError::BadKey)?;

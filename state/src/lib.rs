@@ -13,4 +13,5 @@ pub mod checkpoint;
 pub mod codec;
 pub mod store;
 
+pub use codec::CommitMarker;
 pub use store::{encode_changes, Contents, Opened, Record, StoreOptions, TaskStore};

@@ -12,7 +12,7 @@ use anyhow::Context;
 use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::codec::{self, META_KEY};
+use crate::codec::{self, CommitMarker, COMMIT_KEY, META_KEY};
 
 /// Identity of a store: which application wrote it, in which format.
 const IDENTITY_KEY: &[u8] = b"\xff\xffidentity";
@@ -57,6 +57,8 @@ pub struct TaskStore {
 #[derive(Debug, Default, PartialEq)]
 pub struct Contents {
     pub meta: Option<TaskMeta>,
+    /// The marker of the last commit the store holds.
+    pub marker: Option<CommitMarker>,
     pub runs: Vec<(RunKey, RunState)>,
 }
 
@@ -147,6 +149,10 @@ impl TaskStore {
                 contents.meta = Some(codec::decode_meta(&value)?);
                 continue;
             }
+            if &*key == COMMIT_KEY {
+                contents.marker = Some(codec::decode_marker(&value)?);
+                continue;
+            }
             contents
                 .runs
                 .push((codec::decode_key(&key)?, codec::decode_run(&value)?));
@@ -160,9 +166,10 @@ impl TaskStore {
         &self,
         runs: impl IntoIterator<Item = (&'a RunKey, Option<&'a RunState>)>,
         meta: Option<&TaskMeta>,
+        marker: &CommitMarker,
         changelog_end: Option<i64>,
     ) -> anyhow::Result<()> {
-        let records = encode_changes(runs, meta);
+        let records = encode_changes(runs, meta, marker);
         self.commit_records(&records, changelog_end)
     }
 
@@ -213,7 +220,7 @@ impl TaskStore {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, value) in records {
-            if key != META_KEY {
+            if !codec::is_task_key(key) {
                 codec::decode_key(key)?;
             }
             match value {
@@ -241,10 +248,12 @@ impl TaskStore {
 /// One changelog/store record: key and value, `None` for a tombstone.
 pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
-/// Encodes a commit's changes once, for both the changelog and the store.
+/// Encodes a commit's changes once, for both the changelog and the store; the commit marker
+/// comes last.
 pub fn encode_changes<'a>(
     runs: impl IntoIterator<Item = (&'a RunKey, Option<&'a RunState>)>,
     meta: Option<&TaskMeta>,
+    marker: &CommitMarker,
 ) -> Vec<Record> {
     let mut records: Vec<Record> = runs
         .into_iter()
@@ -253,6 +262,7 @@ pub fn encode_changes<'a>(
     if let Some(meta) = meta {
         records.push((META_KEY.to_vec(), Some(codec::encode_meta(meta))));
     }
+    records.push((COMMIT_KEY.to_vec(), Some(codec::encode_marker(marker))));
     records
 }
 

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use ackwatch_state::checkpoint::{self, Checkpoint};
 use ackwatch_state::codec::{self, CodecError, FORMAT_VERSION};
-use ackwatch_state::{Opened, StoreOptions, TaskStore};
+use ackwatch_state::{CommitMarker, Opened, StoreOptions, TaskStore};
+
+const MARKER: CommitMarker = CommitMarker { input_next: [7, 9] };
 use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta};
 use proptest::prelude::*;
 
@@ -80,6 +82,7 @@ fn commit_all(task: &mut Task, dir: &Path, app: &str, changelog_end: Option<i64>
         .commit(
             changes.iter().map(|(k, v)| (k, *v)),
             meta.as_ref(),
+            &MARKER,
             changelog_end,
         )
         .unwrap();
@@ -100,7 +103,7 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
         let (store, opened) = open(dir.path(), "app");
         assert_eq!(opened, Opened::Created);
         store
-            .commit(changes.iter().map(|(k, v)| (k, *v)), Some(&meta), Some(42))
+            .commit(changes.iter().map(|(k, v)| (k, *v)), Some(&meta), &MARKER, Some(42))
             .unwrap();
     }
     let (store, opened) = open(dir.path(), "app");
@@ -114,10 +117,11 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
     let mut loaded = store.load().unwrap();
     loaded.runs.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(loaded.meta, Some(meta));
+    assert_eq!(loaded.marker, Some(MARKER), "the commit marker is stored with the commit");
     assert_eq!(loaded.runs, expected);
 
     let gone = expected[0].0.clone();
-    store.commit([(&gone, None)], None, Some(43)).unwrap();
+    store.commit([(&gone, None)], None, &MARKER, Some(43)).unwrap();
     let after = store.load().unwrap();
     assert_eq!(after.runs.len(), expected.len() - 1);
     assert!(after.runs.iter().all(|(k, _)| *k != gone));
@@ -172,7 +176,7 @@ fn a_corrupt_store_is_wiped() {
     {
         let (store, _) = open(dir.path(), "app");
         store
-            .commit(std::iter::empty(), Some(&TaskMeta::default()), Some(1))
+            .commit(std::iter::empty(), Some(&TaskMeta::default()), &MARKER, Some(1))
             .unwrap();
     }
     let db = TaskStore::dir_for(dir.path(), "app", 3).join("rocksdb");

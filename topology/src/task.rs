@@ -226,6 +226,23 @@ impl Task {
         self.reindex(&key);
     }
 
+    /// Lists `key` (and the task meta, when `meta`) among the changes of the next
+    /// [`Self::take_changes`], whether or not it changed: its current state, or a tombstone when
+    /// the task has no such run. For keys a store may hold a stale value of.
+    pub fn rewrite_at_next_commit(&mut self, key: Option<RunKey>, meta: bool) {
+        self.meta_dirty |= meta;
+        if let Some(key) = key {
+            match self.runs.get_mut(&key) {
+                Some(run) if run.dirty => {}
+                Some(run) => {
+                    run.dirty = true;
+                    self.dirty.push(key);
+                }
+                None => self.dirty.push(key),
+            }
+        }
+    }
+
     /// Hands the changes since the last call to the store: (run, new state or tombstone),
     /// and the task meta when it changed.
     pub fn take_changes(&mut self) -> (Vec<Change<'_>>, Option<TaskMeta>) {
