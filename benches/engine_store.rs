@@ -45,7 +45,11 @@ fn engine_store(c: &mut Criterion) {
                 out.clear();
                 if i % 1024 == 0 && last_commit.elapsed() >= COMMIT_INTERVAL {
                     let (changes, meta) = task.take_changes();
-                    let batch = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), &ackwatch_state::CommitMarker { input_next: [0, 0] });
+                    let batch = encode_changes(
+                        changes.iter().map(|(k, v)| (k, *v)),
+                        meta.as_ref(),
+                        &ackwatch_state::CommitMarker { input_next: [0, 0] },
+                    );
                     store.commit_records(&batch, Some(record.offset)).unwrap();
                     last_commit = Instant::now();
                     commits += 1;
@@ -54,7 +58,11 @@ fn engine_store(c: &mut Criterion) {
             let (changes, meta) = task.take_changes();
             store
                 .commit_records(
-                    &encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), &ackwatch_state::CommitMarker { input_next: [0, 0] }),
+                    &encode_changes(
+                        changes.iter().map(|(k, v)| (k, *v)),
+                        meta.as_ref(),
+                        &ackwatch_state::CommitMarker { input_next: [0, 0] },
+                    ),
                     None,
                 )
                 .unwrap();

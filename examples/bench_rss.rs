@@ -37,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     let t0 = 1_772_442_000_000i64;
     let commit = |task: &mut Task| -> anyhow::Result<()> {
         let (changes, meta) = task.take_changes();
-        let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), &ackwatch_state::CommitMarker { input_next: [0, 0] });
+        let records = encode_changes(
+            changes.iter().map(|(k, v)| (k, *v)),
+            meta.as_ref(),
+            &ackwatch_state::CommitMarker { input_next: [0, 0] },
+        );
         let keys: Vec<_> = changes.into_iter().map(|(k, _)| k).collect();
         store.commit_records(&records, None)?;
         task.evict_settled(keys);

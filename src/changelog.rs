@@ -197,14 +197,17 @@ fn restore_consumer(config: &ClientConfig, topic: &str) -> anyhow::Result<BaseCo
         .context("cannot create the restore consumer")
 }
 
-/// Reads `[from, to)` of the partition, calling `each` with (offset, key, value).
+/// Called with each changelog record read: (offset, key, value or tombstone).
+type EachRecord<'a> = dyn FnMut(i64, &[u8], Option<&[u8]>) -> anyhow::Result<()> + 'a;
+
+/// Reads `[from, to)` of the partition, calling `each` with every record.
 fn read_range(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     from: i64,
     to: i64,
-    each: &mut dyn FnMut(i64, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
+    each: &mut EachRecord<'_>,
 ) -> anyhow::Result<()> {
     if from >= to {
         return Ok(());
@@ -243,12 +246,19 @@ fn last_marker(
     while end > low {
         let start = (end - step).max(low);
         let mut found = None;
-        read_range(consumer, topic, partition, start, end, &mut |offset, key, _| {
-            if key == ackwatch_state::codec::COMMIT_KEY {
-                found = Some(offset);
-            }
-            Ok(())
-        })?;
+        read_range(
+            consumer,
+            topic,
+            partition,
+            start,
+            end,
+            &mut |offset, key, _| {
+                if key == ackwatch_state::codec::COMMIT_KEY {
+                    found = Some(offset);
+                }
+                Ok(())
+            },
+        )?;
         if found.is_some() {
             return Ok(found);
         }
@@ -289,21 +299,28 @@ pub fn restore_with_progress(
         unfinished_keys: Vec::new(),
     };
     let mut batch: Vec<Record> = Vec::with_capacity(RESTORE_BATCH_RECORDS_MAX);
-    read_range(&consumer, topic, partition, from, high, &mut |offset, key, value| {
-        stats.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
-        if offset >= applied_end {
-            stats.unfinished_keys.push(key.to_vec());
-            return Ok(());
-        }
-        batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
-        if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
-            stats.records +=
-                store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
-            batch.clear();
-            progress(high - offset - 1);
-        }
-        Ok(())
-    })?;
+    read_range(
+        &consumer,
+        topic,
+        partition,
+        from,
+        high,
+        &mut |offset, key, value| {
+            stats.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+            if offset >= applied_end {
+                stats.unfinished_keys.push(key.to_vec());
+                return Ok(());
+            }
+            batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+            if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
+                stats.records +=
+                    store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+                batch.clear();
+                progress(high - offset - 1);
+            }
+            Ok(())
+        },
+    )?;
     stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
     // With an unfinished commit at the end, the checkpoint stays before it, so a restore of
     // this store reads it again (and again leaves it out, unless newer commits follow it).

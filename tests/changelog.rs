@@ -57,7 +57,11 @@ async fn commit(
     partition: i32,
 ) -> usize {
     let (changes, meta) = task.take_changes();
-    let records = encode_changes(changes.iter().map(|(k, v)| (k, *v)), meta.as_ref(), &ackwatch_state::CommitMarker { input_next: [0, 0] });
+    let records = encode_changes(
+        changes.iter().map(|(k, v)| (k, *v)),
+        meta.as_ref(),
+        &ackwatch_state::CommitMarker { input_next: [0, 0] },
+    );
     let end = writer.write(partition, &records).await.unwrap();
     store.commit_records(&records, end).unwrap();
     records.len()
@@ -214,7 +218,11 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     let fresh = open("fresh");
     let stats = changelog::restore(&config, &topic, 0, &fresh).unwrap();
     let restored = fresh.load().unwrap();
-    assert_eq!(sorted_state(restored.runs), complete, "the last complete commit");
+    assert_eq!(
+        sorted_state(restored.runs),
+        complete,
+        "the last complete commit"
+    );
     assert_eq!(restored.meta, Some(complete_meta));
     assert_eq!(
         restored.marker,

@@ -103,7 +103,12 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
         let (store, opened) = open(dir.path(), "app");
         assert_eq!(opened, Opened::Created);
         store
-            .commit(changes.iter().map(|(k, v)| (k, *v)), Some(&meta), &MARKER, Some(42))
+            .commit(
+                changes.iter().map(|(k, v)| (k, *v)),
+                Some(&meta),
+                &MARKER,
+                Some(42),
+            )
             .unwrap();
     }
     let (store, opened) = open(dir.path(), "app");
@@ -117,11 +122,17 @@ fn committed_state_loads_back_after_reopen_and_tombstones_delete() {
     let mut loaded = store.load().unwrap();
     loaded.runs.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(loaded.meta, Some(meta));
-    assert_eq!(loaded.marker, Some(MARKER), "the commit marker is stored with the commit");
+    assert_eq!(
+        loaded.marker,
+        Some(MARKER),
+        "the commit marker is stored with the commit"
+    );
     assert_eq!(loaded.runs, expected);
 
     let gone = expected[0].0.clone();
-    store.commit([(&gone, None)], None, &MARKER, Some(43)).unwrap();
+    store
+        .commit([(&gone, None)], None, &MARKER, Some(43))
+        .unwrap();
     let after = store.load().unwrap();
     assert_eq!(after.runs.len(), expected.len() - 1);
     assert!(after.runs.iter().all(|(k, _)| *k != gone));
@@ -176,7 +187,12 @@ fn a_corrupt_store_is_wiped() {
     {
         let (store, _) = open(dir.path(), "app");
         store
-            .commit(std::iter::empty(), Some(&TaskMeta::default()), &MARKER, Some(1))
+            .commit(
+                std::iter::empty(),
+                Some(&TaskMeta::default()),
+                &MARKER,
+                Some(1),
+            )
             .unwrap();
     }
     let db = TaskStore::dir_for(dir.path(), "app", 3).join("rocksdb");
