@@ -56,6 +56,19 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         writer.write(0, &chunk).await?;
     }
+    // The commit marker that closes them (a restore applies only complete commits).
+    let marker = ackwatch_state::CommitMarker {
+        input_next: [records as i64, records as i64],
+    };
+    writer
+        .write(
+            0,
+            &[(
+                codec::COMMIT_KEY.to_vec(),
+                Some(codec::encode_marker(&marker)),
+            )],
+        )
+        .await?;
     eprintln!(
         "produced {records} changelog records ({} B values) in {:.1?}",
         value.len(),
@@ -65,6 +78,12 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (store, _) = TaskStore::open(dir.path(), &app, 0, &StoreOptions::default())?;
     let stats = changelog::restore(&config, &topic, 0, &store)?;
+    anyhow::ensure!(
+        stats.unfinished_keys.is_empty() && stats.records == records as u64 + 1,
+        "restored {} records, {} left out as unfinished",
+        stats.records,
+        stats.unfinished_keys.len()
+    );
     println!(
         "restore: {} records, {} MiB in {:.2?}: {:.0} records/s",
         stats.records,
