@@ -104,6 +104,16 @@ fn xorshift(x: &mut u64) -> u64 {
 
 #[test]
 fn killed_mid_commit_the_restored_state_is_the_uninterrupted_state_at_its_input_offset() {
+    killed_mid_commit("at_least_once");
+}
+
+/// The same under exactly_once_v2: the changelog is transactional and restored read_committed.
+#[test]
+fn killed_mid_commit_exactly_once_v2() {
+    killed_mid_commit("exactly_once_v2");
+}
+
+fn killed_mid_commit(guarantee: &str) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("crash", PARTITIONS));
@@ -125,7 +135,7 @@ fn killed_mid_commit_the_restored_state_is_the_uninterrupted_state_at_its_input_
         &topics,
         &app,
         "i1",
-        "at_least_once",
+        guarantee,
         // A restarted instance takes its partitions back at once, so crashes land mid-stream.
         "static_membership = true",
     );
