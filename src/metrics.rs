@@ -39,6 +39,7 @@ pub struct Metrics {
     pub restore_records: IntCounter,
     pub restore_bytes: IntCounter,
     pub restore_remaining_records: IntGauge,
+    pub retention_tombstones_deferred: IntGauge,
     pub task_idle_exceeded: IntCounter,
     pub limit_cut: IntCounterVec,
     pub buffer_paused_partitions: IntGauge,
@@ -235,6 +236,12 @@ impl Metrics {
                 &r,
                 "ackwatch_restore_remaining_records",
                 "Changelog offsets left in the running restore",
+            ),
+            retention_tombstones_deferred: gauge(
+                &r,
+                "ackwatch_retention_tombstones_deferred",
+                "Tombstones of runs dropped by retention not written to the store and changelog yet \
+                 (at most RETENTION_TOMBSTONES_PER_COMMIT_MAX per commit)",
             ),
             task_idle_exceeded: counter(
                 &r,

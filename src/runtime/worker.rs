@@ -885,6 +885,12 @@ impl Worker {
                 _ => 0,
             });
         self.metrics.runs.set(runs);
+        self.metrics.retention_tombstones_deferred.set(
+            self.tasks
+                .values()
+                .map(|t| t.engine.deferred_tombstones() as i64)
+                .sum(),
+        );
         for task in self.tasks.values() {
             for (s, topic) in self.topic_names.iter().enumerate() {
                 if let Some(high) = self.cached_high_watermark(consumer, s, task.partition) {

@@ -35,6 +35,14 @@ pub const EVENT_SEQUENCES_MAX: usize = 256;
 /// Cost: about 60 bytes per world.
 pub const WORLDS_INTERNED_MAX: usize = 100_000;
 
+/// Tombstones of runs dropped by retention handed to the store in one commit. When stream time
+/// jumps (a quiet partition wakes up, a backlog), retention can drop a whole store's runs at
+/// once; the rest wait for the next commits (counted in `Task::deferred_tombstones`, exported
+/// as `ackwatch_retention_tombstones_deferred`). A dropped run is gone for the engine at once;
+/// only its deletion from the store and changelog waits. Cost: one commit's `WriteBatch` and
+/// changelog records (about 40 bytes a tombstone).
+pub const RETENTION_TOMBSTONES_PER_COMMIT_MAX: usize = 10_000;
+
 const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
 const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);
 const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MAX);

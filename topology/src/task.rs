@@ -17,7 +17,10 @@ type EvictedMap = hashbrown::HashMap<u64, u32, FxBuildHasher>;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{decode, Ack, Activation, Decoded, Phase, RawRecord};
-use crate::limits::{EVENT_SEQUENCES_MAX, GAP_SPAN_MAX, RUN_SEQUENCES_MAX, WORLDS_INTERNED_MAX};
+use crate::limits::{
+    EVENT_SEQUENCES_MAX, GAP_SPAN_MAX, RETENTION_TOMBSTONES_PER_COMMIT_MAX, RUN_SEQUENCES_MAX,
+    WORLDS_INTERNED_MAX,
+};
 use crate::output::{
     detected_key, resolved_key, signal_key, Action, GapDetected, GapResolved, Outcome, Output,
     Signal,
@@ -172,6 +175,16 @@ impl Task {
         self.runs.len() + self.evicted_count
     }
 
+    /// Tombstones of dropped runs not handed to the store yet: those of the next
+    /// [`Self::take_changes`], and those it leaves for later ones (see
+    /// `RETENTION_TOMBSTONES_PER_COMMIT_MAX`). Every key listed as changed that names no run.
+    pub fn deferred_tombstones(&self) -> usize {
+        self.dirty
+            .iter()
+            .filter(|k| !self.runs.contains_key(*k))
+            .count()
+    }
+
     /// Runs held in memory.
     pub fn resident_count(&self) -> usize {
         self.runs.len()
@@ -213,6 +226,16 @@ impl Task {
     pub fn restore_run(&mut self, mut key: RunKey, mut state: RunState) {
         key.world_id = self.intern_world(&key.world_id);
         state.rebuild_timers(&self.policy);
+        if self
+            .meta
+            .stream_time
+            .is_some_and(|now| state.retention_due(&self.policy) < now)
+        {
+            // Dropped by retention before the store learnt it (its tombstone was deferred, see
+            // `RETENTION_TOMBSTONES_PER_COMMIT_MAX`): gone, and its tombstone written again.
+            self.dirty.push(key);
+            return;
+        }
         self.absent.remove(&key);
         if !self.runs.contains_key(&key)
             && self
@@ -245,16 +268,28 @@ impl Task {
 
     /// Hands the changes since the last call to the store: (run, new state or tombstone),
     /// and the task meta when it changed.
+    /// At most `RETENTION_TOMBSTONES_PER_COMMIT_MAX` tombstones are handed over per call; the
+    /// others stay listed for the next calls.
     pub fn take_changes(&mut self) -> (Vec<Change<'_>>, Option<TaskMeta>) {
         let meta = std::mem::take(&mut self.meta_dirty).then_some(self.meta);
         let mut keys = std::mem::take(&mut self.dirty);
         keys.sort();
         keys.dedup();
-        for key in &keys {
-            if let Some(run) = self.runs.get_mut(key) {
+        let mut tombstones = 0;
+        keys.retain(|key| match self.runs.get_mut(key) {
+            Some(run) => {
                 run.dirty = false;
+                true
             }
-        }
+            None if tombstones < RETENTION_TOMBSTONES_PER_COMMIT_MAX => {
+                tombstones += 1;
+                true
+            }
+            None => {
+                self.dirty.push(key.clone());
+                false
+            }
+        });
         let runs = &self.runs;
         (
             keys.into_iter()

@@ -87,3 +87,73 @@ fn a_run_with_many_more_sequences_than_the_limit_keeps_run_sequences_max() {
     );
     assert_eq!(run.summary().tracked, RUN_SEQUENCES_MAX as u64);
 }
+
+/// An untracked event of run `run` of world `w` at `t` (it creates no run) or an ACK of
+/// sequence 1 (it creates one).
+fn ack_of_run(task: &mut Task, run: usize, t: i64, out: &mut Vec<Output>) {
+    let ts = ackwatch_topology::time::format_rfc3339_ms(t);
+    let value = format!(
+        r#"{{"type":"ActivationAck","world_id":"w","run_id":"r{run}","sequence":1,"ack_ts":"{ts}"}}"#
+    );
+    task.process(
+        &RawRecord {
+            source: Source::Ack,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: Some(t),
+            key: Some(b"w"),
+            value: Some(value.as_bytes()),
+        },
+        out,
+    );
+}
+
+/// When retention drops more runs at once than one commit may delete, the tombstones come
+/// over several commits; the runs are gone for the engine at once, and a task restored from a
+/// store that still holds some of them (a crash between those commits) drops them again.
+#[test]
+fn retention_tombstones_are_bounded_per_commit_and_a_restore_drops_what_they_missed() {
+    use ackwatch_topology::limits::RETENTION_TOMBSTONES_PER_COMMIT_MAX as MAX;
+    let policy = Policy {
+        run_retention_ms: 60_000,
+        ..Policy::default()
+    };
+    let runs = MAX * 2 + 123;
+    let mut task = Task::new(policy);
+    let mut out = vec![];
+    for run in 0..runs {
+        ack_of_run(&mut task, run, T0 + run as i64 / 100, &mut out);
+    }
+    let (changes, _) = task.take_changes();
+    assert_eq!(changes.len(), runs);
+    let stored: Vec<(RunKey, ackwatch_topology::RunState)> = changes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.unwrap().clone()))
+        .collect();
+    drop(changes);
+
+    // An hour later every run is past retention (their orphan findings were raised long
+    // before; nothing is pending).
+    ack_of_run(&mut task, runs, T0 + 3_600_000, &mut out);
+    assert_eq!(task.run_count(), 1, "dropped for the engine at once");
+    assert_eq!(task.deferred_tombstones(), runs);
+    let mut meta = None;
+    let mut tombstones_per_commit = vec![];
+    for _ in 0..3 {
+        let (changes, m) = task.take_changes();
+        meta = meta.or(m);
+        tombstones_per_commit.push(changes.iter().filter(|(_, v)| v.is_none()).count());
+    }
+    assert_eq!(tombstones_per_commit, [MAX, MAX, 123]);
+    assert_eq!(task.deferred_tombstones(), 0);
+
+    // A crash after the first of those commits: the store still holds the runs the later ones
+    // would have deleted. Restored, they are dropped and their tombstones listed again.
+    let mut restored = Task::new(policy);
+    restored.restore_meta(meta.expect("stream time moved"));
+    for (key, state) in stored.iter().skip(MAX) {
+        restored.restore_run(key.clone(), state.clone());
+    }
+    assert_eq!(restored.run_count(), 0);
+    assert_eq!(restored.deferred_tombstones(), runs - MAX);
+}
