@@ -674,15 +674,18 @@ impl Worker {
     }
 
     /// The commit protocol, for every task at once:
-    /// 1. each task's changes go to its changelog partition (encoded once, kept for the store);
-    /// 2. at_least_once: wait until the broker acknowledged every output and changelog record;
+    /// 0. at_least_once: wait until the broker acknowledged every output produced so far;
+    /// 1. each task's changes go to its changelog partition (encoded once, kept for the store),
+    ///    closed by a commit marker with the input offsets they reflect;
+    /// 2. at_least_once: wait until the broker acknowledged every changelog record;
     ///    exactly_once_v2: add the input offsets to the transaction and commit it;
     /// 3. each store writes its batch (synced) and checkpoints the changelog offset it reflects;
     /// 4. at_least_once: commit the input offsets.
     ///
     /// A crash anywhere re-runs records whose effects may already be out (at_least_once, same
     /// idempotency keys) or were aborted (exactly_once_v2); the store never gets ahead of the
-    /// changelog, so a restore never loses a change the outputs depend on.
+    /// changelog, nor the changelog ahead of the outputs, and a restore stops at the last
+    /// marker, so a restored state is always one commit's, whole.
     pub fn commit(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
         let started = Instant::now();
         self.crash_point(CrashPoint::Start);
