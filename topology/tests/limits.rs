@@ -8,27 +8,26 @@ fn activation(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outco
     let value = format!(
         r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
     );
-    task.process(
-        &RawRecord {
-            source: Source::Activation,
-            partition: 0,
-            offset: 0,
-            timestamp_ms: Some(t),
-            key: Some(b"w"),
-            value: Some(value.as_bytes()),
-        },
-        out,
-    )
+    process(task, Source::Activation, &value, t, out)
 }
 
 fn ack(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
+    ack_of(task, "r", seq, t, out)
+}
+
+fn ack_of(task: &mut Task, run: &str, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
     let ts = ackwatch_topology::time::format_rfc3339_ms(t);
     let value = format!(
-        r#"{{"type":"ActivationAck","world_id":"w","run_id":"r","sequence":{seq},"ack_ts":"{ts}"}}"#
+        r#"{{"type":"ActivationAck","world_id":"w","run_id":"{run}","sequence":{seq},"ack_ts":"{ts}"}}"#
     );
+    process(task, Source::Ack, &value, t, out)
+}
+
+/// One record of world `w` with record time `t`.
+fn process(task: &mut Task, source: Source, value: &str, t: i64, out: &mut Vec<Output>) -> Outcome {
     task.process(
         &RawRecord {
-            source: Source::Ack,
+            source,
             partition: 0,
             offset: 0,
             timestamp_ms: Some(t),
@@ -88,26 +87,6 @@ fn a_run_with_many_more_sequences_than_the_limit_keeps_run_sequences_max() {
     assert_eq!(run.summary().tracked, RUN_SEQUENCES_MAX as u64);
 }
 
-/// An untracked event of run `run` of world `w` at `t` (it creates no run) or an ACK of
-/// sequence 1 (it creates one).
-fn ack_of_run(task: &mut Task, run: usize, t: i64, out: &mut Vec<Output>) {
-    let ts = ackwatch_topology::time::format_rfc3339_ms(t);
-    let value = format!(
-        r#"{{"type":"ActivationAck","world_id":"w","run_id":"r{run}","sequence":1,"ack_ts":"{ts}"}}"#
-    );
-    task.process(
-        &RawRecord {
-            source: Source::Ack,
-            partition: 0,
-            offset: 0,
-            timestamp_ms: Some(t),
-            key: Some(b"w"),
-            value: Some(value.as_bytes()),
-        },
-        out,
-    );
-}
-
 /// When retention drops more runs at once than one commit may delete, the tombstones come
 /// over several commits; the runs are gone for the engine at once, and a task restored from a
 /// store that still holds some of them (a crash between those commits) drops them again.
@@ -122,7 +101,13 @@ fn retention_tombstones_are_bounded_per_commit_and_a_restore_drops_what_they_mis
     let mut task = Task::new(policy);
     let mut out = vec![];
     for run in 0..runs {
-        ack_of_run(&mut task, run, T0 + run as i64 / 100, &mut out);
+        ack_of(
+            &mut task,
+            &format!("r{run}"),
+            1,
+            T0 + run as i64 / 100,
+            &mut out,
+        );
     }
     let (changes, _) = task.take_changes();
     assert_eq!(changes.len(), runs);
@@ -134,7 +119,7 @@ fn retention_tombstones_are_bounded_per_commit_and_a_restore_drops_what_they_mis
 
     // An hour later every run is past retention (their orphan findings were raised long
     // before; nothing is pending).
-    ack_of_run(&mut task, runs, T0 + 3_600_000, &mut out);
+    ack_of(&mut task, "last", 1, T0 + 3_600_000, &mut out);
     assert_eq!(task.run_count(), 1, "dropped for the engine at once");
     assert_eq!(task.deferred_tombstones(), runs);
     let mut meta = None;
