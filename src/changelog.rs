@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ackwatch_state::{Record, TaskStore};
+use ackwatch_state::{codec, Record, TaskStore};
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -308,20 +308,22 @@ pub fn restore_with_progress(
         &mut |offset, key, value| {
             stats.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
             if offset >= applied_end {
+                // Not applied, but checked like applied records: a changelog of another format
+                // (which has no markers) must be an error, not a commit to write over.
+                check_record(key, value).with_context(|| refused(topic, partition))?;
                 stats.unfinished_keys.push(key.to_vec());
                 return Ok(());
             }
             batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
             if batch.len() >= RESTORE_BATCH_RECORDS_MAX {
-                stats.records +=
-                    store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+                stats.records += apply(store, &batch, topic, partition)?;
                 batch.clear();
                 progress(high - offset - 1);
             }
             Ok(())
         },
     )?;
-    stats.records += store.apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
+    stats.records += apply(store, &batch, topic, partition)?;
     // With an unfinished commit at the end, the checkpoint stays before it, so a restore of
     // this store reads it again (and again leaves it out, unless newer commits follow it).
     let checkpoint = if stats.unfinished_keys.is_empty() {
@@ -332,6 +334,32 @@ pub fn restore_with_progress(
     store.commit_records(&[], Some(checkpoint))?;
     stats.duration = started.elapsed();
     Ok(stats)
+}
+
+/// Applies restored records; a record the store refuses (another format, a bad key) names the
+/// changelog and what to do.
+fn apply(store: &TaskStore, batch: &[Record], topic: &str, partition: i32) -> anyhow::Result<u64> {
+    store
+        .apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))
+        .with_context(|| refused(topic, partition))
+}
+
+fn check_record(key: &[u8], value: Option<&[u8]>) -> anyhow::Result<()> {
+    if !codec::is_task_key(key) {
+        codec::decode_key(key)?;
+    }
+    if let Some(value) = value {
+        codec::check_format(value)?;
+    }
+    Ok(())
+}
+
+fn refused(topic: &str, partition: i32) -> String {
+    format!(
+        "changelog {topic}[{partition}] holds a record this ackwatch cannot restore: run the \
+         ackwatch version that wrote it, or start from empty state (delete the changelog topic \
+         and the state directory; ackwatch recreates both)"
+    )
 }
 
 fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {

@@ -256,3 +256,40 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     assert_eq!(sorted_state(rebuilt.load().unwrap().runs), expected);
     assert_eq!(rebuilt.load().unwrap().meta, Some(owner.meta()));
 }
+
+/// A changelog of the previous format (no commit markers) is refused with what to do, never
+/// taken for an unfinished commit whose keys the next owner would overwrite with empty state.
+#[tokio::test]
+async fn a_changelog_of_another_format_is_refused_not_overwritten() {
+    let config = support::client_config();
+    let app = support::unique("app");
+    let topic = changelog::topic_name(&app);
+    changelog::ensure_topic(&config, &topic, 1, 1)
+        .await
+        .unwrap();
+    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    let mut task = Task::new(Policy::default());
+    feed(&mut task, 0, 5, T0);
+    let (changes, _) = task.take_changes();
+    let old_format: Vec<ackwatch_state::Record> = changes
+        .iter()
+        .map(|(k, v)| {
+            let mut value = ackwatch_state::codec::encode_run(v.unwrap());
+            value[0] = 1; // the format byte of the previous format
+            (ackwatch_state::codec::encode_key(k), Some(value))
+        })
+        .collect();
+    writer.write(0, &old_format).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = TaskStore::open(dir.path(), &app, 0, &StoreOptions::default()).unwrap();
+    let err = format!(
+        "{:#}",
+        changelog::restore(&config, &topic, 0, &store).unwrap_err()
+    );
+    assert!(
+        err.contains("cannot restore") && err.contains("format version 1"),
+        "{err}"
+    );
+    assert!(err.contains("delete the changelog topic"), "{err}");
+}
