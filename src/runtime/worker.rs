@@ -16,6 +16,7 @@ use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -23,7 +24,9 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use super::task::{StreamTask, TASK_BUFFERED_RECORDS_MAX};
 use super::Ctx;
 use crate::changelog;
-use crate::events::{RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
+use crate::events::{
+    KafkaClientError, RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored,
+};
 use crate::metrics::Metrics;
 use crate::settings::{Guarantee, Settings};
 use crate::sink::{self, Sink};
@@ -43,9 +46,22 @@ pub struct ProducerCtx {
     first_failure: Mutex<Option<String>>,
     /// Per changelog partition, the offset after the last record the broker acknowledged.
     changelog_end: Mutex<BTreeMap<i32, i64>>,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for ProducerCtx {}
+/// The producer reports client errors too: while a commit waits for acknowledgements the
+/// consumer is not polled, and an outage must show in the metrics during that wait as well.
+impl ClientContext for ProducerCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        KafkaClientError {
+            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+            reason,
+            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
+        }
+        .emit(&self.metrics);
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();
@@ -53,6 +69,7 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
+                self.metrics.all_brokers_down.set(0);
                 let mut ends = self.changelog_end.lock().expect("not poisoned");
                 let end = ends.entry(m.partition()).or_insert(0);
                 *end = (*end).max(m.offset() + 1);
@@ -125,6 +142,7 @@ impl Worker {
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_end: Mutex::new(BTreeMap::new()),
+            metrics: Arc::clone(&metrics),
         };
         let producer: BaseProducer<ProducerCtx> = config
             .create_with_context(ctx)
@@ -705,6 +723,12 @@ impl Worker {
                 input_next: task.processed_next,
             };
             let (changes, meta) = task.engine.take_changes();
+            if changes.is_empty() && meta.is_none() && task.processed_next == task.committed_next {
+                // Nothing new: no marker either. An idle task then produces nothing, so an idle
+                // commit never waits on the broker (during an outage it would wait until the
+                // broker returns, and the consumer would not be polled meanwhile).
+                continue;
+            }
             let records =
                 encode_changes(changes.iter().map(|(k, s)| (k, *s)), meta.as_ref(), &marker);
             drop(changes);
