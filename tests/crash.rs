@@ -118,14 +118,21 @@ fn killed_mid_commit(guarantee: &str) {
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("crash", PARTITIONS));
     let input = input();
-    // Produced in chunks while the processor runs, so crashes land in commits with work in them.
+    // Produced in chunks while the processor runs, so crashes land in commits with work in them
+    // (an idle commit writes no changelog record, so `changelog_sent` needs input to pass). The
+    // input lasts longer than the crashes take (72 s; five crashes took 30 s here, 60 s on a slow
+    // run); production stops once they are done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producing = {
-        let (kcat, topics) = (input.kcat.clone(), topics.clone());
+        let (kcat, topics, stop) = (input.kcat.clone(), topics.clone(), stop.clone());
         std::thread::spawn(move || {
             let rt = runtime();
             for chunk in kcat.chunks(1_000) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 rt.block_on(support::produce_kcat(chunk, &topics));
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(1_500));
             }
         })
     };
@@ -218,6 +225,7 @@ fn killed_mid_commit(guarantee: &str) {
             compared_runs += runs.len();
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producing.join().unwrap();
     assert!(
         compared_runs > 0,

@@ -15,8 +15,8 @@ use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -24,9 +24,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use super::task::{StreamTask, TASK_BUFFERED_RECORDS_MAX};
 use super::Ctx;
 use crate::changelog;
-use crate::events::{
-    KafkaClientError, RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored,
-};
+use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
 use crate::metrics::Metrics;
 use crate::settings::{Guarantee, Settings};
 use crate::sink::{self, Sink};
