@@ -15,7 +15,6 @@ use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, Outcome, Output, RawRecord, Source, Task};
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
@@ -24,7 +23,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use super::task::{StreamTask, TASK_BUFFERED_RECORDS_MAX};
 use super::Ctx;
 use crate::changelog;
-use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
+use crate::events::{RecordDeadLettered, RunEscalated, TaskClosed, TaskRestored};
 use crate::metrics::Metrics;
 use crate::settings::{Guarantee, Settings};
 use crate::sink::{self, Sink};
@@ -44,22 +43,9 @@ pub struct ProducerCtx {
     first_failure: Mutex<Option<String>>,
     /// Per changelog partition, the offset after the last record the broker acknowledged.
     changelog_end: Mutex<BTreeMap<i32, i64>>,
-    metrics: Arc<Metrics>,
 }
 
-/// The producer reports client errors too: while a commit waits for acknowledgements the
-/// consumer is not polled, and an outage must show in the metrics during that wait as well.
-impl ClientContext for ProducerCtx {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        KafkaClientError {
-            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
-            reason,
-            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
-        }
-        .emit(&self.metrics);
-    }
-}
+impl ClientContext for ProducerCtx {}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();
@@ -67,7 +53,6 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
-                self.metrics.all_brokers_down.set(0);
                 let mut ends = self.changelog_end.lock().expect("not poisoned");
                 let end = ends.entry(m.partition()).or_insert(0);
                 *end = (*end).max(m.offset() + 1);
@@ -140,7 +125,6 @@ impl Worker {
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_end: Mutex::new(BTreeMap::new()),
-            metrics: Arc::clone(&metrics),
         };
         let producer: BaseProducer<ProducerCtx> = config
             .create_with_context(ctx)
