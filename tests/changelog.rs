@@ -67,6 +67,20 @@ async fn commit(
     records.len()
 }
 
+/// A fresh application's changelog topic with `partitions` partitions, and a writer for it.
+async fn new_changelog(
+    partitions: i32,
+) -> (rdkafka::ClientConfig, String, String, ChangelogWriter) {
+    let config = support::client_config();
+    let app = support::unique("app");
+    let topic = changelog::topic_name(&app);
+    changelog::ensure_topic(&config, &topic, partitions, 1)
+        .await
+        .unwrap();
+    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    (config, app, topic, writer)
+}
+
 fn sorted_state(runs: impl IntoIterator<Item = (RunKey, RunState)>) -> Vec<(RunKey, RunState)> {
     let mut v: Vec<_> = runs.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -109,13 +123,7 @@ async fn changelog_topic_is_created_compacted_and_refused_when_it_does_not_fit()
 
 #[tokio::test]
 async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
-    let config = support::client_config();
-    let app = support::unique("app");
-    let topic = changelog::topic_name(&app);
-    changelog::ensure_topic(&config, &topic, 2, 1)
-        .await
-        .unwrap();
-    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    let (config, app, topic, writer) = new_changelog(2).await;
     let state_dir = tempfile::tempdir().unwrap();
     let partition = 1;
 
@@ -176,13 +184,7 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_alone() {
 /// commit rewrites them, a full restore reads past the unfinished records to the right state.
 #[tokio::test]
 async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
-    let config = support::client_config();
-    let app = support::unique("app");
-    let topic = changelog::topic_name(&app);
-    changelog::ensure_topic(&config, &topic, 1, 1)
-        .await
-        .unwrap();
-    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    let (config, app, topic, writer) = new_changelog(1).await;
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str| {
         TaskStore::open(&dir.path().join(name), &app, 0, &StoreOptions::default())
@@ -261,13 +263,7 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
 /// taken for an unfinished commit whose keys the next owner would overwrite with empty state.
 #[tokio::test]
 async fn a_changelog_of_another_format_is_refused_not_overwritten() {
-    let config = support::client_config();
-    let app = support::unique("app");
-    let topic = changelog::topic_name(&app);
-    changelog::ensure_topic(&config, &topic, 1, 1)
-        .await
-        .unwrap();
-    let writer = ChangelogWriter::new(&config, &topic).unwrap();
+    let (config, app, topic, writer) = new_changelog(1).await;
     let mut task = Task::new(Policy::default());
     feed(&mut task, 0, 5, T0);
     let (changes, _) = task.take_changes();

@@ -19,7 +19,7 @@ use ackwatch_state::{StoreOptions, TaskStore};
 use ackwatch_topology::partition_group::{Next, PartitionGroup};
 use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta};
 use support::facts::{now_ms, runtime, traffic};
-use support::LiveTopics;
+use support::{LiveTopics, Processor};
 
 const PARTITIONS: i32 = 2;
 const CRASHES: usize = 5;
@@ -137,7 +137,7 @@ fn killed_mid_commit(guarantee: &str) {
         })
     };
     let app = support::unique("app-crash");
-    let (config, _http) = support::live_config(
+    let (config, http) = support::live_config(
         dir.path(),
         &topics,
         &app,
@@ -158,32 +158,22 @@ fn killed_mid_commit(guarantee: &str) {
     for crash in 0..CRASHES {
         let point = CRASH_POINTS[(xorshift(&mut seed) % 5) as usize];
         let nth = 1 + xorshift(&mut seed) % 6;
-        let log = dir.path().join(format!("crash-{crash}.log"));
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ackwatch"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .env("ACKWATCH_CRASH_AT", format!("{point}:{nth}"))
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .unwrap();
+        let crash_at = format!("{point}:{nth}");
+        let mut processor =
+            Processor::start_with_env(&config, &http, &[("ACKWATCH_CRASH_AT", &crash_at)]);
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = processor.child.try_wait().unwrap() {
                 break status;
             }
-            if started.elapsed() > Duration::from_secs(90) {
-                let _ = child.kill();
-                panic!(
-                    "no crash at {point}:{nth} within 90 s:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "no crash at {crash_at} within 90 s:\n{}",
+                processor.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let logs = std::fs::read_to_string(&log).unwrap_or_default()
-            + &std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+        let logs = processor.log_text();
         assert_eq!(
             status.signal(),
             Some(9),

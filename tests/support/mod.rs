@@ -336,11 +336,17 @@ pub fn live_config(
 
 impl Processor {
     pub fn start(config: &std::path::Path, http: &str) -> Processor {
+        Self::start_with_env(config, http, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (e.g. the crash-test hook).
+    pub fn start_with_env(config: &std::path::Path, http: &str, env: &[(&str, &str)]) -> Processor {
         let log = config.with_extension(format!("{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ackwatch"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
