@@ -1,12 +1,17 @@
 //! The live processor against a real broker, in one run (BENCHMARKS.md, issue #5):
 //! 1. throughput: RECORDS generated records (100,000 concurrently open runs, 5% faults) on two
 //!    partitions; a bare rdkafka consumer reads both topics, then `ackwatch run` processes them;
-//!    the figure is ackwatch's records/s over the bare consumer's;
+//!    the figure is ackwatch's records/s over the bare consumer's (`ACKWATCH_BENCH_THREADS=1,2`:
+//!    once per `num_stream_threads` value, each with a fresh application id);
 //! 2. memory: ackwatch's RSS once it holds those runs;
 //! 3. detection delay while caught up: 30 s of paced traffic with faults, then emitted_at minus
 //!    detected_at of every `ActivationGapDetected`.
+//!
 //! `scripts/bench-live.sh` builds the binary, starts a broker and runs this:
-//!   ACKWATCH_TEST_BOOTSTRAP=host:port target/release/examples/bench_live [RECORDS]
+//!
+//! ```text
+//! ACKWATCH_TEST_BOOTSTRAP=host:port target/release/examples/bench_live [RECORDS]
+//! ```
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -160,6 +165,7 @@ fn start_ackwatch(
     bootstrap: &str,
     topics: &Topics,
     dir: &std::path::Path,
+    threads: u32,
 ) -> anyhow::Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -170,7 +176,7 @@ fn start_ackwatch(
         &config,
         format!(
             "[topics]\nactivation = {:?}\nack = {:?}\ngap = {:?}\nsignal = {:?}\ndead_letter = {:?}\n\
-             [kafka]\nbootstrap_servers = {bootstrap:?}\n[runtime]\nmax_task_idle_ms = {idle}\napplication_id = \"bench-{}\"\nstate_dir = {:?}\n\
+             [kafka]\nbootstrap_servers = {bootstrap:?}\n[runtime]\nmax_task_idle_ms = {idle}\napplication_id = \"bench-{}-t{threads}\"\nstate_dir = {:?}\nnum_stream_threads = {threads}\n\
              [http]\nlisten = {http:?}\n",
             topics.activation,
             topics.ack,
@@ -178,7 +184,7 @@ fn start_ackwatch(
             topics.signal,
             topics.dlq,
             std::process::id(),
-            dir.join("state").display().to_string(),
+            dir.join(format!("state-{threads}")).display().to_string(),
             idle = std::env::var("ACKWATCH_BENCH_IDLE_MS").unwrap_or_else(|_| "1000".into()),
         ),
     )?;
@@ -231,6 +237,30 @@ fn cpu_seconds(child: &Child) -> (f64, f64) {
     (ticks(11), ticks(12))
 }
 
+/// Waits until ackwatch has processed `records`; returns them and the seconds since its first.
+fn throughput(http: &str, records: usize, dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    let mut first = None;
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let Some(metrics) = http_get(http, "/metrics") else {
+            continue;
+        };
+        let done = metric_sum(&metrics, "ackwatch_records_total{");
+        if done > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if done as usize >= records {
+            return Ok((done, first.unwrap().elapsed().as_secs_f64()));
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "ackwatch did not finish; see {}",
+            dir.display()
+        );
+    }
+}
+
 fn percentile(sorted: &[i64], p: usize) -> i64 {
     sorted[((p * sorted.len()).div_ceil(100)).max(1) - 1]
 }
@@ -276,35 +306,33 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     eprintln!("ackwatch log: {}/ackwatch.log", dir.path().display());
-    let (mut child, http) = start_ackwatch(&bootstrap, &topics, dir.path())?;
-    let mut first = None;
-    let started = Instant::now();
-    let total = loop {
-        std::thread::sleep(Duration::from_millis(20));
-        let Some(metrics) = http_get(&http, "/metrics") else {
-            continue;
-        };
-        let done = metric_sum(&metrics, "ackwatch_records_total{");
-        if done > 0.0 {
-            first.get_or_insert_with(Instant::now);
+    // ACKWATCH_BENCH_THREADS=1,2 measures the throughput with each num_stream_threads in turn
+    // (a fresh application id each, so each reads everything); the last one goes on.
+    let thread_counts: Vec<u32> = std::env::var("ACKWATCH_BENCH_THREADS")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .map(|t| t.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("ACKWATCH_BENCH_THREADS: comma-separated thread counts")?;
+    let mut running = None;
+    for (i, &threads) in thread_counts.iter().enumerate() {
+        let (mut child, http) = start_ackwatch(&bootstrap, &topics, dir.path(), threads)?;
+        let (total, elapsed) = throughput(&http, records, dir.path())?;
+        let rate = total / elapsed;
+        let (user, system) = cpu_seconds(&child);
+        eprintln!("ackwatch cpu so far: user {user:.2} s, system {system:.2} s (wall since first record {elapsed:.2} s)");
+        println!("throughput: bare consumer {bare:.0} records/s; ackwatch ({threads} stream threads) {rate:.0} records/s ({total} records in {elapsed:.2} s); ratio {:.2}", rate / bare);
+        if i + 1 < thread_counts.len() {
+            child.kill()?;
+            child.wait()?;
+        } else {
+            running = Some((child, http));
         }
-        if done as usize >= records {
-            break done;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "ackwatch did not finish; see {}",
-            dir.path().display()
-        );
-    };
-    let elapsed = first.unwrap().elapsed().as_secs_f64();
-    let rate = total / elapsed;
-    let (user, system) = cpu_seconds(&child);
-    eprintln!("ackwatch cpu so far: user {user:.2} s, system {system:.2} s (wall since first record {elapsed:.2} s)");
+    }
+    let (mut child, http) = running.context("ACKWATCH_BENCH_THREADS names no thread count")?;
     std::thread::sleep(Duration::from_secs(3));
     let metrics = http_get(&http, "/metrics").unwrap_or_default();
     let (rss, hwm) = rss_kb(&child);
-    println!("throughput: bare consumer {bare:.0} records/s; ackwatch {rate:.0} records/s ({total} records in {elapsed:.2} s); ratio {:.2}", rate / bare);
     for prefix in [
         "ackwatch_commit_duration_ms_sum",
         "ackwatch_commit_duration_ms_count",

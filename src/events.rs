@@ -149,15 +149,17 @@ impl KafkaClientError<'_> {
 }
 
 pub struct PartitionsAssigned<'a> {
+    /// The stream thread (`runtime.num_stream_threads`) the partitions were assigned to.
+    pub thread: usize,
     pub partitions: &'a [i32],
 }
 
 impl PartitionsAssigned<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::info!(partitions = ?self.partitions, "partitions assigned");
+        tracing::info!(thread = self.thread, partitions = ?self.partitions, "partitions assigned");
         metrics
             .assigned_partitions
-            .set(self.partitions.len() as i64);
+            .set(self.thread, self.partitions.len() as i64);
     }
 }
 

@@ -22,24 +22,25 @@ pub struct Metrics {
     pub dead_letters_cut: IntCounter,
     pub findings_raised: IntCounterVec,
     pub findings_resolved: IntCounterVec,
-    pub findings_open: IntGaugeVec,
-    pub pending_acks: IntGauge,
-    pub pending_ack_oldest_age_ms: IntGauge,
+    /// By `FindingKind::ALL` position.
+    pub findings_open: Vec<ThreadGauge>,
+    pub pending_acks: ThreadGauge,
+    pub pending_ack_oldest_age_ms: ThreadGauge,
     pub signals: IntCounterVec,
     pub escalations: IntCounter,
     pub detection_delay_ms: Histogram,
     pub consumer_lag: IntGaugeVec,
-    pub assigned_partitions: IntGauge,
-    pub runs: IntGauge,
+    pub assigned_partitions: ThreadGauge,
+    pub runs: ThreadGauge,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
     pub commit_duration_ms: Histogram,
     pub changelog_records: IntCounter,
-    pub restoring_tasks: IntGauge,
+    pub restoring_tasks: ThreadGauge,
     pub restore_records: IntCounter,
     pub restore_bytes: IntCounter,
-    pub restore_remaining_records: IntGauge,
-    pub retention_tombstones_deferred: IntGauge,
+    pub restore_remaining_records: ThreadGauge,
+    pub retention_tombstones_deferred: ThreadGauge,
     pub task_idle_exceeded: IntCounter,
     pub limit_cut: IntCounterVec,
     pub buffer_paused_partitions: IntGauge,
@@ -49,6 +50,48 @@ pub struct Metrics {
     pub all_brokers_down: IntGauge,
     pub worldservice_posts: IntCounterVec,
     pub worldservice_signals: IntCounterVec,
+}
+
+/// How a [`ThreadGauge`] combines the stream threads' parts.
+#[derive(Clone, Copy, Debug)]
+pub enum Combine {
+    Sum,
+    Max,
+}
+
+/// A gauge of the instance made of one part per stream thread (`runtime.num_stream_threads`):
+/// each thread sets its own part, and the exported value (sum or maximum of the parts) is
+/// recomputed under one lock, so threads never overwrite each other's contribution.
+pub struct ThreadGauge {
+    gauge: IntGauge,
+    combine: Combine,
+    parts: std::sync::Mutex<std::collections::BTreeMap<usize, i64>>,
+}
+
+impl ThreadGauge {
+    fn new(gauge: IntGauge, combine: Combine) -> ThreadGauge {
+        ThreadGauge {
+            gauge,
+            combine,
+            parts: Default::default(),
+        }
+    }
+
+    /// Sets stream thread `thread`'s part.
+    pub fn set(&self, thread: usize, value: i64) {
+        let mut parts = self.parts.lock().expect("not poisoned");
+        parts.insert(thread, value);
+        let values = parts.values().copied();
+        self.gauge.set(match self.combine {
+            Combine::Sum => values.sum(),
+            Combine::Max => values.max().unwrap_or(0),
+        });
+    }
+
+    /// The exported value.
+    pub fn get(&self) -> i64 {
+        self.gauge.get()
+    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,22 +198,28 @@ impl Metrics {
                 "Sequences resolved, by kind",
                 &["kind"],
             ),
-            findings_open: gauge_vec(
-                &r,
-                "ackwatch_findings_open",
-                "Open findings (sequences) of owned runs, by kind",
-                &["kind"],
-            ),
-            pending_acks: gauge(
+            findings_open: {
+                let open = gauge_vec(
+                    &r,
+                    "ackwatch_findings_open",
+                    "Open findings (sequences) of owned runs, by kind",
+                    &["kind"],
+                );
+                FindingKind::ALL
+                    .iter()
+                    .map(|k| ThreadGauge::new(open.with_label_values(&[k.as_str()]), Combine::Sum))
+                    .collect()
+            },
+            pending_acks: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_pending_acks",
                 "Tracked activations waiting for their ACK",
-            ),
-            pending_ack_oldest_age_ms: gauge(
+            ), Combine::Sum),
+            pending_ack_oldest_age_ms: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_pending_ack_oldest_age_ms",
                 "Age of the oldest pending ACK by stream time, ms",
-            ),
+            ), Combine::Max),
             signals: counter_vec(
                 &r,
                 "ackwatch_signals_total",
@@ -194,12 +243,12 @@ impl Metrics {
                 "Records between the processed position and the high watermark",
                 &["topic", "partition"],
             ),
-            assigned_partitions: gauge(
+            assigned_partitions: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_assigned_partitions",
                 "Input partition pairs (tasks) owned by this instance",
-            ),
-            runs: gauge(&r, "ackwatch_runs", "Runs held by this instance's tasks"),
+            ), Combine::Sum),
+            runs: ThreadGauge::new(gauge(&r, "ackwatch_runs", "Runs held by this instance's tasks"), Combine::Sum),
             commits: counter(&r, "ackwatch_commits_total", "Completed commits"),
             commit_failures: counter(
                 &r,
@@ -217,11 +266,11 @@ impl Metrics {
                 "ackwatch_changelog_records_total",
                 "Records written to the changelog topic",
             ),
-            restoring_tasks: gauge(
+            restoring_tasks: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_restoring_tasks",
                 "Tasks restoring their store from the changelog",
-            ),
+            ), Combine::Sum),
             restore_records: counter(
                 &r,
                 "ackwatch_restore_records_total",
@@ -232,17 +281,17 @@ impl Metrics {
                 "ackwatch_restore_bytes_total",
                 "Changelog bytes (keys and values) applied by restores",
             ),
-            restore_remaining_records: gauge(
+            restore_remaining_records: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_restore_remaining_records",
                 "Changelog offsets left in the running restore",
-            ),
-            retention_tombstones_deferred: gauge(
+            ), Combine::Sum),
+            retention_tombstones_deferred: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_retention_tombstones_deferred",
                 "Tombstones of runs dropped by retention not written to the store and changelog yet \
                  (at most RETENTION_TOMBSTONES_PER_COMMIT_MAX per commit)",
-            ),
+            ), Combine::Sum),
             task_idle_exceeded: counter(
                 &r,
                 "ackwatch_task_idle_exceeded_total",
@@ -307,7 +356,6 @@ impl Metrics {
         for kind in FindingKind::ALL {
             m.findings_raised.with_label_values(&[kind.as_str()]);
             m.findings_resolved.with_label_values(&[kind.as_str()]);
-            m.findings_open.with_label_values(&[kind.as_str()]);
         }
         for action in Action::ALL {
             m.signals.with_label_values(&[action.as_str()]);
@@ -357,5 +405,23 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn thread_gauges_combine_every_threads_last_part() {
+        let check = |combine: Combine, sets: &[(usize, i64)], expected: i64| {
+            let gauge = ThreadGauge::new(IntGauge::new("g", "g").unwrap(), combine);
+            for &(thread, value) in sets {
+                gauge.set(thread, value);
+            }
+            assert_eq!(gauge.get(), expected, "{combine:?} {sets:?}");
+        };
+        check(Combine::Sum, &[], 0);
+        check(Combine::Sum, &[(0, 3)], 3);
+        check(Combine::Sum, &[(0, 3), (1, 4)], 7);
+        // A thread's new part replaces its old one, whatever the others did in between.
+        check(Combine::Sum, &[(0, 3), (1, 4), (0, 1)], 5);
+        check(Combine::Max, &[(0, 3), (1, 9), (1, 2)], 3);
+        check(Combine::Max, &[(2, -1)], -1);
     }
 }

@@ -8,6 +8,11 @@ use ackwatch_topology::Policy;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// Most processing threads one instance may run (`runtime.num_stream_threads`). Cost per thread:
+/// a consumer and a producer (librdkafka threads, prefetch and producer queues) and a group
+/// member; beyond the cores of a machine more threads only add rebalancing.
+pub const STREAM_THREADS_MAX: u64 = 64;
+
 /// Names of the topics ackwatch reads and writes (SPEC §1, §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -123,6 +128,10 @@ pub struct Runtime {
     /// an instance restarted within `session.timeout.ms` gets its partitions back without a
     /// rebalance (and a shutdown does not leave the group: its partitions wait for it).
     pub static_membership: bool,
+    /// Processing threads of this instance, like Kafka Streams' `num.stream.threads`: each has
+    /// its own consumer (a member of the group), producer and tasks, so partitions spread over
+    /// threads as over instances. More threads than partitions leave some idle.
+    pub num_stream_threads: u64,
 }
 
 impl Default for Runtime {
@@ -138,11 +147,22 @@ impl Default for Runtime {
             changelog_replication_factor: -1,
             shutdown_timeout_ms: 30_000,
             static_membership: false,
+            num_stream_threads: 1,
         }
     }
 }
 
 impl Runtime {
+    /// The consumer-group member name of stream thread `thread` (its `group.instance.id` under
+    /// static membership, and its transactional id's suffix): the instance id for thread 0, as
+    /// before threads existed, `<instance id>-t<thread>` for the others.
+    pub fn member_id(&self, thread: usize) -> String {
+        match thread {
+            0 => self.instance_id(),
+            t => format!("{}-t{t}", self.instance_id()),
+        }
+    }
+
     pub fn instance_id(&self) -> String {
         if !self.instance_id.is_empty() {
             return self.instance_id.clone();
@@ -287,6 +307,12 @@ impl Settings {
             ),
             ("runtime.max_task_idle_ms", r.max_task_idle_ms, 0, 600_000),
             ("runtime.lateness_ms", r.lateness_ms, 0, 3_600_000),
+            (
+                "runtime.num_stream_threads",
+                r.num_stream_threads,
+                1,
+                STREAM_THREADS_MAX,
+            ),
             (
                 "runtime.shutdown_timeout_ms",
                 r.shutdown_timeout_ms,
@@ -474,6 +500,10 @@ mod tests {
         check(
             "[runtime]\ncommit_interval_ms = 0\n",
             Err("runtime.commit_interval_ms = 0 is not between 10 and 600000"),
+        );
+        check(
+            "[runtime]\nnum_stream_threads = 0\n",
+            Err("runtime.num_stream_threads = 0 is not between 1 and 64"),
         );
         check(
             "[runtime]\nprocessing_guarantee = \"exactly_once\"\n",

@@ -22,7 +22,7 @@ fn scenario_dir() -> PathBuf {
 /// Every public scenario, produced to the broker, gives on the gap and signal topics exactly
 /// the audit's facts with the audit's idempotency keys; the findings are the expected file's,
 /// its pending deadlines included (the live stream time passes them).
-fn scenarios_live(guarantee: &str) {
+fn scenarios_live(guarantee: &str, runtime_extra: &str) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     for name in ["ack_missing", "activation_gap", "clean", "late_ack"] {
@@ -41,15 +41,39 @@ fn scenarios_live(guarantee: &str) {
         rt.block_on(support::produce_kcat(&read_kcat(&input), &topics));
 
         let app = support::unique(&format!("app-{name}"));
-        let (config, http) = support::live_config(dir.path(), &topics, &app, "i1", guarantee, "");
+        let (config, http) =
+            support::live_config(dir.path(), &topics, &app, "i1", guarantee, runtime_extra);
         let mut processor = Processor::start(&config, &http);
         processor.wait_ready(READY_TIMEOUT);
+        if !runtime_extra.is_empty() {
+            assert!(
+                threads_owning_partitions(&processor.log_text()) >= 2,
+                "partitions spread over the stream threads\n{}",
+                processor.log_text()
+            );
+        }
         let want = reference(&input, policy, now_ms());
         let committed = guarantee == "exactly_once_v2";
         let (gap, signal) = read_outputs(&topics, &want, committed);
         let got = observed(&gap, &signal);
         let log = processor.log_text();
-        assert_eq!(got.keys, want.keys, "{name}: idempotency keys\n{log}");
+        // What ackwatch read and owns, for a failure: records by outcome, lag, partitions.
+        let progress: String = support::http_get(&http, "/metrics")
+            .map(|(_, m)| {
+                m.lines()
+                    .filter(|l| {
+                        l.starts_with("ackwatch_records_total")
+                            || l.starts_with("ackwatch_consumer_lag")
+                            || l.starts_with("ackwatch_assigned_partitions")
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            got.keys, want.keys,
+            "{name}: idempotency keys\n{log}\n{progress}"
+        );
         assert_eq!(got.signals, want.signals, "{name}: signals");
         let mut expected_findings: Vec<Value> = expected["findings"].as_array().unwrap().clone();
         for p in expected["pending_at_end"].as_array().unwrap() {
@@ -106,7 +130,15 @@ fn scenarios_live(guarantee: &str) {
         let (status, body) = support::http_get(&http, "/runs/no_such_world/r1").unwrap();
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("owned_partitions"), "{body}");
+        assert!(
+            body.contains("[0,1,2]"),
+            "all three partitions owned: {body}"
+        );
         assert_eq!(support::http_get(&http, "/healthz").unwrap().0, 200);
+        assert!(
+            metrics.contains("ackwatch_assigned_partitions 3\n"),
+            "every thread's partitions counted once\n{metrics}"
+        );
 
         let status = processor.terminate(Duration::from_secs(30));
         assert!(
@@ -122,14 +154,37 @@ fn scenarios_live(guarantee: &str) {
     }
 }
 
+/// How many stream threads' latest "partitions assigned" line names partitions.
+fn threads_owning_partitions(log: &str) -> usize {
+    let mut latest = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["message"] == "partitions assigned" {
+            let owns = event["partitions"].as_str().is_some_and(|p| p != "[]");
+            latest.insert(event["thread"].as_u64(), owns);
+        }
+    }
+    latest.values().filter(|owns| **owns).count()
+}
+
 #[test]
 fn scenarios_live_at_least_once() {
-    scenarios_live("at_least_once");
+    scenarios_live("at_least_once", "");
 }
 
 #[test]
 fn scenarios_live_exactly_once_v2() {
-    scenarios_live("exactly_once_v2");
+    scenarios_live("exactly_once_v2", "");
+}
+
+/// Four stream threads on three partitions (one thread idle, each with its own consumer and
+/// transactional producer): the same outputs as one thread, ready although a thread owns nothing,
+/// partitions spread over threads, gauges summed over them, queries answered from any thread.
+#[test]
+fn scenarios_live_stream_threads() {
+    scenarios_live("exactly_once_v2", "num_stream_threads = 4");
 }
 
 /// Poison records (bad JSON, wrong types, a 1 MB value, a key that is not the world) go to the

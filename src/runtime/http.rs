@@ -2,7 +2,6 @@
 //! this instance owns (Kafka Streams' interactive queries): `/runs/{world_id}` and
 //! `/runs/{world_id}/{run_id}`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ackwatch_topology::report::Percentiles;
@@ -53,7 +52,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.ready.load(Ordering::SeqCst) {
+    if shared.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -104,7 +103,7 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
 }
 
 fn not_here(shared: &Shared, what: String) -> Response {
-    let partitions = shared.worker().partitions();
+    let partitions = shared.partitions();
     (
         StatusCode::NOT_FOUND,
         Json(json!({
@@ -120,8 +119,8 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
     tokio::task::spawn_blocking(move || {
         let mut runs = Vec::new();
         let mut total = 0usize;
-        {
-            let worker = shared.worker();
+        for thread in &shared.threads {
+            let worker = thread.worker();
             for task in worker.tasks.values() {
                 for (key, run) in task.engine.runs() {
                     if *key.world_id == *world_id {
@@ -150,14 +149,14 @@ async fn run(
 ) -> Response {
     tokio::task::spawn_blocking(move || {
         let key = RunKey::new(&world_id, &run_id);
-        let found = {
-            let worker = shared.worker();
+        let found = shared.threads.iter().find_map(|thread| {
+            let worker = thread.worker();
             worker.tasks.values().find_map(|task| {
                 task.engine
                     .run(&key)
                     .map(|run| run_view(&key, run, task.partition))
             })
-        };
+        });
         match found {
             Some(view) => Json(view).into_response(),
             None => not_here(&shared, format!("run {world_id:?}/{run_id:?}")),

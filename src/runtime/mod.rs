@@ -58,25 +58,59 @@ const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 pub const POLL_BATCH_RECORDS_MAX: usize = 512;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What the processing thread, the rebalance callbacks and the HTTP server share.
+/// What the stream threads, their rebalance callbacks and the HTTP server share.
 pub struct Shared {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    pub worker: Mutex<Worker>,
-    /// Partitions assigned and every task restored.
-    pub ready: AtomicBool,
+    /// One per `runtime.num_stream_threads`, by thread index.
+    pub threads: Vec<StreamThread>,
     pub shutdown: AtomicBool,
-    /// Bumped by every rebalance callback: records polled across a rebalance are dropped (their
-    /// tasks were closed; the new tasks read from the committed offsets).
-    generation: AtomicU64,
+    /// Set by any thread's fatal error; every thread stops on it.
     fatal: Mutex<Option<String>>,
+    /// Set when an output may change the firing alerts, so the alert loop posts soon.
+    pub alerts_dirty: Arc<AtomicBool>,
 }
 
-impl Shared {
+/// One stream thread's part of [`Shared`]: its worker and the flags its loop publishes.
+pub struct StreamThread {
+    pub worker: Mutex<Worker>,
+    /// The thread has an assignment (possibly empty) and every task of it is restored.
+    ready: AtomicBool,
+    /// The thread's assignment is not empty.
+    owns_tasks: AtomicBool,
+    /// Bumped by every rebalance callback of this thread's consumer: records polled across a
+    /// rebalance are dropped (their tasks were closed; the new tasks read from the committed
+    /// offsets).
+    generation: AtomicU64,
+}
+
+impl StreamThread {
     pub fn worker(&self) -> MutexGuard<'_, Worker> {
         self.worker
             .lock()
-            .expect("a panic on the processing thread ends the process")
+            .expect("a panic on a stream thread ends the process")
+    }
+}
+
+impl Shared {
+    /// Ready: every stream thread has its assignment restored, and the instance owns a task.
+    pub fn ready(&self) -> bool {
+        self.threads.iter().all(|t| t.ready.load(Ordering::SeqCst))
+            && self
+                .threads
+                .iter()
+                .any(|t| t.owns_tasks.load(Ordering::SeqCst))
+    }
+
+    /// The input partitions owned by any stream thread, sorted.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut all: Vec<i32> = self
+            .threads
+            .iter()
+            .flat_map(|t| t.worker().partitions())
+            .collect();
+        all.sort_unstable();
+        all
     }
 
     fn set_fatal(&self, error: String) {
@@ -92,9 +126,16 @@ impl Shared {
     }
 }
 
-/// The consumer's context: client errors into metrics, rebalances into the worker.
+/// A stream thread's consumer context: client errors into metrics, rebalances into its worker.
 pub struct Ctx {
     shared: Arc<Shared>,
+    thread: usize,
+}
+
+impl Ctx {
+    fn thread(&self) -> &StreamThread {
+        &self.shared.threads[self.thread]
+    }
 }
 
 impl ClientContext for Ctx {
@@ -119,13 +160,14 @@ fn partitions_by_topic(list: &TopicPartitionList, topic: &str) -> BTreeSet<i32> 
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.thread().generation.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(list) = rebalance {
             let topics = &self.shared.settings.topics;
             let mut revoked = partitions_by_topic(list, &topics.activation);
             revoked.extend(partitions_by_topic(list, &topics.ack));
-            self.shared.ready.store(false, Ordering::SeqCst);
-            let mut worker = self.shared.worker();
+            self.thread().ready.store(false, Ordering::SeqCst);
+            let mut worker = self.thread().worker();
+            worker.assigned = false;
             if let Err(e) = worker.commit(consumer) {
                 CommitFailed { error: &e }.emit(&self.shared.metrics);
                 self.shared
@@ -133,6 +175,7 @@ impl ConsumerContext for Ctx {
             }
             worker.close_tasks(&revoked, "revoked");
             PartitionsAssigned {
+                thread: self.thread,
                 partitions: &worker.partitions(),
             }
             .emit(&self.shared.metrics);
@@ -140,7 +183,7 @@ impl ConsumerContext for Ctx {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.thread().generation.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(list) => {
                 let topics = &self.shared.settings.topics;
@@ -160,9 +203,11 @@ impl ConsumerContext for Ctx {
                         .set_fatal(format!("cannot pause newly assigned partitions: {e}"));
                     return;
                 }
-                let mut worker = self.shared.worker();
+                let mut worker = self.thread().worker();
+                worker.assigned = true;
                 worker.to_start.extend(activation);
                 PartitionsAssigned {
+                    thread: self.thread,
                     partitions: &worker.partitions(),
                 }
                 .emit(&self.shared.metrics);
@@ -282,7 +327,7 @@ pub async fn check_cluster(
 
 /// The consumer of the input topics: the group, range assignment (co-partitioning), offsets
 /// committed only by the commit protocol.
-fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
+fn consumer_config(settings: &Settings, thread: usize) -> rdkafka::ClientConfig {
     let mut config = settings.kafka.client_config();
     // librdkafka prefetches up to queued.max.messages.kbytes per partition (default 64 MiB)
     // into one queue for all partitions: a small prefetch keeps a catching-up instance small and
@@ -306,7 +351,7 @@ fn consumer_config(settings: &Settings) -> rdkafka::ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
     if settings.runtime.static_membership {
-        config.set("group.instance.id", settings.runtime.instance_id());
+        config.set("group.instance.id", settings.runtime.member_id(thread));
     }
     config
 }
@@ -358,15 +403,29 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         &settings.topics.activation,
         &settings.topics.ack,
     ]));
-    let worker = Worker::new(settings.clone(), metrics.clone())?;
+    let alerts_dirty = Arc::new(AtomicBool::new(false));
+    let threads = (0..settings.runtime.num_stream_threads as usize)
+        .map(|thread| {
+            Ok(StreamThread {
+                worker: Mutex::new(Worker::new(
+                    settings.clone(),
+                    metrics.clone(),
+                    thread,
+                    alerts_dirty.clone(),
+                )?),
+                ready: AtomicBool::new(false),
+                owns_tasks: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         metrics,
-        worker: Mutex::new(worker),
-        ready: AtomicBool::new(false),
+        threads,
         shutdown: AtomicBool::new(false),
-        generation: AtomicU64::new(0),
         fatal: Mutex::new(None),
+        alerts_dirty,
     });
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(&settings.http.listen))
@@ -406,12 +465,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         tracing::error!("shutdown took longer than runtime.shutdown_timeout_ms; exiting");
         std::process::exit(2);
     });
-    let processing = shared.clone();
-    let result = std::thread::Builder::new()
-        .name("processing".into())
-        .spawn(move || processing_loop(processing))?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    let result = run_stream_threads(&shared);
     delivery_stop.store(true, Ordering::SeqCst);
     if let Some(delivery) = delivery {
         // Let the delivery consumer commit what it delivered before the runtime goes.
@@ -433,7 +487,7 @@ async fn alert_loop(shared: Arc<Shared>) {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("an HTTP client without TLS builds");
-    let dirty = shared.worker().alerts_dirty.clone();
+    let dirty = shared.alerts_dirty.clone();
     let mut book = crate::alerts::AlertBook::default();
     let mut last_post: Option<Instant> = None;
     let mut failed = false;
@@ -448,8 +502,14 @@ async fn alert_loop(shared: Arc<Shared>) {
         dirty.store(false, Ordering::Relaxed);
         let reader = shared.clone();
         let Ok(current) = tokio::task::spawn_blocking(move || {
-            let worker = reader.worker();
-            crate::alerts::firing(worker.tasks.values().flat_map(|t| t.engine.runs()))
+            let mut current = Vec::new();
+            for thread in &reader.threads {
+                let worker = thread.worker();
+                current.extend(crate::alerts::firing(
+                    worker.tasks.values().flat_map(|t| t.engine.runs()),
+                ));
+            }
+            current
         })
         .await
         else {
@@ -495,11 +555,49 @@ async fn wait_for_signal() {
     }
 }
 
-fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
+/// Runs every stream thread until shutdown or a fatal error; a thread that fails stops the
+/// others (through the fatal error they all check) and its error is the result.
+fn run_stream_threads(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let handles = (0..shared.threads.len())
+        .map(|thread| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("stream-{thread}"))
+                .spawn(move || {
+                    let result = processing_loop(&shared, thread);
+                    if let Err(e) = &result {
+                        shared.set_fatal(format!("stream thread {thread}: {e:#}"));
+                    }
+                    result
+                })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut first_error = None;
+    for handle in handles {
+        let result = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a stream thread panicked"))
+            .and_then(|r| r);
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    match (first_error, shared.fatal()) {
+        (Some(e), _) => Err(e),
+        (None, Some(fatal)) => Err(anyhow::anyhow!(fatal)),
+        (None, None) => Ok(()),
+    }
+}
+
+/// One stream thread: Kafka Streams' poll → process → punctuate → commit loop over the tasks
+/// of this thread's consumer.
+fn processing_loop(shared: &Arc<Shared>, thread_index: usize) -> anyhow::Result<()> {
     let settings = &shared.settings;
-    let consumer: BaseConsumer<Ctx> = consumer_config(settings)
+    let thread = &shared.threads[thread_index];
+    let consumer: BaseConsumer<Ctx> = consumer_config(settings, thread_index)
         .create_with_context(Ctx {
             shared: shared.clone(),
+            thread: thread_index,
         })
         .context("cannot create the consumer")?;
     consumer
@@ -521,7 +619,7 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         // Poll without the worker's lock: rebalance callbacks take it.
         let polling = Instant::now();
-        let generation = shared.generation.load(Ordering::SeqCst);
+        let generation = thread.generation.load(Ordering::SeqCst);
         let mut timeout = match wall_fire_ms {
             Some(at) => POLL_TIMEOUT.min(Duration::from_millis(
                 at.saturating_sub(wall_ms()).max(0) as u64,
@@ -536,20 +634,20 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
             timeout = Duration::ZERO;
         }
-        if shared.generation.load(Ordering::SeqCst) != generation {
+        if thread.generation.load(Ordering::SeqCst) != generation {
             batch.clear();
         }
         let tick = Instant::now();
         let polled = tick.duration_since(polling);
         let now = wall_ms();
-        let mut worker = shared.worker();
+        let mut worker = thread.worker();
         poll_clock += polled;
         worker.poll_clock_ms = poll_clock.as_millis() as Millis;
         if let Some(fatal) = shared.fatal() {
             break Err(anyhow::anyhow!(fatal));
         }
         if !worker.to_start.is_empty() {
-            shared.ready.store(false, Ordering::SeqCst);
+            thread.ready.store(false, Ordering::SeqCst);
             if let Err(e) = worker.start_tasks(&consumer) {
                 break Err(e.context("cannot start a task"));
             }
@@ -602,15 +700,18 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         if let Err(e) = step {
             break Err(e);
         }
-        shared.ready.store(
-            !worker.tasks.is_empty() && worker.to_start.is_empty(),
+        thread
+            .owns_tasks
+            .store(!worker.tasks.is_empty(), Ordering::SeqCst);
+        thread.ready.store(
+            worker.assigned && worker.to_start.is_empty(),
             Ordering::SeqCst,
         );
     };
     drop(batch);
-    shared.ready.store(false, Ordering::SeqCst);
+    thread.ready.store(false, Ordering::SeqCst);
     if result.is_ok() {
-        let mut worker = shared.worker();
+        let mut worker = thread.worker();
         worker
             .commit(&consumer)
             .inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
@@ -621,7 +722,7 @@ fn processing_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     // commit) and tells the coordinator, so the partitions move at once.
     drop(consumer);
     if result.is_ok() {
-        tracing::info!("stopped cleanly");
+        tracing::info!(thread = thread_index, "stream thread stopped cleanly");
     }
     result
 }
@@ -678,7 +779,7 @@ mod tests {
             let mut settings = Settings::default();
             settings.runtime.static_membership = static_membership;
             settings.runtime.instance_id = instance_id.into();
-            let config = consumer_config(&settings);
+            let config = consumer_config(&settings, 0);
             assert_eq!(config.get("group.instance.id"), expected);
             assert_eq!(config.get("group.id"), Some("ackwatch"));
             assert_eq!(config.get("partition.assignment.strategy"), Some("range"));

@@ -68,6 +68,8 @@ impl ProducerContext for ProducerCtx {
 }
 
 pub struct Worker {
+    /// Which stream thread of the instance this is (0-based, `runtime.num_stream_threads`).
+    pub thread: usize,
     settings: Settings,
     metrics: Arc<Metrics>,
     topic_names: [String; 2],
@@ -78,6 +80,9 @@ pub struct Worker {
     pub tasks: BTreeMap<i32, StreamTask>,
     /// Assigned partitions whose tasks are not restored yet.
     pub to_start: BTreeSet<i32>,
+    /// This thread's consumer has an assignment (possibly empty): set by the assignment
+    /// callback, cleared by the revocation one.
+    pub assigned: bool,
     outputs: Vec<Output>,
     pub last_commit: Instant,
     /// Milliseconds this instance has spent waiting in `poll`: the clock that bounds a task's
@@ -85,7 +90,8 @@ pub struct Worker {
     /// committing is not time the lagging partition's records could have arrived, so a busy
     /// catch-up does not run one topic ahead of the other; when idle it runs with the wall clock.
     pub poll_clock_ms: Millis,
-    /// Set when an output may change the firing alerts, so the alert loop posts soon.
+    /// Set when an output may change the firing alerts, so the alert loop posts soon (shared
+    /// by every stream thread's worker).
     pub alerts_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
     record_counters: [[prometheus::IntCounter; 6]; 2],
@@ -95,7 +101,13 @@ pub struct Worker {
 const OUTCOMES: [&str; 6] = ["tracked", "ack", "untracked", "duplicate", "invalid", "cut"];
 
 impl Worker {
-    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
+    /// The worker of stream thread `thread`; `alerts_dirty` is shared by every thread's worker.
+    pub fn new(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        thread: usize,
+        alerts_dirty: Arc<std::sync::atomic::AtomicBool>,
+    ) -> anyhow::Result<Worker> {
         let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
         let mut config = settings.kafka.client_config();
         config
@@ -107,7 +119,7 @@ impl Worker {
             let id = format!(
                 "{}-{}",
                 settings.runtime.application_id,
-                settings.runtime.instance_id()
+                settings.runtime.member_id(thread)
             );
             config.set("transactional.id", id);
             if !settings
@@ -145,6 +157,7 @@ impl Worker {
         let record_counters = [0, 1]
             .map(|s| OUTCOMES.map(|o| metrics.records.with_label_values(&[&topic_names[s], o])));
         Ok(Worker {
+            thread,
             record_counters,
             settings,
             metrics,
@@ -155,10 +168,11 @@ impl Worker {
             in_transaction: false,
             tasks: BTreeMap::new(),
             to_start: BTreeSet::new(),
+            assigned: false,
             outputs: Vec::new(),
             last_commit: Instant::now(),
             poll_clock_ms: 0,
-            alerts_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            alerts_dirty,
         })
     }
 
@@ -174,12 +188,14 @@ impl Worker {
     /// at assignment), then seeks each partition to its committed offset and resumes it.
     pub fn start_tasks(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
         while let Some(&partition) = self.to_start.first() {
-            self.metrics.restoring_tasks.set(self.to_start.len() as i64);
+            self.metrics
+                .restoring_tasks
+                .set(self.thread, self.to_start.len() as i64);
             let task = self.start_task(consumer, partition)?;
             self.to_start.remove(&partition);
             self.tasks.insert(partition, task);
         }
-        self.metrics.restoring_tasks.set(0);
+        self.metrics.restoring_tasks.set(self.thread, 0);
         Ok(())
     }
 
@@ -209,9 +225,9 @@ impl Worker {
             &self.changelog_topic,
             partition,
             &store,
-            &|left| remaining.set(left),
+            &|left| remaining.set(self.thread, left),
         )?;
-        remaining.set(0);
+        remaining.set(self.thread, 0);
         let contents = store.load()?;
         let mut engine = Task::new(self.settings.policy);
         if let Some(meta) = contents.meta {
@@ -281,17 +297,24 @@ impl Worker {
             if let Some(reflected) = reflected {
                 start[s] = start[s].max(reflected[s]);
             }
-            consumer
-                .seek(topic, partition, Offset::Offset(start[s]), REQUEST_TIMEOUT)
-                .with_context(|| format!("cannot seek {topic}[{partition}] to {}", start[s]))?;
         }
         drop(committed);
+        // Resume, then seek: librdkafka may drop the fetch start of an assignment paused at once
+        // in the rebalance callback (librdkafka issue #2190: the pause outdates the assign op),
+        // leaving the partition assigned but never fetched; a seek after the resume starts the
+        // fetch either way. Records fetched before the seek are older than its version barrier
+        // and never delivered.
         let mut list = TopicPartitionList::new();
         for topic in &self.topic_names {
             list.add_partition(topic, partition);
         }
         consumer.resume(&list).context("cannot resume partitions")?;
         drop(list);
+        for (s, topic) in self.topic_names.iter().enumerate() {
+            consumer
+                .seek(topic, partition, Offset::Offset(start[s]), REQUEST_TIMEOUT)
+                .with_context(|| format!("cannot seek {topic}[{partition}] to {}", start[s]))?;
+        }
         let mut task = StreamTask::new(
             partition,
             engine,
@@ -898,21 +921,21 @@ impl Worker {
             }
             task.seen_idle_exceeded = idle;
         }
-        for (i, kind) in ackwatch_topology::FindingKind::ALL.iter().enumerate() {
-            self.metrics
-                .findings_open
-                .with_label_values(&[kind.as_str()])
-                .set(open[i]);
+        let thread = self.thread;
+        for (gauge, open) in self.metrics.findings_open.iter().zip(open) {
+            gauge.set(thread, open);
         }
-        self.metrics.pending_acks.set(pending_acks);
-        self.metrics
-            .pending_ack_oldest_age_ms
-            .set(match (oldest, stream_time) {
+        self.metrics.pending_acks.set(thread, pending_acks);
+        self.metrics.pending_ack_oldest_age_ms.set(
+            thread,
+            match (oldest, stream_time) {
                 (Some(o), Some(st)) => (st - o).max(0),
                 _ => 0,
-            });
-        self.metrics.runs.set(runs);
+            },
+        );
+        self.metrics.runs.set(thread, runs);
         self.metrics.retention_tombstones_deferred.set(
+            thread,
             self.tasks
                 .values()
                 .map(|t| t.engine.deferred_tombstones() as i64)
