@@ -33,6 +33,10 @@ use crate::sink::{self, Sink};
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest a watermark request confirming a task is caught up may take (it blocks processing).
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a task start waits for its store's lock (held by a stream thread of this process
+/// that has not closed the task yet, or by another process: then the start fails).
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(30);
+const STORE_LOCK_RETRY: Duration = Duration::from_millis(200);
 /// Longest a metadata or offsets request at task start may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -199,18 +203,40 @@ impl Worker {
         Ok(())
     }
 
+    /// Opens a task's store, waiting up to `STORE_LOCK_WAIT` while it is locked: a partition
+    /// that moves between two stream threads of this process is opened by the new owner as soon
+    /// as it is assigned, possibly before the old owner's thread has closed it.
+    fn open_store(&self, partition: i32) -> anyhow::Result<(TaskStore, ackwatch_state::Opened)> {
+        let runtime = &self.settings.runtime;
+        let started = Instant::now();
+        let mut warned = false;
+        loop {
+            match TaskStore::open(
+                &runtime.state_dir,
+                &runtime.application_id,
+                partition,
+                &StoreOptions::default(),
+            ) {
+                Err(e)
+                    if e.is::<ackwatch_state::StoreLocked>()
+                        && started.elapsed() < STORE_LOCK_WAIT =>
+                {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(partition, error = %e, "store locked; waiting for it");
+                    }
+                    std::thread::sleep(STORE_LOCK_RETRY);
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn start_task(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         partition: i32,
     ) -> anyhow::Result<StreamTask> {
-        let runtime = &self.settings.runtime;
-        let (store, opened) = TaskStore::open(
-            &runtime.state_dir,
-            &runtime.application_id,
-            partition,
-            &StoreOptions::default(),
-        )?;
+        let (store, opened) = self.open_store(partition)?;
         if let ackwatch_state::Opened::Wiped(why) = &opened {
             tracing::warn!(
                 partition,
@@ -299,11 +325,10 @@ impl Worker {
             }
         }
         drop(committed);
-        // Resume, then seek: librdkafka may drop the fetch start of an assignment paused at once
-        // in the rebalance callback (librdkafka issue #2190: the pause outdates the assign op),
-        // leaving the partition assigned but never fetched; a seek after the resume starts the
-        // fetch either way. Records fetched before the seek are older than its version barrier
-        // and never delivered.
+        // Resume, then seek (librdkafka's documented workaround for its issue #2190: a pause
+        // right after an assignment, as in our rebalance callback, can outdate the assignment's
+        // fetch start; a seek after the resume starts the fetch whatever happened before).
+        // Records fetched before the seek are older than its version barrier, never delivered.
         let mut list = TopicPartitionList::new();
         for topic in &self.topic_names {
             list.add_partition(topic, partition);

@@ -14,4 +14,4 @@ pub mod codec;
 pub mod store;
 
 pub use codec::CommitMarker;
-pub use store::{encode_changes, Contents, Opened, Record, StoreOptions, TaskStore};
+pub use store::{encode_changes, Contents, Opened, Record, StoreLocked, StoreOptions, TaskStore};

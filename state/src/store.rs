@@ -110,6 +110,16 @@ impl TaskStore {
                     None
                 }
             },
+            // A store in use is not a broken store: wiping it would delete files under its
+            // owner (another process on the same state dir, or a stream thread of this one that
+            // has not closed it yet).
+            Err(e) if is_lock_error(&e) => {
+                return Err(StoreLocked {
+                    dir: db_dir,
+                    reason: e.to_string(),
+                }
+                .into())
+            }
             Err(e) => {
                 opened = Opened::Wiped(format!("store cannot be opened: {e}"));
                 None
@@ -243,6 +253,26 @@ impl TaskStore {
             .write_opt(batch, &options)
             .with_context(|| format!("cannot write the store in {}", self.dir.display()))
     }
+}
+
+/// The store is held by another RocksDB instance: another process using the same state dir,
+/// or (briefly, while a partition moves between stream threads) a thread of this process.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the store in {} is locked by another user ({reason}): runtime.state_dir must not be shared \
+     between running instances",
+    dir.display()
+)]
+pub struct StoreLocked {
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// Whether RocksDB refused to open because the store's `LOCK` file is held (by another process,
+/// or by another open instance in this one).
+fn is_lock_error(e: &rocksdb::Error) -> bool {
+    let text = e.to_string();
+    text.contains("/LOCK") || text.contains("lock hold by current process")
 }
 
 /// One changelog/store record: key and value, `None` for a tombstone.

@@ -181,6 +181,40 @@ fn a_store_of_another_application_is_wiped() {
     assert_eq!(store.checkpoint(), None, "a wiped store has no checkpoint");
 }
 
+/// A store in use (another process on the same state dir, or a stream thread that has not closed
+/// it yet) is refused, never wiped: its owner's data is intact and opens again once released.
+#[test]
+fn a_locked_store_is_refused_not_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = busy_task();
+    let owner = commit_all(&mut task, dir.path(), "app", Some(7));
+    let held = owner.load().unwrap();
+    assert!(!held.runs.is_empty());
+    let error = TaskStore::open(dir.path(), "app", 3, &StoreOptions::default())
+        .err()
+        .expect("a second open of a store in use fails");
+    let locked = error
+        .downcast_ref::<ackwatch_state::StoreLocked>()
+        .unwrap_or_else(|| panic!("not a StoreLocked: {error:#}"));
+    assert!(
+        error
+            .to_string()
+            .contains("runtime.state_dir must not be shared"),
+        "{error}"
+    );
+    assert!(locked.dir.ends_with("rocksdb"), "{locked:?}");
+    assert_eq!(
+        owner.load().unwrap(),
+        held,
+        "the owner's store is untouched"
+    );
+    assert_eq!(owner.checkpoint().map(|c| c.changelog_offset), Some(7));
+    drop(owner);
+    let (reopened, opened) = open(dir.path(), "app");
+    assert_eq!(opened, Opened::Existing);
+    assert_eq!(reopened.load().unwrap(), held);
+}
+
 #[test]
 fn a_corrupt_store_is_wiped() {
     let dir = tempfile::tempdir().unwrap();
