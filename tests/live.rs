@@ -22,7 +22,8 @@ fn scenario_dir() -> PathBuf {
 /// Every public scenario, produced to the broker, gives on the gap and signal topics exactly
 /// the audit's facts with the audit's idempotency keys; the findings are the expected file's,
 /// its pending deadlines included (the live stream time passes them).
-fn scenarios_live(guarantee: &str, runtime_extra: &str) {
+fn scenarios_live(guarantee: &str, stream_threads: usize) {
+    let runtime_extra = format!("num_stream_threads = {stream_threads}");
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     for name in ["ack_missing", "activation_gap", "clean", "late_ack"] {
@@ -42,10 +43,10 @@ fn scenarios_live(guarantee: &str, runtime_extra: &str) {
 
         let app = support::unique(&format!("app-{name}"));
         let (config, http) =
-            support::live_config(dir.path(), &topics, &app, "i1", guarantee, runtime_extra);
+            support::live_config(dir.path(), &topics, &app, "i1", guarantee, &runtime_extra);
         let mut processor = Processor::start(&config, &http);
         processor.wait_ready(READY_TIMEOUT);
-        if !runtime_extra.is_empty() {
+        if stream_threads > 1 {
             assert!(
                 threads_owning_partitions(&processor.log_text()) >= 2,
                 "partitions spread over the stream threads\n{}",
@@ -146,9 +147,13 @@ fn scenarios_live(guarantee: &str, runtime_extra: &str) {
             "{name}: exit {status}\n{}",
             processor.log_text()
         );
-        assert!(
-            processor.log_text().contains("stopped cleanly"),
-            "{}",
+        assert_eq!(
+            processor
+                .log_text()
+                .matches("stream thread stopped cleanly")
+                .count(),
+            stream_threads,
+            "every stream thread committed and left\n{}",
             processor.log_text()
         );
     }
@@ -171,12 +176,12 @@ fn threads_owning_partitions(log: &str) -> usize {
 
 #[test]
 fn scenarios_live_at_least_once() {
-    scenarios_live("at_least_once", "");
+    scenarios_live("at_least_once", 1);
 }
 
 #[test]
 fn scenarios_live_exactly_once_v2() {
-    scenarios_live("exactly_once_v2", "");
+    scenarios_live("exactly_once_v2", 1);
 }
 
 /// Four stream threads on three partitions (one thread idle, each with its own consumer and
@@ -184,7 +189,7 @@ fn scenarios_live_exactly_once_v2() {
 /// partitions spread over threads, gauges summed over them, queries answered from any thread.
 #[test]
 fn scenarios_live_stream_threads() {
-    scenarios_live("exactly_once_v2", "num_stream_threads = 4");
+    scenarios_live("exactly_once_v2", 4);
 }
 
 /// Poison records (bad JSON, wrong types, a 1 MB value, a key that is not the world) go to the

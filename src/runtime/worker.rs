@@ -581,7 +581,7 @@ impl Worker {
             None,
             raw.key,
             raw.value.map(|_| sink::dead_letter_value(value)),
-            headers,
+            Some(headers),
         )?;
         RecordDeadLettered {
             topic: &self.topic_names[s],
@@ -665,7 +665,7 @@ impl Worker {
                     None,
                     Some(encoded.key.as_bytes()),
                     Some(encoded.value.as_bytes()),
-                    headers,
+                    Some(headers),
                 )?;
             }
         }
@@ -691,10 +691,13 @@ impl Worker {
         partition: Option<i32>,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: OwnedHeaders,
+        headers: Option<OwnedHeaders>,
     ) -> anyhow::Result<()> {
         self.begin_if_needed()?;
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -771,7 +774,8 @@ impl Worker {
                     Some(*p),
                     Some(key),
                     value.as_deref(),
-                    OwnedHeaders::new(),
+                    // No headers: an empty header list is still allocated and sent per record.
+                    None,
                 );
                 if result.is_err() {
                     break;
