@@ -1,8 +1,9 @@
 //! The live processor against a real broker, in one run (BENCHMARKS.md, issue #5):
 //! 1. throughput: RECORDS generated records (100,000 concurrently open runs, 5% faults) on two
 //!    partitions; a bare rdkafka consumer reads both topics, then `ackwatch run` processes them;
-//!    the figure is ackwatch's records/s over the bare consumer's (`ACKWATCH_BENCH_THREADS=1,2`:
-//!    once per `num_stream_threads` value, each with a fresh application id);
+//!    the figure is ackwatch's records/s over the bare consumer's, which reads everything once
+//!    before and once after ackwatch (the faster read counts) (`ACKWATCH_BENCH_THREADS=1,2`:
+//!    ackwatch once per `num_stream_threads` value, each with a fresh application id);
 //! 2. memory: ackwatch's RSS once it holds those runs;
 //! 3. detection delay while caught up: 30 s of paced traffic with faults, then emitted_at minus
 //!    detected_at of every `ActivationGapDetected`.
@@ -105,9 +106,14 @@ async fn produce(bootstrap: &str, topics: &Topics, records: &[KcatRecord]) -> an
 
 /// A bare rdkafka consumer in a group, reading both topics until `count` records arrived;
 /// touches every payload so the comparison is fair. Returns records/s (first to last record).
-fn bare_consumer(bootstrap: &str, topics: &Topics, count: usize) -> anyhow::Result<f64> {
+fn bare_consumer(
+    bootstrap: &str,
+    topics: &Topics,
+    count: usize,
+    round: u32,
+) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = client(bootstrap)
-        .set("group.id", format!("bare-{}", std::process::id()))
+        .set("group.id", format!("bare-{}-{round}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
@@ -125,7 +131,7 @@ fn bare_consumer(bootstrap: &str, topics: &Topics, count: usize) -> anyhow::Resu
     }
     let elapsed = first.unwrap().elapsed().as_secs_f64();
     eprintln!(
-        "bare consumer: {seen} records, {} MiB in {elapsed:.2} s",
+        "bare consumer (round {round}): {seen} records, {} MiB in {elapsed:.2} s",
         bytes >> 20
     );
     Ok(seen as f64 / elapsed)
@@ -302,7 +308,9 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(traffic);
 
-    let bare = bare_consumer(&bootstrap, &topics, records.min(spec.records))?;
+    // The bare consumer reads twice, before and after ackwatch (its rate swings with the
+    // broker's warm-up and page cache); ratios are against the faster of the two reads.
+    let bare_before = bare_consumer(&bootstrap, &topics, records.min(spec.records), 1)?;
 
     let dir = tempfile::tempdir()?;
     eprintln!("ackwatch log: {}/ackwatch.log", dir.path().display());
@@ -315,19 +323,24 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .context("ACKWATCH_BENCH_THREADS: comma-separated thread counts")?;
     let mut running = None;
+    let mut rates = Vec::new();
     for (i, &threads) in thread_counts.iter().enumerate() {
         let (mut child, http) = start_ackwatch(&bootstrap, &topics, dir.path(), threads)?;
         let (total, elapsed) = throughput(&http, records, dir.path())?;
-        let rate = total / elapsed;
         let (user, system) = cpu_seconds(&child);
-        eprintln!("ackwatch cpu so far: user {user:.2} s, system {system:.2} s (wall since first record {elapsed:.2} s)");
-        println!("throughput: bare consumer {bare:.0} records/s; ackwatch ({threads} stream threads) {rate:.0} records/s ({total} records in {elapsed:.2} s); ratio {:.2}", rate / bare);
+        eprintln!("ackwatch ({threads} stream threads) cpu: user {user:.2} s, system {system:.2} s ({total} records in {elapsed:.2} s since its first)");
+        rates.push((threads, total / elapsed));
         if i + 1 < thread_counts.len() {
             child.kill()?;
             child.wait()?;
         } else {
             running = Some((child, http));
         }
+    }
+    let bare_after = bare_consumer(&bootstrap, &topics, records.min(spec.records), 2)?;
+    let bare = bare_before.max(bare_after);
+    for (threads, rate) in rates {
+        println!("throughput: bare consumer {bare:.0} records/s (reads: {bare_before:.0} before, {bare_after:.0} after); ackwatch ({threads} stream threads) {rate:.0} records/s; ratio {:.2}", rate / bare);
     }
     let (mut child, http) = running.context("ACKWATCH_BENCH_THREADS names no thread count")?;
     std::thread::sleep(Duration::from_secs(3));
