@@ -203,40 +203,18 @@ impl Worker {
         Ok(())
     }
 
-    /// Opens a task's store, waiting up to `STORE_LOCK_WAIT` while it is locked: a partition
-    /// that moves between two stream threads of this process is opened by the new owner as soon
-    /// as it is assigned, possibly before the old owner's thread has closed it.
-    fn open_store(&self, partition: i32) -> anyhow::Result<(TaskStore, ackwatch_state::Opened)> {
-        let runtime = &self.settings.runtime;
-        let started = Instant::now();
-        let mut warned = false;
-        loop {
-            match TaskStore::open(
-                &runtime.state_dir,
-                &runtime.application_id,
-                partition,
-                &StoreOptions::default(),
-            ) {
-                Err(e)
-                    if e.is::<ackwatch_state::StoreLocked>()
-                        && started.elapsed() < STORE_LOCK_WAIT =>
-                {
-                    if !std::mem::replace(&mut warned, true) {
-                        tracing::warn!(partition, error = %e, "store locked; waiting for it");
-                    }
-                    std::thread::sleep(STORE_LOCK_RETRY);
-                }
-                other => return other,
-            }
-        }
-    }
-
     fn start_task(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         partition: i32,
     ) -> anyhow::Result<StreamTask> {
-        let (store, opened) = self.open_store(partition)?;
+        let runtime = &self.settings.runtime;
+        let (store, opened) = open_store_waiting(
+            &runtime.state_dir,
+            &runtime.application_id,
+            partition,
+            STORE_LOCK_WAIT,
+        )?;
         if let ackwatch_state::Opened::Wiped(why) = &opened {
             tracing::warn!(
                 partition,
@@ -1006,6 +984,35 @@ impl Worker {
     }
 }
 
+/// Opens a task's store, waiting up to `wait` while it is locked: a partition that moves between
+/// two stream threads of this process is opened by the new owner as soon as it is assigned,
+/// possibly before the old owner's thread has closed it. Any other failure returns at once.
+fn open_store_waiting(
+    state_dir: &std::path::Path,
+    application_id: &str,
+    partition: i32,
+    wait: Duration,
+) -> anyhow::Result<(TaskStore, ackwatch_state::Opened)> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match TaskStore::open(
+            state_dir,
+            application_id,
+            partition,
+            &StoreOptions::default(),
+        ) {
+            Err(e) if e.is::<ackwatch_state::StoreLocked>() && started.elapsed() < wait => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(partition, error = %e, "store locked; waiting for it");
+                }
+                std::thread::sleep(STORE_LOCK_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How long one wait of [`Worker::flush_producer`] serves delivery reports.
 const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
 
@@ -1062,5 +1069,38 @@ fn crash_point(point: CrashPoint) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store another thread still holds is opened once released; one held for longer than the
+    /// wait fails with `StoreLocked` (and is not wiped).
+    #[test]
+    fn a_locked_store_is_waited_for_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |hold: Duration, wait: Duration, opens: bool| {
+            let (held, _) = open_store_waiting(dir.path(), "app", 1, wait).unwrap();
+            let holder = std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                drop(held);
+            });
+            let result = open_store_waiting(dir.path(), "app", 1, wait);
+            holder.join().unwrap();
+            match result {
+                Ok((_, opened)) => {
+                    assert!(opens, "opened although held {hold:?} > {wait:?}");
+                    assert_eq!(opened, ackwatch_state::Opened::Existing, "not wiped");
+                }
+                Err(e) => {
+                    assert!(!opens, "not opened after {hold:?} < {wait:?}: {e:#}");
+                    assert!(e.is::<ackwatch_state::StoreLocked>(), "{e:#}");
+                }
+            }
+        };
+        check(Duration::from_millis(500), Duration::from_secs(10), true);
+        check(Duration::from_secs(2), Duration::from_millis(300), false);
     }
 }
