@@ -1,6 +1,6 @@
-//! The live processor (`ackwatch run`): a consumer-group member that owns some partitions of
-//! the two input topics, one [`task::StreamTask`] per partition pair, and runs Kafka Streams'
-//! loop on one processing thread:
+//! The live processor (`ackwatch run`): `runtime.num_stream_threads` stream threads, each a
+//! consumer-group member that owns some partitions of the two input topics, one
+//! [`task::StreamTask`] per partition pair, and runs Kafka Streams' loop:
 //!
 //! ```text
 //!   poll one record ──> buffer in its task ──> process what the PartitionGroup releases
@@ -12,11 +12,12 @@
 //!                                                     confirmed caught up)
 //! ```
 //!
-//! Rebalance callbacks run inside `poll` on the same thread: a revocation commits and closes
-//! the tasks, an assignment checks co-partitioning and pauses the new partitions until their
-//! stores are restored. Everything the loop and the callbacks share is in [`Shared`], under one
-//! mutex that is never held across `poll`. The HTTP server runs on a small tokio runtime and
-//! reads metrics without that mutex; only `/runs` queries take it.
+//! Rebalance callbacks run inside `poll` on the thread of their consumer: a revocation commits
+//! and closes that thread's tasks, an assignment checks co-partitioning and pauses the new
+//! partitions until their stores are restored. What a thread's loop and its callbacks share is
+//! its [`StreamThread`] in [`Shared`], under one mutex that is never held across `poll`. The HTTP
+//! server runs on a small tokio runtime and reads metrics without those mutexes; only `/runs`
+//! queries and the alert loop's scan take them, one thread's at a time.
 
 pub mod http;
 mod task;
@@ -774,18 +775,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn static_membership_makes_the_instance_id_the_group_instance_id() {
-        let check = |static_membership: bool, instance_id: &str, expected: Option<&str>| {
-            let mut settings = Settings::default();
-            settings.runtime.static_membership = static_membership;
-            settings.runtime.instance_id = instance_id.into();
-            let config = consumer_config(&settings, 0);
-            assert_eq!(config.get("group.instance.id"), expected);
-            assert_eq!(config.get("group.id"), Some("ackwatch"));
-            assert_eq!(config.get("partition.assignment.strategy"), Some("range"));
-        };
-        check(false, "ackwatch-0", None);
-        check(true, "ackwatch-0", Some("ackwatch-0"));
-        check(true, "ackwatch-2", Some("ackwatch-2"));
+    fn static_membership_makes_the_member_id_the_group_instance_id() {
+        let check =
+            |static_membership: bool, instance_id: &str, thread: usize, expected: Option<&str>| {
+                let mut settings = Settings::default();
+                settings.runtime.static_membership = static_membership;
+                settings.runtime.instance_id = instance_id.into();
+                let config = consumer_config(&settings, thread);
+                assert_eq!(config.get("group.instance.id"), expected);
+                assert_eq!(config.get("group.id"), Some("ackwatch"));
+                assert_eq!(config.get("partition.assignment.strategy"), Some("range"));
+            };
+        check(false, "ackwatch-0", 0, None);
+        check(false, "ackwatch-0", 1, None);
+        check(true, "ackwatch-0", 0, Some("ackwatch-0"));
+        check(true, "ackwatch-2", 0, Some("ackwatch-2"));
+        // Other stream threads of one instance are other members, with names of their own.
+        check(true, "ackwatch-2", 1, Some("ackwatch-2-t1"));
+        check(true, "ackwatch-2", 3, Some("ackwatch-2-t3"));
     }
 }
