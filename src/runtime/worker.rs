@@ -47,9 +47,23 @@ pub struct ProducerCtx {
     first_failure: Mutex<Option<String>>,
     /// Per changelog partition, the offset after the last record the broker acknowledged.
     changelog_end: Mutex<BTreeMap<i32, i64>>,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for ProducerCtx {}
+/// The producer reports client errors too: while a commit waits for acknowledgements the
+/// consumer is not polled, and an outage that starts then must show in the metrics during the
+/// wait (up to `COMMIT_TIMEOUT`), not only after it.
+impl ClientContext for ProducerCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        crate::events::KafkaClientError {
+            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+            reason,
+            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
+        }
+        .emit(&self.metrics);
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();
@@ -57,6 +71,8 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
+                // The broker answered: whatever outage was reported is over.
+                self.metrics.all_brokers_down.set(0);
                 let mut ends = self.changelog_end.lock().expect("not poisoned");
                 let end = ends.entry(m.partition()).or_insert(0);
                 *end = (*end).max(m.offset() + 1);
@@ -141,6 +157,7 @@ impl Worker {
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_end: Mutex::new(BTreeMap::new()),
+            metrics: Arc::clone(&metrics),
         };
         let producer: BaseProducer<ProducerCtx> = config
             .create_with_context(ctx)
@@ -1075,6 +1092,32 @@ fn crash_point(point: CrashPoint) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The producer's client errors reach the metrics like the consumer's: an outage that
+    /// starts while a commit waits on the producer shows at once.
+    #[test]
+    fn producer_client_errors_are_reported() {
+        let metrics = Arc::new(Metrics::new(["a", "b"]));
+        let ctx = ProducerCtx {
+            changelog_topic: "c".into(),
+            failures: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            changelog_end: Mutex::new(BTreeMap::new()),
+            metrics: metrics.clone(),
+        };
+        let check = |code: RDKafkaErrorCode, down: i64| {
+            ctx.error(rdkafka::error::KafkaError::Global(code), "test");
+            assert_eq!(metrics.all_brokers_down.get(), down, "{code:?}");
+            assert!(
+                metrics.render().contains(&format!(
+                    "ackwatch_kafka_errors_total{{code=\"{code:?}\"}} 1"
+                )),
+                "{code:?} counted"
+            );
+        };
+        check(RDKafkaErrorCode::BrokerTransportFailure, 0);
+        check(RDKafkaErrorCode::AllBrokersDown, 1);
+    }
 
     /// A store another thread still holds is opened once released; one held for longer than the
     /// wait fails with `StoreLocked` (and is not wiped).
