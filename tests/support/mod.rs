@@ -140,7 +140,7 @@ impl LiveTopics {
         // The fixtures' records carry their original timestamps (months old): with the broker's
         // default time retention (7 days, checked every 5 minutes) a check between producing and
         // reading deleted every input segment, and the processor, finding nothing, emitted
-        // nothing (two CI runs and one local run failed so). Test inputs are kept for good.
+        // nothing (two CI runs and two local runs failed so). Test inputs are kept for good.
         let keep = [("retention.ms", "-1")];
         create_topic(&topics.activation, partitions, &keep).await;
         create_topic(&topics.ack, partitions, &keep).await;
