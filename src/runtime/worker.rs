@@ -1,6 +1,6 @@
-//! The worker: this instance's tasks, its producer, and the commit protocol. Driven by the
-//! processing loop (`super::processing_loop`) and by the consumer's rebalance callbacks, always
-//! on the processing thread, under the one `Mutex` of [`super::Shared`].
+//! The worker of one stream thread: its tasks, its producer, and the commit protocol. Driven by
+//! that thread's processing loop (`super::processing_loop`) and by its consumer's rebalance
+//! callbacks, always on that thread, under the `Mutex` of its [`super::StreamThread`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
