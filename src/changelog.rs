@@ -253,7 +253,7 @@ fn last_marker(
             start,
             end,
             &mut |offset, key, _| {
-                if key == ackwatch_state::codec::COMMIT_KEY {
+                if key == codec::COMMIT_KEY {
                     found = Some(offset);
                 }
                 Ok(())
@@ -310,7 +310,7 @@ pub fn restore_with_progress(
             if offset >= applied_end {
                 // Not applied, but checked like applied records: a changelog of another format
                 // (which has no markers) must be an error, not a commit to write over.
-                check_record(key, value).with_context(|| refused(topic, partition))?;
+                codec::check_record(key, value).with_context(|| refused(topic, partition))?;
                 stats.unfinished_keys.push(key.to_vec());
                 return Ok(());
             }
@@ -342,16 +342,6 @@ fn apply(store: &TaskStore, batch: &[Record], topic: &str, partition: i32) -> an
     store
         .apply_changelog(batch.iter().map(|(k, v)| (&k[..], v.as_deref())))
         .with_context(|| refused(topic, partition))
-}
-
-fn check_record(key: &[u8], value: Option<&[u8]>) -> anyhow::Result<()> {
-    if !codec::is_task_key(key) {
-        codec::decode_key(key)?;
-    }
-    if let Some(value) = value {
-        codec::check_format(value)?;
-    }
-    Ok(())
 }
 
 fn refused(topic: &str, partition: i32) -> String {

@@ -134,7 +134,18 @@ pub struct KafkaClientError<'a> {
     pub all_brokers_down: bool,
 }
 
-impl KafkaClientError<'_> {
+impl<'a> KafkaClientError<'a> {
+    /// The occurrence of a client error as librdkafka reports it (consumer or producer context,
+    /// or an error polled from the consumer).
+    pub fn of(error: &rdkafka::error::KafkaError, reason: &'a str) -> KafkaClientError<'a> {
+        let code = error.rdkafka_error_code();
+        KafkaClientError {
+            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
+            reason,
+            all_brokers_down: code == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown),
+        }
+    }
+
     pub fn emit(&self, metrics: &Metrics) {
         tracing::warn!(
             code = self.code.as_str(),

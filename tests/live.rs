@@ -58,22 +58,11 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
         let (gap, signal) = read_outputs(&topics, &want, committed);
         let got = observed(&gap, &signal);
         let log = processor.log_text();
-        // What ackwatch read and owns, for a failure: records by outcome, lag, partitions.
-        let progress: String = support::http_get(&http, "/metrics")
-            .map(|(_, m)| {
-                m.lines()
-                    .filter(|l| {
-                        l.starts_with("ackwatch_records_total")
-                            || l.starts_with("ackwatch_consumer_lag")
-                            || l.starts_with("ackwatch_assigned_partitions")
-                    })
-                    .map(|l| format!("{l}\n"))
-                    .collect()
-            })
-            .unwrap_or_default();
         assert_eq!(
-            got.keys, want.keys,
-            "{name}: idempotency keys\n{log}\n{progress}"
+            got.keys,
+            want.keys,
+            "{name}: idempotency keys\n{log}\n{}",
+            progress(&http)
         );
         assert_eq!(got.signals, want.signals, "{name}: signals");
         let mut expected_findings: Vec<Value> = expected["findings"].as_array().unwrap().clone();
@@ -157,6 +146,22 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
             processor.log_text()
         );
     }
+}
+
+/// What ackwatch read and owns, for a failure message: records by outcome, lag, partitions.
+fn progress(http: &str) -> String {
+    let Some((_, metrics)) = support::http_get(http, "/metrics") else {
+        return "(no /metrics)".into();
+    };
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ackwatch_records_total")
+                || l.starts_with("ackwatch_consumer_lag")
+                || l.starts_with("ackwatch_assigned_partitions")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// How many stream threads' latest "partitions assigned" line names partitions.

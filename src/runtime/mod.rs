@@ -34,7 +34,6 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 pub use task::TASK_BUFFERED_RECORDS_MAX;
@@ -141,13 +140,7 @@ impl Ctx {
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        KafkaClientError {
-            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
-            reason,
-            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
-        }
-        .emit(&self.shared.metrics);
+        KafkaClientError::of(&error, reason).emit(&self.shared.metrics);
     }
 }
 
@@ -656,13 +649,7 @@ fn processing_loop(shared: &Arc<Shared>, thread_index: usize) -> anyhow::Result<
         let step = (|| -> anyhow::Result<()> {
             // Client errors (all brokers down, ...) come through `poll` as well as `error`.
             for e in errors.drain(..) {
-                let code = e.rdkafka_error_code();
-                KafkaClientError {
-                    code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
-                    reason: &e.to_string(),
-                    all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
-                }
-                .emit(&shared.metrics);
+                KafkaClientError::of(&e, &e.to_string()).emit(&shared.metrics);
                 if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
                     bail!("fatal consumer error: {e}");
                 }

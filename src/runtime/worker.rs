@@ -55,13 +55,7 @@ pub struct ProducerCtx {
 /// wait (up to `COMMIT_TIMEOUT`), not only after it.
 impl ClientContext for ProducerCtx {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        crate::events::KafkaClientError {
-            code: code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")),
-            reason,
-            all_brokers_down: code == Some(RDKafkaErrorCode::AllBrokersDown),
-        }
-        .emit(&self.metrics);
+        crate::events::KafkaClientError::of(&error, reason).emit(&self.metrics);
     }
 }
 
@@ -71,8 +65,6 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
-                // The broker answered: whatever outage was reported is over.
-                self.metrics.all_brokers_down.set(0);
                 let mut ends = self.changelog_end.lock().expect("not poisoned");
                 let end = ends.entry(m.partition()).or_insert(0);
                 *end = (*end).max(m.offset() + 1);
@@ -745,6 +737,7 @@ impl Worker {
         }
         let changelog_topic = self.changelog_topic.clone();
         let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        let mut changelog_sent = false;
         for p in &partitions {
             let task = self.tasks.get_mut(p).expect("listed");
             let marker = CommitMarker {
@@ -781,6 +774,7 @@ impl Worker {
                 .inc_by(task.pending_store.len() as u64);
             self.tasks.insert(*p, task);
             result?;
+            changelog_sent = true;
             self.crash_point(CrashPoint::ChangelogSent);
         }
         let mut offsets = TopicPartitionList::new();
@@ -815,6 +809,10 @@ impl Worker {
                 .context("outputs and changelog records not acknowledged in time")?;
         }
         self.check_deliveries()?;
+        if changelog_sent {
+            // The broker acknowledged this commit: whatever outage was reported is over.
+            self.metrics.all_brokers_down.set(0);
+        }
         self.crash_point(CrashPoint::ChangelogAcknowledged);
 
         let ends = std::mem::take(

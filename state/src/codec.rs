@@ -59,6 +59,15 @@ pub fn check_format(bytes: &[u8]) -> Result<(), CodecError> {
     }
 }
 
+/// Checks a changelog/store record without decoding its value: the key is a task key or a run
+/// key, the value (absent for a tombstone) has this format's byte.
+pub fn check_record(key: &[u8], value: Option<&[u8]>) -> Result<(), CodecError> {
+    if !is_task_key(key) {
+        decode_key(key)?;
+    }
+    value.map_or(Ok(()), check_format)
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     check_format(bytes)?;
     let body = &bytes[1..];

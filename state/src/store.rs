@@ -230,14 +230,9 @@ impl TaskStore {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, value) in records {
-            if !codec::is_task_key(key) {
-                codec::decode_key(key)?;
-            }
+            codec::check_record(key, value)?;
             match value {
-                Some(value) => {
-                    codec::check_format(value)?;
-                    batch.put(key, value)
-                }
+                Some(value) => batch.put(key, value),
                 None => batch.delete(key),
             }
             n += 1;
