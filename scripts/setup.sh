@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what ackwatch needs on a fresh Debian machine of this kind, idempotently:
-#   - Debian packages: libclang-dev (RocksDB's bindgen), kcat, prometheus-alertmanager, prometheus (promtool),
+#   - Debian packages: libclang-dev (RocksDB's bindgen), librdkafka's TLS/SASL/OIDC/zstd headers, kcat, prometheus-alertmanager, prometheus (promtool),
 #     and the small tools the scripts use (curl, python3, time)
 #   - the Apache Kafka broker jars from Maven Central, into a cache directory
 # Safe to run repeatedly; each step is skipped when already done.
@@ -13,6 +13,11 @@ command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+# librdkafka's optional parts (Cargo.toml's rdkafka features): TLS, SASL GSSAPI (Kerberos),
+# OIDC token fetching, zstd; pkg-config finds them.
+for pkg in libssl-dev libsasl2-dev libsasl2-modules-gssapi-mit libcurl4-openssl-dev libzstd-dev zlib1g-dev pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
 command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
