@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ackwatch::kcat::KcatRecord;
+use ackwatch::audit::kcat::KcatRecord;
 use ackwatch::sim::{generate, TrafficSpec};
 use ackwatch_topology::time::parse_rfc3339_ms;
 use anyhow::Context;

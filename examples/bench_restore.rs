@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use ackwatch::changelog::{self, ChangelogWriter};
+use ackwatch::runtime::changelog::{self, ChangelogWriter};
 use ackwatch_state::{codec, Record, StoreOptions, TaskStore};
 use ackwatch_topology::{RunKey, RunState};
 use rdkafka::config::ClientConfig;
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // The commit marker that closes them (a restore applies only complete commits).
     let marker = ackwatch_state::CommitMarker {
-        input_next: [records as i64, records as i64],
+        input_next: ackwatch_topology::PerSide::both(records as i64),
     };
     writer
         .write(

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use ackwatch_state::{encode_changes, StoreOptions, TaskStore};
-use ackwatch_topology::{Outcome, Policy, RawRecord, Source, Task};
+use ackwatch_topology::{Outcome, Policy, RawRecord, Side, Task};
 
 #[global_allocator]
 static GLOBAL: ackwatch::Allocator = mimalloc::MiMalloc;
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         let records = encode_changes(
             changes.iter().map(|(k, v)| (k, *v)),
             meta.as_ref(),
-            &ackwatch_state::CommitMarker { input_next: [0, 0] },
+            &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
         );
         let keys: Vec<_> = changes.into_iter().map(|(k, _)| k).collect();
         store.commit_records(&records, None)?;
@@ -58,9 +58,9 @@ fn main() -> anyhow::Result<()> {
             let ack = format!(
                 r#"{{"type":"ActivationAck","version":1,"world_id":"{world}","run_id":"run{i}","sequence":{seq},"ack_ts":"{ts}"}}"#
             );
-            for (source, value) in [(Source::Activation, act), (Source::Ack, ack)] {
+            for (source, value) in [(Side::Activation, act), (Side::Ack, ack)] {
                 let record = RawRecord {
-                    source,
+                    side: source,
                     partition: 0,
                     offset: 0,
                     timestamp_ms: Some(t),

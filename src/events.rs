@@ -278,3 +278,149 @@ impl SignalExpired<'_> {
             .inc();
     }
 }
+
+/// A post to one Alertmanager failed; the alert loop retries in 5 s.
+pub struct AlertPostFailed<'a> {
+    pub url: &'a str,
+    pub error: &'a str,
+}
+
+impl AlertPostFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            url = self.url,
+            error = self.error,
+            "cannot post alerts; retrying in 5 s"
+        );
+        metrics
+            .alert_posts
+            .with_label_values(&[self.url, "error"])
+            .inc();
+    }
+}
+
+/// A task's local store could not be used and was wiped; the task restores from the changelog.
+pub struct StoreWiped<'a> {
+    pub partition: i32,
+    pub why: &'a str,
+}
+
+impl StoreWiped<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            partition = self.partition,
+            why = self.why,
+            "local store unusable; wiped, restoring from the changelog"
+        );
+        metrics.stores_wiped.inc();
+    }
+}
+
+/// A restore found a commit its writer did not finish at the changelog's end; it was not
+/// applied, and its keys are written again at the next commit.
+pub struct UnfinishedCommitLeftOut {
+    pub partition: i32,
+    pub records: usize,
+}
+
+impl UnfinishedCommitLeftOut {
+    pub fn emit(&self, _metrics: &Metrics) {
+        tracing::warn!(
+            partition = self.partition,
+            records = self.records,
+            "the changelog ends with a commit its writer did not finish; it was left out"
+        );
+    }
+}
+
+/// A task start waits for its store, locked by a stream thread still closing it.
+pub struct StoreLockedWaiting<'a> {
+    pub partition: i32,
+    pub error: &'a anyhow::Error,
+}
+
+impl StoreLockedWaiting<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            partition = self.partition,
+            error = format!("{:#}", self.error),
+            "store locked; waiting for it"
+        );
+    }
+}
+
+/// The consumer reported a failed rebalance (librdkafka retries it).
+pub struct RebalanceFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl RebalanceFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(error = %self.error, "rebalance error");
+        metrics
+            .kafka_errors
+            .with_label_values(&["rebalance"])
+            .inc();
+    }
+}
+
+/// A fatal error: every stream thread stops and the process exits non-zero.
+pub struct ProcessorFatal<'a> {
+    pub error: &'a str,
+}
+
+impl ProcessorFatal<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(error = self.error, "fatal error; the processor stops");
+        metrics.fatal_errors.inc();
+    }
+}
+
+/// A shutdown took longer than `runtime.shutdown_timeout_ms`; the process exits at once.
+pub struct ShutdownTimedOut;
+
+impl ShutdownTimedOut {
+    pub fn emit(&self) {
+        tracing::error!("shutdown took longer than runtime.shutdown_timeout_ms; exiting");
+    }
+}
+
+/// The HTTP endpoint stopped serving.
+pub struct HttpServerStopped<'a> {
+    pub error: &'a std::io::Error,
+}
+
+impl HttpServerStopped<'_> {
+    pub fn emit(&self) {
+        tracing::error!(error = %self.error, "http server stopped");
+    }
+}
+
+/// The WorldService delivery stopped; processing goes on, the signal topic keeps every signal.
+pub struct WorldServiceDeliveryStopped<'a> {
+    pub error: &'a anyhow::Error,
+}
+
+impl WorldServiceDeliveryStopped<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            error = format!("{:#}", self.error),
+            "WorldService delivery stopped"
+        );
+        metrics
+            .worldservice_posts
+            .with_label_values(&["error"])
+            .inc();
+    }
+}
+
+/// The WorldService delivery could not read the signal topic; it retries in a second.
+pub struct SignalTopicReadFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl SignalTopicReadFailed<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(error = %self.error, "signal topic read failed; retrying");
+    }
+}

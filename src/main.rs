@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Replay retained records (kcat -J files, or a cluster over a time window) with fresh state
-    /// and report what SPEC.md prescribes (and, for a cluster, where live outputs differ).
+    /// and report what docs/semantics.md prescribes (and, for a cluster, where live outputs differ).
     Audit(AuditArgs),
     /// Run the live processor: join the consumer group, emit gap events, signals and metrics.
     Run(ConfigArgs),
@@ -73,7 +73,7 @@ struct LoadgenArgs {
     /// Partitions of the file's records (a cluster's topics say how many they have).
     #[arg(long, default_value_t = 1)]
     partitions: i32,
-    /// Write the ground truth (findings and signals SPEC.md prescribes) to this JSON file.
+    /// Write the ground truth (the findings and signals the injected faults call for) to this JSON file.
     #[arg(long)]
     truth: Option<PathBuf>,
     /// Produce as fast as possible instead of at the records' timestamps.
@@ -248,15 +248,18 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     }
     .run_with(&mut |output| {
         if let ackwatch_topology::Output::Latency { phase, ms, .. } = output {
-            latencies.entry(phase_name(*phase)).or_default().push(*ms);
+            latencies
+                .entry(phase.map_or("none", ackwatch_topology::Phase::as_str))
+                .or_default()
+                .push(*ms);
         }
     })?;
     let latency_by_phase = latencies
         .into_iter()
-        .map(|(p, s)| (p.to_string(), ackwatch::cluster_audit::histogram(&s)))
+        .map(|(p, s)| (p.to_string(), ackwatch::audit::cluster::histogram(&s)))
         .collect();
     let html = || {
-        ackwatch::html::render(&ackwatch::html::Page {
+        ackwatch::audit::html::render(&ackwatch::audit::html::Page {
             title: "ackwatch audit".into(),
             subtitle: format!(
                 "replay of {}",
@@ -277,14 +280,6 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         html,
         || summary(&report),
     )
-}
-
-fn phase_name(phase: Option<ackwatch_topology::Phase>) -> &'static str {
-    match phase {
-        Some(ackwatch_topology::Phase::Freeze) => "freeze",
-        Some(ackwatch_topology::Phase::Unfreeze) => "unfreeze",
-        None => "none",
-    }
 }
 
 /// `--output` gets the JSON report, or the page with `--format html`; standard output gets
@@ -325,17 +320,17 @@ fn cluster_audit(
         })
     };
     settings.kafka.bootstrap_servers = bootstrap;
-    let audit = ackwatch::cluster_audit::ClusterAudit {
+    let audit = ackwatch::audit::cluster::ClusterAudit {
         from_ms: time("--from", &args.from)?,
         to_ms: time("--to", &args.to)?,
-        warmup_ms: ackwatch::loadgen::parse_duration_ms(&args.warmup)
+        warmup_ms: ackwatch::sim::loadgen::parse_duration_ms(&args.warmup)
             .map_err(|e| anyhow::anyhow!("--warmup: {e}"))?,
         world: args.world.clone(),
         settings,
     };
     let result = audit.run()?;
     let html = || {
-        ackwatch::html::render(&ackwatch::html::Page {
+        ackwatch::audit::html::render(&ackwatch::audit::html::Page {
             title: "ackwatch cluster audit".into(),
             subtitle: format!(
                 "{} to {} on {} (read from {}){}",
@@ -362,7 +357,7 @@ fn cluster_audit(
         args,
         || serde_json::to_string_pretty(&result),
         html,
-        || ackwatch::cluster_audit::summary(&result),
+        || ackwatch::audit::cluster::summary(&result),
     )
 }
 
@@ -371,12 +366,12 @@ fn sim_spec(
     settings: &Settings,
     start_ms: i64,
     partitions: i32,
-) -> anyhow::Result<ackwatch::simulator::SimSpec> {
-    use ackwatch::simulator::{Faults, SimSpec};
+) -> anyhow::Result<ackwatch::sim::SimSpec> {
+    use ackwatch::sim::{Faults, SimSpec};
     Ok(SimSpec {
         worlds: args.worlds,
         rate: args.rate,
-        duration_ms: ackwatch::loadgen::parse_duration_ms(&args.duration)
+        duration_ms: ackwatch::sim::loadgen::parse_duration_ms(&args.duration)
             .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
         start_ms,
         seed: args.seed,
@@ -392,7 +387,7 @@ fn sim_spec(
         world_prefix: "world_".into(),
         policy: settings.policy,
         script: match &args.fault_script {
-            Some(path) => ackwatch::simulator::parse_script(
+            Some(path) => ackwatch::sim::parse_script(
                 &std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("--fault-script {}: {e}", path.display()))?,
             )?,
@@ -402,7 +397,7 @@ fn sim_spec(
 }
 
 fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
-    use ackwatch::loadgen;
+    use ackwatch::sim::loadgen;
     let mut settings = Settings::load(args.config.as_deref())?;
     let start_ms = match &args.start_time {
         Some(t) => ackwatch_topology::time::parse_rfc3339_ms(t).ok_or_else(|| {
@@ -421,7 +416,12 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         let partitions = loadgen::input_partitions(&settings)?;
         let spec = sim_spec(&args.sim, &settings, start_ms, partitions)?;
         let stop = std::sync::atomic::AtomicBool::new(false);
-        loadgen::produce(&settings, spec, !args.no_pace, &stop, |p| {
+        let pacing = if args.no_pace {
+            loadgen::Pacing::FlatOut
+        } else {
+            loadgen::Pacing::AtRecordTime
+        };
+        loadgen::produce(&settings, spec, pacing, &stop, |p| {
             eprintln!("loadgen: {} records, {:.0} records/s", p.records, p.rate())
         })?
     };
@@ -443,9 +443,9 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(args: DemoArgs) -> anyhow::Result<ackwatch::demo::Ended> {
-    ackwatch::demo::run(ackwatch::demo::DemoOptions {
-        duration_ms: ackwatch::loadgen::parse_duration_ms(&args.duration)
+fn demo(args: DemoArgs) -> anyhow::Result<ackwatch::sim::demo::Ended> {
+    ackwatch::sim::demo::run(ackwatch::sim::demo::DemoOptions {
+        duration_ms: ackwatch::sim::loadgen::parse_duration_ms(&args.duration)
             .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
         seed: args.seed,
         faults: args.faults,
@@ -470,11 +470,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_logging_quiet();
             match demo(args) {
-                Ok(ackwatch::demo::Ended::Exact) => Ok(()),
-                Ok(ackwatch::demo::Ended::Differs) => Err(anyhow::anyhow!(
+                Ok(ackwatch::sim::demo::Ended::Exact) => Ok(()),
+                Ok(ackwatch::sim::demo::Ended::Differs) => Err(anyhow::anyhow!(
                     "what ackwatch detected differs from the ground truth (see above)"
                 )),
-                Ok(ackwatch::demo::Ended::Interrupted) => {
+                Ok(ackwatch::sim::demo::Ended::Interrupted) => {
                     eprintln!("demo interrupted: the comparison above covers only what was due");
                     return ExitCode::from(130);
                 }

@@ -6,7 +6,8 @@
 //! for processing or restore.
 
 use ackwatch_topology::decode::InvalidReason;
-use ackwatch_topology::{Action, FindingKind};
+use ackwatch_topology::Phase;
+use ackwatch_topology::{Action, FindingKind, OutcomeLabel};
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub all_brokers_down: IntGauge,
     pub worldservice_posts: IntCounterVec,
     pub worldservice_signals: IntCounterVec,
+    pub stores_wiped: IntCounter,
+    pub fatal_errors: IntCounter,
 }
 
 /// How a [`ThreadGauge`] combines the stream threads' parts.
@@ -342,12 +345,22 @@ impl Metrics {
                 "Signals handled by the WorldService delivery, by outcome (delivered, rejected, expired)",
                 &["outcome"],
             ),
+            stores_wiped: counter(
+                &r,
+                "ackwatch_stores_wiped_total",
+                "Local stores that could not be used and were wiped (then restored from the changelog)",
+            ),
+            fatal_errors: counter(
+                &r,
+                "ackwatch_fatal_errors_total",
+                "Fatal errors (the process exits non-zero)",
+            ),
             registry: r,
         };
         // Every label value known up front, so dashboards see zeros rather than gaps.
         for topic in topics {
-            for outcome in ["tracked", "untracked", "ack", "duplicate", "invalid", "cut"] {
-                m.records.with_label_values(&[topic, outcome]);
+            for outcome in OutcomeLabel::ALL {
+                m.records.with_label_values(&[topic, outcome.as_str()]);
             }
         }
         for reason in InvalidReason::LABELS {
@@ -366,7 +379,7 @@ impl Metrics {
         for outcome in ["delivered", "rejected", "expired"] {
             m.worldservice_signals.with_label_values(&[outcome]);
         }
-        for phase in ["freeze", "unfreeze", "none"] {
+        for phase in [Phase::Freeze.as_str(), Phase::Unfreeze.as_str(), "none"] {
             m.ack_latency_ms.with_label_values(&[phase]);
         }
         m

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use ackwatch::kcat::KcatRecord;
+use ackwatch::audit::kcat::KcatRecord;
 use ackwatch_topology::time::format_rfc3339_ms;
 use serde_json::Value;
 use support::facts::*;

@@ -3,9 +3,9 @@
 
 mod support;
 
-use ackwatch::changelog::{self, ChangelogWriter, Ensured};
+use ackwatch::runtime::changelog::{self, ChangelogWriter, Ensured};
 use ackwatch_state::{encode_changes, Opened, StoreOptions, TaskStore};
-use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Source, Task};
+use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Side, Task};
 
 const T0: i64 = 1_772_442_000_000;
 
@@ -20,7 +20,7 @@ fn feed(task: &mut Task, from_world: usize, worlds: usize, t: i64) {
             );
             task.process(
                 &RawRecord {
-                    source: Source::Activation,
+                    side: Side::Activation,
                     partition: 0,
                     offset: 0,
                     timestamp_ms: Some(t),
@@ -35,7 +35,7 @@ fn feed(task: &mut Task, from_world: usize, worlds: usize, t: i64) {
                 );
                 task.process(
                     &RawRecord {
-                        source: Source::Ack,
+                        side: Side::Ack,
                         partition: 0,
                         offset: 0,
                         timestamp_ms: Some(t),
@@ -60,7 +60,7 @@ async fn commit(
     let records = encode_changes(
         changes.iter().map(|(k, v)| (k, *v)),
         meta.as_ref(),
-        &ackwatch_state::CommitMarker { input_next: [0, 0] },
+        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
     );
     let end = writer.write(partition, &records).await.unwrap();
     store.commit_records(&records, end).unwrap();
@@ -209,7 +209,7 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     let mut records = encode_changes(
         changes.iter().map(|(k, v)| (k, *v)),
         meta.as_ref(),
-        &ackwatch_state::CommitMarker { input_next: [9, 9] },
+        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(9) },
     );
     records.pop().expect("the marker, last");
     records.truncate(records.len() - 2); // and two more records never written
@@ -228,7 +228,7 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     assert_eq!(restored.meta, Some(complete_meta));
     assert_eq!(
         restored.marker,
-        Some(ackwatch_state::CommitMarker { input_next: [0, 0] })
+        Some(ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) })
     );
     assert_eq!(stats.unfinished_keys, unfinished);
     // Restoring the same store again still leaves the unfinished commit out.

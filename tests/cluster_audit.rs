@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use ackwatch::simulator::{compare, Truth};
+use ackwatch::sim::{compare, Truth};
 use ackwatch_topology::time::format_rfc3339_ms;
 use serde_json::Value;
 use support::ackwatch;
@@ -107,7 +107,7 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
         "every live output of the window was compared"
     );
     let (got_findings, got_signals) = report_facts(&report);
-    let (want_findings, want_signals) = truth.facts(true);
+    let (want_findings, want_signals) = truth.facts(ackwatch::sim::Reading::Live);
     let findings = compare(&want_findings, &got_findings);
     assert!(findings.is_exact(), "{findings:?}");
     let signals = compare(&want_signals, &got_signals);

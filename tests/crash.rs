@@ -13,11 +13,12 @@ mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use ackwatch::kcat::KcatRecord;
+use ackwatch::audit::kcat::KcatRecord;
 use ackwatch::sim::OwnedRecord;
 use ackwatch_state::{StoreOptions, TaskStore};
-use ackwatch_topology::partition_group::{Next, PartitionGroup};
-use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta};
+use ackwatch_topology::partition_group::Buffered;
+use ackwatch_topology::stream_task::{Step, StreamTask};
+use ackwatch_topology::{PerSide, Policy, RunKey, RunState, TaskMeta};
 use support::facts::{now_ms, runtime, traffic};
 use support::{LiveTopics, Processor};
 
@@ -31,39 +32,33 @@ const CRASH_POINTS: [&str; 5] = [
     "offsets_committed",
 ];
 
-/// The engine's state after the records of partition `p` before `input_next` (per source), in
-/// the order the live task processes them (record timestamp; the merge of `PartitionGroup`).
+/// The engine's state after the records of partition `p` before `input_next` (per side), in
+/// the order the live task processes them (record timestamp; the task's partition group).
 fn reference(
     records: &[(i32, OwnedRecord)],
     partition: i32,
-    input_next: [i64; 2],
+    input_next: PerSide<i64>,
 ) -> (Vec<(RunKey, RunState)>, TaskMeta) {
-    let mut group = PartitionGroup::new(0);
+    let mut task = StreamTask::bounded(partition, Policy::default());
     for (_, r) in records.iter().filter(|(p, _)| *p == partition) {
-        let side = usize::from(r.source == Source::Ack);
-        if r.offset < input_next[side] {
-            group.push(r.source, Some(r.timestamp_ms), r);
-        }
-    }
-    let mut task = Task::new(Policy::default());
-    let mut out = Vec::new();
-    while let Next::Record(source, r) = group.next(0, [true, true]) {
-        task.process(
-            &RawRecord {
-                source,
-                partition,
+        if r.offset < input_next[r.side] {
+            let record = Buffered {
                 offset: r.offset,
                 timestamp_ms: Some(r.timestamp_ms),
-                key: Some(&r.key),
-                value: Some(&r.value),
-            },
-            &mut out,
-        );
+                key: Some(r.key.clone().into()),
+                value: Some(r.value.clone().into()),
+            };
+            task.push(r.side, record);
+        }
+    }
+    let mut out = Vec::new();
+    while let Step::Processed { .. } = task.step(0, |_| true, &mut out) {
         out.clear();
     }
+    let engine = &task.engine;
     (
-        sorted(task.runs().map(|(k, v)| (k.clone(), v.clone()))),
-        task.meta(),
+        sorted(engine.runs().map(|(k, v)| (k.clone(), v.clone()))),
+        engine.meta(),
     )
 }
 
@@ -146,7 +141,7 @@ fn killed_mid_commit(guarantee: &str) {
         // A restarted instance takes its partitions back at once, so crashes land mid-stream.
         "static_membership = true",
     );
-    let changelog = ackwatch::changelog::topic_name(&app);
+    let changelog = ackwatch::runtime::changelog::topic_name(&app);
 
     let mut seed = std::env::var("ACKWATCH_TEST_SEED")
         .ok()
@@ -190,9 +185,9 @@ fn killed_mid_commit(guarantee: &str) {
             )
             .unwrap();
             let config = support::client_config();
-            ackwatch::changelog::restore(&config, &changelog, partition, &store).unwrap();
+            ackwatch::runtime::changelog::restore(&config, &changelog, partition, &store).unwrap();
             let restored = store.load().unwrap();
-            let input_next = restored.marker.map_or([0, 0], |m| m.input_next);
+            let input_next = restored.marker.map_or(PerSide::both(0), |m| m.input_next);
             let (runs, meta) = reference(&input.owned, partition, input_next);
             assert_eq!(
                 sorted(restored.runs),
@@ -200,7 +195,7 @@ fn killed_mid_commit(guarantee: &str) {
                 "crash {crash} at {point}:{nth}, partition {partition}: restored runs differ from \
                  the engine's after input {input_next:?}\n{logs}"
             );
-            if input_next != [0, 0] {
+            if input_next != PerSide::both(0) {
                 assert_eq!(
                     restored.meta.map(|m| (m.first_record_ms, m.stream_time)),
                     Some((meta.first_record_ms, meta.stream_time)),

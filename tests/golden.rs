@@ -1,5 +1,4 @@
-//! Golden tests: every scenario in `tests/fixtures/scenarios` (and in `../shared/fixtures/scenarios`
-//! when present, so new public scenarios are picked up) audits to exactly its expected file.
+//! Golden tests: every scenario in `tests/fixtures/scenarios` audits to exactly its expected file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +11,7 @@ use serde_json::Value;
 
 fn scenario_dirs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("tests/fixtures/scenarios"),
-        root.join("../shared/fixtures/scenarios"),
-    ]
-    .into_iter()
-    .filter(|d| d.is_dir())
-    .collect()
+    vec![root.join("tests/fixtures/scenarios")]
 }
 
 fn scenarios() -> BTreeMap<String, (PathBuf, PathBuf)> {

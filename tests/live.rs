@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ackwatch::kcat::KcatRecord;
+use ackwatch::audit::kcat::KcatRecord;
 use ackwatch_topology::Policy;
 use serde_json::{json, Value};
 use support::facts::*;
@@ -274,7 +274,7 @@ fn poison_records_are_dead_lettered_and_processing_continues() {
         .iter()
         .find(|r| r.header("ackwatch.reason") == Some("too_large"))
         .unwrap();
-    assert_eq!(cut.value.len(), ackwatch::sink::DEAD_LETTER_VALUE_BYTES_MAX);
+    assert_eq!(cut.value.len(), ackwatch::sinks::records::DEAD_LETTER_VALUE_BYTES_MAX);
     assert_eq!(cut.header("ackwatch.original_bytes"), Some("1000010"));
     assert_eq!(dlq[0].value, b"{not json");
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use ackwatch::simulator::{compare, Truth};
+use ackwatch::sim::{compare, Truth};
 use serde_json::Value;
 use support::ackwatch;
 use support::facts::report_facts;
@@ -68,7 +68,7 @@ fn loadgen_files_audited_agree_with_loadgen_truth_for_several_seeds_and_profiles
             .iter()
             .map(|p| p["sequences"].as_array().unwrap().len())
             .sum();
-        let (want_findings, want_signals) = truth.facts(false);
+        let (want_findings, want_signals) = truth.facts(ackwatch::sim::Reading::Replay);
         let findings = compare(&want_findings, &got_findings);
         let signals = compare(&want_signals, &got_signals);
         assert!(

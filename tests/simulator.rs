@@ -6,13 +6,13 @@
 
 use ackwatch::audit::FileAudit;
 use ackwatch::settings::Topics;
-use ackwatch::simulator::{check_report, parse_script, simulate, Faults, SimSpec, TruthFinding};
+use ackwatch::sim::{check_report, parse_script, simulate, Faults, SimSpec, TruthFinding};
 use ackwatch_topology::FindingKind;
 use ackwatch_topology::Policy;
 
 /// The records as a kcat -J file, replayed by the file audit under `policy`.
 fn audit(
-    records: &[ackwatch::kcat::KcatRecord],
+    records: &[ackwatch::audit::kcat::KcatRecord],
     policy: Policy,
 ) -> ackwatch_topology::report::Report {
     let dir = tempfile::tempdir().unwrap();

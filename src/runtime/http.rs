@@ -32,7 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!(error = %e, "http server stopped");
+        crate::events::HttpServerStopped { error: &e }.emit();
     }
 }
 
@@ -120,13 +120,13 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
         let mut runs = Vec::new();
         let mut total = 0usize;
         for thread in &shared.threads {
-            let worker = thread.worker();
-            for task in worker.tasks.values() {
-                for (key, run) in task.engine.runs() {
+            let tasks = thread.tasks();
+            for task in tasks.running() {
+                for (key, run) in task.core.engine.runs() {
                     if *key.world_id == *world_id {
                         total += 1;
                         if runs.len() < RUNS_PER_WORLD_LISTED_MAX {
-                            runs.push(run_view(key, run, task.partition));
+                            runs.push(run_view(key, run, task.partition()));
                         }
                     }
                 }
@@ -150,12 +150,14 @@ async fn run(
     tokio::task::spawn_blocking(move || {
         let key = RunKey::new(&world_id, &run_id);
         let found = shared.threads.iter().find_map(|thread| {
-            let worker = thread.worker();
-            worker.tasks.values().find_map(|task| {
-                task.engine
+            let tasks = thread.tasks();
+            let view = tasks.running().find_map(|task| {
+                task.core
+                    .engine
                     .run(&key)
-                    .map(|run| run_view(&key, run, task.partition))
-            })
+                    .map(|run| run_view(&key, run, task.partition()))
+            });
+            view
         });
         match found {
             Some(view) => Json(view).into_response(),

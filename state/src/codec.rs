@@ -1,7 +1,7 @@
 //! Encoding of stored values and keys. Every value starts with a format-version byte, so a store
 //! or changelog written by another format is a clear error, never a misread.
 
-use ackwatch_topology::{RunKey, RunState, TaskMeta};
+use ackwatch_topology::{PerSide, RunKey, RunState, TaskMeta};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,9 +21,9 @@ pub const COMMIT_KEY: &[u8] = b"\xff\xffcommit";
 /// commit, and the marker says which input the restored state reflects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitMarker {
-    /// Next input offset per source (activation, ack) the state reflects: every record
-    /// before it was processed, and its outputs acknowledged by the broker.
-    pub input_next: [i64; 2],
+    /// Next input offset per side the state reflects: every record before it was processed,
+    /// and its outputs acknowledged by the broker. Stored as the two offsets, activation first.
+    pub input_next: PerSide<i64>,
 }
 
 /// Whether a store/changelog key is one of the task's own (meta, marker), not a run's.

@@ -7,8 +7,10 @@ use ackwatch_state::checkpoint::{self, Checkpoint};
 use ackwatch_state::codec::{self, CodecError, FORMAT_VERSION};
 use ackwatch_state::{CommitMarker, Opened, StoreOptions, TaskStore};
 
-const MARKER: CommitMarker = CommitMarker { input_next: [7, 9] };
-use ackwatch_topology::{Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta};
+const MARKER: CommitMarker = CommitMarker {
+    input_next: PerSide::new(7, 9),
+};
+use ackwatch_topology::{PerSide, Policy, RawRecord, RunKey, RunState, Side, Task, TaskMeta};
 use proptest::prelude::*;
 
 /// A task that saw a few runs: clean, missing ACK, gap, orphan, conflict, paused.
@@ -18,7 +20,7 @@ fn busy_task() -> Task {
     let t0 = 1_772_442_000_000i64;
     let act = |w: &str, r: &str, seq: u64, etag: &str, t: i64| {
         (
-            Source::Activation,
+            Side::Activation,
             w.to_string(),
             format!(
                 r#"{{"type":"ActivationUpdated","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"requires_ack":true,"phase":"freeze","etag":"{etag}","ts":"{}"}}"#,
@@ -29,7 +31,7 @@ fn busy_task() -> Task {
     };
     let ack = |w: &str, r: &str, seq: u64, t: i64| {
         (
-            Source::Ack,
+            Side::Ack,
             w.to_string(),
             format!(
                 r#"{{"type":"ActivationAck","version":1,"world_id":"{w}","run_id":"{r}","sequence":{seq},"ack_ts":"{}"}}"#,
@@ -53,7 +55,7 @@ fn busy_task() -> Task {
     for (source, key, value, t) in &records {
         task.process(
             &RawRecord {
-                source: *source,
+                side: *source,
                 partition: 0,
                 offset: 0,
                 timestamp_ms: Some(*t),

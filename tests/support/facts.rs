@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackwatch::audit::FileAudit;
-use ackwatch::kcat::{parse_line, KcatRecord};
+use ackwatch::audit::kcat::{parse_line, KcatRecord};
 use ackwatch::settings::Topics;
 use ackwatch_topology::{Output, Policy};
 use serde_json::{json, Value};
@@ -385,7 +385,7 @@ pub fn report_facts(
     std::collections::BTreeMap<String, String>,
     std::collections::BTreeMap<String, String>,
 ) {
-    use ackwatch::simulator::{finding_facts, signal_facts};
+    use ackwatch::sim::{finding_facts, signal_facts};
     let time = |v: &serde_json::Value| {
         ackwatch_topology::time::parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
     };

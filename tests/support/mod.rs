@@ -161,7 +161,7 @@ impl LiveTopics {
 }
 
 /// Produces kcat records to the test's input topics, keeping partition, key, value and timestamp.
-pub async fn produce_kcat(records: &[ackwatch::kcat::KcatRecord], topics: &LiveTopics) {
+pub async fn produce_kcat(records: &[ackwatch::audit::kcat::KcatRecord], topics: &LiveTopics) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = client_config()
         .set("linger.ms", "5")

@@ -14,21 +14,13 @@ use serde_json::value::RawValue;
 
 use crate::limits::{ETAG_BYTES_MAX, ID_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
 use crate::time::{parse_rfc3339_ms, Millis};
+pub use crate::side::Side;
 use crate::RunRef;
-
-/// Which input topic a record came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Source {
-    /// The activation topic (`activation`).
-    Activation,
-    /// The ACK topic (`control.activation.ack`).
-    Ack,
-}
 
 /// One Kafka record as the engine sees it, borrowed from wherever it was read.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
-    pub source: Source,
+    pub side: Side,
     pub partition: i32,
     pub offset: i64,
     /// The record timestamp (CreateTime or LogAppendTime), if the record has one.
@@ -43,6 +35,15 @@ pub struct RawRecord<'a> {
 pub enum Phase {
     Freeze,
     Unfreeze,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Freeze => "freeze",
+            Phase::Unfreeze => "unfreeze",
+        }
+    }
 }
 
 /// A tracked activation: `ActivationUpdated` with `requires_ack=true` and a sequence.

@@ -1,7 +1,7 @@
 //! `ackwatch-topology`: ackwatch's processing, as pure and deterministic logic.
 //!
 //! Given the records of partition p of the `activation` and `control.activation.ack` topics,
-//! this crate decides what `SPEC.md` says: findings, resolutions, ACK latencies and signals.
+//! this crate decides what docs/semantics.md says: findings, resolutions, ACK latencies and signals.
 //! It is the same code for the live processor, the audit and the tests.
 //!
 //! Invariants (see ARCHITECTURE.md):
@@ -16,9 +16,12 @@ pub mod limits;
 pub mod output;
 pub mod partition_group;
 pub mod policy;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod seq_map;
+pub mod side;
+pub mod stream_task;
 pub mod task;
 pub mod time;
 
@@ -27,8 +30,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use decode::{decode, Decoded, Phase, RawRecord, Source};
-pub use output::{Action, GapDetected, GapResolved, Outcome, Output, Signal};
+pub use decode::{decode, Decoded, Phase, RawRecord};
+pub use side::{PerSide, Side};
+pub use output::{Action, GapDetected, GapResolved, Outcome, OutcomeLabel, Output, Signal};
 pub use policy::Policy;
 pub use run::{FindingKind, RunState};
 pub use task::{Counters, Pending, Task, TaskMeta};

@@ -106,6 +106,60 @@ pub enum Outcome {
     NeedsRun(RunKey),
 }
 
+/// What an input record counted as: the `outcome` label of `ackwatch_records_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutcomeLabel {
+    Tracked,
+    Ack,
+    Untracked,
+    Duplicate,
+    Invalid,
+    Cut,
+}
+
+impl OutcomeLabel {
+    pub const ALL: [OutcomeLabel; 6] = [
+        OutcomeLabel::Tracked,
+        OutcomeLabel::Ack,
+        OutcomeLabel::Untracked,
+        OutcomeLabel::Duplicate,
+        OutcomeLabel::Invalid,
+        OutcomeLabel::Cut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeLabel::Tracked => "tracked",
+            OutcomeLabel::Ack => "ack",
+            OutcomeLabel::Untracked => "untracked",
+            OutcomeLabel::Duplicate => "duplicate",
+            OutcomeLabel::Invalid => "invalid",
+            OutcomeLabel::Cut => "cut",
+        }
+    }
+
+    /// Position in [`Self::ALL`], for per-label arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Outcome {
+    /// The label a processed record is counted under; `None` for `NeedsRun` (nothing was
+    /// processed yet).
+    pub fn label(&self) -> Option<OutcomeLabel> {
+        Some(match self {
+            Outcome::Tracked => OutcomeLabel::Tracked,
+            Outcome::Ack => OutcomeLabel::Ack,
+            Outcome::Untracked => OutcomeLabel::Untracked,
+            Outcome::Duplicate => OutcomeLabel::Duplicate,
+            Outcome::Invalid(_) => OutcomeLabel::Invalid,
+            Outcome::Cut => OutcomeLabel::Cut,
+            Outcome::NeedsRun(_) => return None,
+        })
+    }
+}
+
 /// Escapes `%` and `:` so the parts of a key cannot run into each other.
 fn key_part(text: &str) -> std::borrow::Cow<'_, str> {
     if text.contains([':', '%']) {

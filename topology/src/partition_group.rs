@@ -7,16 +7,9 @@
 
 use std::collections::VecDeque;
 
-use crate::decode::{RawRecord, Source};
+use crate::decode::RawRecord;
+use crate::side::{PerSide, Side};
 use crate::time::Millis;
-
-/// The index of a source in per-side arrays: 0 activation, 1 ACK.
-pub fn side(source: Source) -> usize {
-    match source {
-        Source::Activation => 0,
-        Source::Ack => 1,
-    }
-}
 
 /// One record held by a task between its read and its processing, owned.
 #[derive(Debug)]
@@ -28,9 +21,9 @@ pub struct Buffered {
 }
 
 impl Buffered {
-    pub fn as_raw(&self, source: Source, partition: i32) -> RawRecord<'_> {
+    pub fn as_raw(&self, side: Side, partition: i32) -> RawRecord<'_> {
         RawRecord {
-            source,
+            side,
             partition,
             offset: self.offset,
             timestamp_ms: self.timestamp_ms,
@@ -43,7 +36,7 @@ impl Buffered {
 /// What the task should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next<T> {
-    Record(Source, T),
+    Record(Side, T),
     /// One partition is empty but not caught up, and `max_task_idle_ms` has not passed.
     Wait,
     /// Nothing buffered.
@@ -52,7 +45,7 @@ pub enum Next<T> {
 
 #[derive(Debug)]
 pub struct PartitionGroup<T> {
-    queues: [VecDeque<(Millis, T)>; 2],
+    queues: PerSide<VecDeque<(Millis, T)>>,
     max_task_idle_ms: Millis,
     /// When the task began waiting for an empty partition (the caller's clock).
     waiting_since: Option<Millis>,
@@ -68,7 +61,7 @@ pub struct PartitionGroup<T> {
 impl<T> PartitionGroup<T> {
     pub fn new(max_task_idle_ms: Millis) -> Self {
         PartitionGroup {
-            queues: [VecDeque::new(), VecDeque::new()],
+            queues: PerSide::default(),
             max_task_idle_ms,
             waiting_since: None,
             idle_exceeded: 0,
@@ -77,13 +70,24 @@ impl<T> PartitionGroup<T> {
     }
 
     /// Buffers a record; `timestamp_ms` is its record timestamp (records without one sort first).
-    pub fn push(&mut self, source: Source, timestamp_ms: Option<Millis>, item: T) {
-        self.queues[side(source)].push_back((timestamp_ms.unwrap_or(Millis::MIN), item));
+    pub fn push(&mut self, side: Side, timestamp_ms: Option<Millis>, item: T) {
+        self.queues[side].push_back((timestamp_ms.unwrap_or(Millis::MIN), item));
+    }
+
+    /// Puts a record just taken by [`Self::next`] back at the head of its partition, to be
+    /// taken again first (its run had to be loaded before it could be processed).
+    pub fn push_front(&mut self, side: Side, timestamp_ms: Option<Millis>, item: T) {
+        self.queues[side].push_front((timestamp_ms.unwrap_or(Millis::MIN), item));
+    }
+
+    /// Records buffered for `side`.
+    pub fn len(&self, side: Side) -> usize {
+        self.queues[side].len()
     }
 
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
-        self.queues[0].is_empty() && self.queues[1].is_empty()
+        self.queues.values().all(VecDeque::is_empty)
     }
 
     /// Whether every buffered record's timestamp is after `t_ms` (true when nothing is
@@ -92,40 +96,41 @@ impl<T> PartitionGroup<T> {
     /// punctuation would skip. Scans whole queues (timestamps within a partition can go
     /// backwards); they hold at most `lateness_ms` of records when the task is caught up.
     pub fn all_after(&self, t_ms: Millis) -> bool {
-        self.queues.iter().flatten().all(|(ts, _)| *ts > t_ms)
+        self.queues.values().flatten().all(|(ts, _)| *ts > t_ms)
     }
 
     /// The next record to process. `caught_up[s]` says partition s has been read to its high
     /// watermark (always true for a bounded input); `now_ms` is the caller's clock, used only
     /// to bound the wait.
-    pub fn next(&mut self, now_ms: Millis, caught_up: [bool; 2]) -> Next<T> {
+    pub fn next(&mut self, now_ms: Millis, caught_up: PerSide<bool>) -> Next<T> {
         self.next_with(now_ms, |side| caught_up[side])
     }
 
-    /// [`Self::next`], asking `caught_up(side)` (0: activation, 1: ACK) only when it matters:
-    /// when that side has nothing buffered.
+    /// [`Self::next`], asking `caught_up(side)` only when it matters: when that side has
+    /// nothing buffered.
     pub fn next_with(
         &mut self,
         now_ms: Millis,
-        mut caught_up: impl FnMut(usize) -> bool,
+        mut caught_up: impl FnMut(Side) -> bool,
     ) -> Next<T> {
-        let heads = [
-            self.queues[0].front().map(|h| h.0),
-            self.queues[1].front().map(|h| h.0),
-        ];
-        let pick = match heads {
-            [Some(a), Some(b)] => {
+        let heads = self.queues.map_ref(|q| q.front().map(|h| h.0));
+        let pick = match (heads.activation, heads.ack) {
+            (Some(a), Some(b)) => {
                 self.waiting_since = None;
                 if a <= b {
-                    0
+                    Side::Activation
                 } else {
-                    1
+                    Side::Ack
                 }
             }
-            [None, None] => return Next::Empty,
-            [Some(_), None] | [None, Some(_)] => {
-                let full = if heads[0].is_some() { 0 } else { 1 };
-                let empty = 1 - full;
+            (None, None) => return Next::Empty,
+            (Some(_), None) | (None, Some(_)) => {
+                let full = if heads.activation.is_some() {
+                    Side::Activation
+                } else {
+                    Side::Ack
+                };
+                let empty = full.other();
                 if caught_up(empty) {
                     self.waiting_since = None;
                     // At the head of both partitions, a record of the other one with a lower
@@ -152,14 +157,7 @@ impl<T> PartitionGroup<T> {
             }
         };
         let (_, item) = self.queues[pick].pop_front().expect("head exists");
-        Next::Record(
-            if pick == 0 {
-                Source::Activation
-            } else {
-                Source::Ack
-            },
-            item,
-        )
+        Next::Record(pick, item)
     }
 }
 
@@ -170,7 +168,7 @@ mod tests {
     fn drain(
         group: &mut PartitionGroup<&'static str>,
         now: Millis,
-        caught_up: [bool; 2],
+        caught_up: PerSide<bool>,
     ) -> Vec<&'static str> {
         let mut got = vec![];
         while let Next::Record(_, item) = group.next(now, caught_up) {
@@ -186,12 +184,12 @@ mod tests {
     ) {
         let mut group = PartitionGroup::new(1000);
         for &(ts, name) in activations {
-            group.push(Source::Activation, Some(ts), name);
+            group.push(Side::Activation, Some(ts), name);
         }
         for &(ts, name) in acks {
-            group.push(Source::Ack, Some(ts), name);
+            group.push(Side::Ack, Some(ts), name);
         }
-        assert_eq!(drain(&mut group, 0, [true, true]), expected);
+        assert_eq!(drain(&mut group, 0, PerSide::both(true)), expected);
     }
 
     #[test]
@@ -214,48 +212,48 @@ mod tests {
     #[test]
     fn waits_for_a_lagging_partition_at_most_max_task_idle() {
         let mut group = PartitionGroup::new(1000);
-        group.push(Source::Activation, Some(1), "a1");
-        assert_eq!(group.next(100, [true, false]), Next::Wait);
-        assert_eq!(group.next(1099, [true, false]), Next::Wait);
+        group.push(Side::Activation, Some(1), "a1");
+        assert_eq!(group.next(100, PerSide::new(true, false)), Next::Wait);
+        assert_eq!(group.next(1099, PerSide::new(true, false)), Next::Wait);
         assert_eq!(
-            group.next(1100, [true, false]),
-            Next::Record(Source::Activation, "a1")
+            group.next(1100, PerSide::new(true, false)),
+            Next::Record(Side::Activation, "a1")
         );
         assert_eq!(group.idle_exceeded, 1);
-        group.push(Source::Activation, Some(2), "a2");
+        group.push(Side::Activation, Some(2), "a2");
         assert_eq!(
-            group.next(1200, [true, false]),
-            Next::Record(Source::Activation, "a2")
+            group.next(1200, PerSide::new(true, false)),
+            Next::Record(Side::Activation, "a2")
         );
         assert_eq!(group.idle_exceeded, 1, "one wait, counted once");
-        assert_eq!(group.next(1300, [true, false]), Next::Empty);
+        assert_eq!(group.next(1300, PerSide::new(true, false)), Next::Empty);
     }
 
     #[test]
     fn live_holds_records_newer_than_the_hold_while_the_other_side_is_empty() {
         let mut group = PartitionGroup::new(1000);
         group.hold_after = Some(100);
-        group.push(Source::Activation, Some(100), "a100");
-        group.push(Source::Activation, Some(101), "a101");
+        group.push(Side::Activation, Some(100), "a100");
+        group.push(Side::Activation, Some(101), "a101");
         assert_eq!(
-            group.next(0, [true, true]),
-            Next::Record(Source::Activation, "a100")
+            group.next(0, PerSide::both(true)),
+            Next::Record(Side::Activation, "a100")
         );
         assert_eq!(
-            group.next(0, [true, true]),
+            group.next(0, PerSide::both(true)),
             Next::Wait,
             "a101 is newer than the hold"
         );
-        group.push(Source::Ack, Some(99), "k99");
+        group.push(Side::Ack, Some(99), "k99");
         assert_eq!(
-            group.next(0, [true, true]),
-            Next::Record(Source::Ack, "k99")
+            group.next(0, PerSide::both(true)),
+            Next::Record(Side::Ack, "k99")
         );
-        assert_eq!(group.next(0, [true, true]), Next::Wait);
+        assert_eq!(group.next(0, PerSide::both(true)), Next::Wait);
         group.hold_after = Some(101);
         assert_eq!(
-            group.next(0, [true, true]),
-            Next::Record(Source::Activation, "a101")
+            group.next(0, PerSide::both(true)),
+            Next::Record(Side::Activation, "a101")
         );
     }
 
@@ -263,17 +261,17 @@ mod tests {
     fn all_after_looks_at_every_buffered_record_not_only_the_heads() {
         let mut group = PartitionGroup::new(1000);
         assert!(group.all_after(Millis::MAX), "empty");
-        group.push(Source::Activation, Some(200), "a200");
-        group.push(Source::Ack, Some(150), "k150");
+        group.push(Side::Activation, Some(200), "a200");
+        group.push(Side::Ack, Some(150), "k150");
         assert!(group.all_after(149));
         assert!(!group.all_after(150), "a record at t is not after t");
         group.push(
-            Source::Activation,
+            Side::Activation,
             Some(120),
             "a120 (timestamps went backwards)",
         );
         assert!(!group.all_after(149));
-        group.push(Source::Ack, None, "no timestamp");
+        group.push(Side::Ack, None, "no timestamp");
         assert!(
             !group.all_after(Millis::MIN + 1),
             "no timestamp sorts first"
@@ -283,8 +281,8 @@ mod tests {
     #[test]
     fn does_not_wait_for_a_caught_up_partition() {
         let mut group = PartitionGroup::new(1000);
-        group.push(Source::Ack, Some(7), "k7");
-        assert_eq!(group.next(0, [true, true]), Next::Record(Source::Ack, "k7"));
+        group.push(Side::Ack, Some(7), "k7");
+        assert_eq!(group.next(0, PerSide::both(true)), Next::Record(Side::Ack, "k7"));
         assert_eq!(group.idle_exceeded, 0);
     }
 }

@@ -2,7 +2,7 @@
 //! that no byte sequence panics the decoder.
 
 use ackwatch_topology::decode::{
-    decode, decode_precise, Decoded, InvalidReason, Phase, RawRecord, Source,
+    decode, decode_precise, Decoded, InvalidReason, Phase, RawRecord, Side,
 };
 use proptest::prelude::*;
 
@@ -56,7 +56,7 @@ fn ack(world: &str, run: &str, seq: u64, ms: i64) -> Want {
 
 fn check(key: Option<&str>, record_ts: Option<i64>, value: Option<&str>, want: Want) {
     let record = RawRecord {
-        source: Source::Activation,
+        side: Side::Activation,
         partition: 0,
         offset: 0,
         timestamp_ms: record_ts,
@@ -404,7 +404,7 @@ fn every_reason_has_a_distinct_label() {
 /// Decodes through both paths and requires them to agree exactly.
 fn decode_bytes<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> Decoded<'a> {
     let record = RawRecord {
-        source: Source::Ack,
+        side: Side::Ack,
         partition: 0,
         offset: 0,
         timestamp_ms: Some(0),

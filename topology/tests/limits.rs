@@ -1,14 +1,14 @@
 //! Misbehaving producers cost bounded state, and what the limits cut is counted.
 
 use ackwatch_topology::limits::{GAP_SPAN_MAX, RUN_SEQUENCES_MAX};
-use ackwatch_topology::{Outcome, Output, Policy, RawRecord, RunKey, Source, Task};
+use ackwatch_topology::{Outcome, Output, Policy, RawRecord, RunKey, Side, Task};
 
 fn activation(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
     let ts = ackwatch_topology::time::format_rfc3339_ms(t);
     let value = format!(
         r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"r","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
     );
-    process(task, Source::Activation, &value, t, out)
+    process(task, Side::Activation, &value, t, out)
 }
 
 fn ack(task: &mut Task, seq: u64, t: i64, out: &mut Vec<Output>) -> Outcome {
@@ -20,14 +20,14 @@ fn ack_of(task: &mut Task, run: &str, seq: u64, t: i64, out: &mut Vec<Output>) -
     let value = format!(
         r#"{{"type":"ActivationAck","world_id":"w","run_id":"{run}","sequence":{seq},"ack_ts":"{ts}"}}"#
     );
-    process(task, Source::Ack, &value, t, out)
+    process(task, Side::Ack, &value, t, out)
 }
 
 /// One record of world `w` with record time `t`.
-fn process(task: &mut Task, source: Source, value: &str, t: i64, out: &mut Vec<Output>) -> Outcome {
+fn process(task: &mut Task, source: Side, value: &str, t: i64, out: &mut Vec<Output>) -> Outcome {
     task.process(
         &RawRecord {
-            source,
+            side: source,
             partition: 0,
             offset: 0,
             timestamp_ms: Some(t),

@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ackwatch_topology::partition_group::{Next, PartitionGroup};
+use ackwatch_topology::partition_group::Buffered;
+use ackwatch_topology::stream_task::{Step, StreamTask};
 use ackwatch_topology::{
-    Action, FindingKind, Output, Policy, RawRecord, RunKey, RunState, Source, Task, TaskMeta,
+    Action, FindingKind, Output, PerSide, Policy, RawRecord, RunKey, RunState, Side, Task,
+    TaskMeta,
 };
 use proptest::prelude::*;
 
@@ -54,7 +56,7 @@ enum Event {
 
 #[derive(Clone, Debug)]
 struct Rec {
-    source: Source,
+    source: Side,
     event: Event,
     event_ms: i64,
     record_ms: i64,
@@ -191,7 +193,7 @@ fn generate(seed: u64) -> Scenario {
         if rng.chance(50) {
             let t = base + rng.range(0, 10_000);
             records.push(Rec {
-                source: Source::Activation,
+                source: Side::Activation,
                 event: Event::Untracked {
                     world: world.clone(),
                 },
@@ -204,7 +206,7 @@ fn generate(seed: u64) -> Scenario {
     // swapped (several producers, CreateTime not monotone).
     let mut topics: [Vec<Rec>; 2] = [vec![], vec![]];
     for rec in records {
-        let side = if rec.source == Source::Activation {
+        let side = if rec.source == Side::Activation {
             0
         } else {
             1
@@ -233,7 +235,7 @@ fn act(run: &RunKey, seq: u64, etag: &str, phase: &'static str, t: i64, rng: &mu
         rng.range(0, 30)
     };
     Rec {
-        source: Source::Activation,
+        source: Side::Activation,
         event: Event::Act {
             run: run.clone(),
             seq,
@@ -252,7 +254,7 @@ fn ack(run: &RunKey, seq: u64, t: i64, rng: &mut Rng) -> Rec {
         rng.range(0, 30)
     };
     Rec {
-        source: Source::Ack,
+        source: Side::Ack,
         event: Event::Ack {
             run: run.clone(),
             seq,
@@ -456,67 +458,56 @@ fn firsts(order: &[Rec], want: impl Fn(&Event) -> bool) -> BTreeMap<(RunKey, u64
     map
 }
 
-/// Runs the engine through a `PartitionGroup`, delivering records in the given interleaving.
-fn run_engine(s: &Scenario, delivery: &[Source]) -> (Task, Vec<Output>) {
-    let payloads: [Vec<(String, String, i64)>; 2] = [0, 1].map(|side| {
-        s.topics[side]
-            .iter()
-            .map(|r| {
-                let (key, value) = r.payload(s.cloud_events);
-                (key, value, r.record_ms)
-            })
-            .collect()
-    });
-    let mut task = Task::new(s.policy);
-    let mut group = PartitionGroup::new(i64::MAX);
-    let mut next = [0usize, 0usize];
+/// Runs the engine through a `StreamTask` (its partition group and the step the runtime and
+/// the audit take), delivering records in the given interleaving.
+fn run_engine(s: &Scenario, delivery: &[Side]) -> (Task, Vec<Output>) {
+    let buffered = |side: Side, i: usize, r: &Rec| {
+        let (key, value) = r.payload(s.cloud_events);
+        let record = Buffered {
+            offset: i as i64,
+            timestamp_ms: Some(r.record_ms),
+            key: Some(key.into_bytes().into()),
+            value: Some(value.into_bytes().into()),
+        };
+        (side, record)
+    };
+    let mut records: PerSide<std::collections::VecDeque<(Side, Buffered)>> =
+        PerSide::from_fn(|side| {
+            s.topics[side_index(side)]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| buffered(side, i, r))
+                .collect()
+        });
+    let mut task = StreamTask::bounded(0, s.policy);
     let mut outputs = vec![];
-    let drain = |group: &mut PartitionGroup<(usize, usize)>,
-                 task: &mut Task,
-                 bounded: bool,
-                 outputs: &mut Vec<Output>| {
-        while let Next::Record(source, (side, i)) = group.next(0, [bounded, bounded]) {
-            let (key, value, ts) = &payloads[side][i];
-            let raw = RawRecord {
-                source,
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: Some(*ts),
-                key: Some(key.as_bytes()),
-                value: Some(value.as_bytes()),
-            };
-            task.process(&raw, outputs);
+    let drain = |task: &mut StreamTask, ended: bool, outputs: &mut Vec<Output>| loop {
+        match task.step(0, |_| ended, outputs) {
+            Step::Processed { .. } => {}
+            Step::Wait | Step::Empty => break,
+            Step::NeedsRun(_) => unreachable!("nothing is evicted"),
         }
     };
-    for &source in delivery {
-        let side = if source == Source::Activation { 0 } else { 1 };
-        if next[side] < payloads[side].len() {
-            group.push(
-                source,
-                Some(payloads[side][next[side]].2),
-                (side, next[side]),
-            );
-            next[side] += 1;
-            drain(&mut group, &mut task, false, &mut outputs);
+    for &side in delivery {
+        if let Some((side, record)) = records[side].pop_front() {
+            task.push(side, record);
+            drain(&mut task, false, &mut outputs);
         }
     }
-    for side in 0..2 {
-        let source = if side == 0 {
-            Source::Activation
-        } else {
-            Source::Ack
-        };
-        while next[side] < payloads[side].len() {
-            group.push(
-                source,
-                Some(payloads[side][next[side]].2),
-                (side, next[side]),
-            );
-            next[side] += 1;
+    for side in Side::BOTH {
+        for (side, record) in records[side].drain(..) {
+            task.push(side, record);
         }
     }
-    drain(&mut group, &mut task, true, &mut outputs);
-    (task, outputs)
+    drain(&mut task, true, &mut outputs);
+    (task.engine, outputs)
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Activation => 0,
+        Side::Ack => 1,
+    }
 }
 
 fn actual(task: &Task, outputs: &[Output]) -> Expected {
@@ -668,16 +659,16 @@ fn check_signals(policy: &Policy, expected: &Expected, outputs: &[Output]) {
     }
 }
 
-fn delivery_order(seed: u64, s: &Scenario) -> Vec<Source> {
+fn delivery_order(seed: u64, s: &Scenario) -> Vec<Side> {
     let mut rng = Rng(seed);
     let mut order = vec![];
     let (mut a, mut k) = (s.topics[0].len(), s.topics[1].len());
     while a + k > 0 {
         if k == 0 || (a > 0 && rng.chance(50)) {
-            order.push(Source::Activation);
+            order.push(Side::Activation);
             a -= 1;
         } else {
-            order.push(Source::Ack);
+            order.push(Side::Ack);
             k -= 1;
         }
     }
@@ -706,7 +697,7 @@ proptest! {
         let s = generate(seed);
         let (_, first) = run_engine(&s, &delivery_order(seed, &s));
         let (_, second) = run_engine(&s, &delivery_order(other, &s));
-        let all_activations_first: Vec<Source> = s.topics[0].iter().map(|_| Source::Activation).chain(s.topics[1].iter().map(|_| Source::Ack)).collect();
+        let all_activations_first: Vec<Side> = s.topics[0].iter().map(|_| Side::Activation).chain(s.topics[1].iter().map(|_| Side::Ack)).collect();
         let (_, third) = run_engine(&s, &all_activations_first);
         prop_assert_eq!(&first, &second);
         prop_assert_eq!(&first, &third);
@@ -722,7 +713,7 @@ proptest! {
         let raw: Vec<(String, String, Rec)> = order.iter().map(|r| { let (k, v) = r.payload(s.cloud_events); (k, v, r.clone()) }).collect();
         let feed = |task: &mut Task, items: &[(String, String, Rec)], out: &mut Vec<Output>| {
             for (k, v, r) in items {
-                task.process(&RawRecord { source: r.source, partition: 0, offset: 0, timestamp_ms: Some(r.record_ms), key: Some(k.as_bytes()), value: Some(v.as_bytes()) }, out);
+                task.process(&RawRecord { side: r.source, partition: 0, offset: 0, timestamp_ms: Some(r.record_ms), key: Some(k.as_bytes()), value: Some(v.as_bytes()) }, out);
             }
         };
         let mut whole = Task::new(s.policy);
@@ -773,7 +764,7 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
         let (source, ts, k, v) = record(item);
         plain.process(
             &RawRecord {
-                source,
+                side: source,
                 partition: 0,
                 offset: 0,
                 timestamp_ms: Some(ts),
@@ -809,7 +800,7 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     for (i, item) in raw.iter().enumerate() {
         let (source, ts, k, v) = record(item);
         let rec = RawRecord {
-            source,
+            side: source,
             partition: 0,
             offset: 0,
             timestamp_ms: Some(ts),

@@ -74,7 +74,7 @@ fn idempotency_key(m: &BorrowedMessage<'_>) -> Option<String> {
 pub async fn deliver_loop(settings: Settings, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
     if let Err(e) = deliver_loop_inner(&settings, &metrics, &stop).await {
         // Processing goes on without HTTP delivery; the signal topic still has every signal.
-        tracing::error!(error = %format!("{e:#}"), "WorldService delivery stopped");
+        crate::events::WorldServiceDeliveryStopped { error: &e }.emit(&metrics);
     }
 }
 
@@ -118,7 +118,7 @@ async fn deliver_loop_inner(
         {
             Err(_) => continue, // nothing new: look at `stop` again
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "signal topic read failed; retrying");
+                crate::events::SignalTopicReadFailed { error: &e }.emit();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

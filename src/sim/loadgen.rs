@@ -20,7 +20,7 @@ use rdkafka::ClientContext;
 
 use crate::runtime::wall_ms;
 use crate::settings::Settings;
-use crate::simulator::{SimSpec, Simulation, Truth};
+use super::{SimSpec, Simulation, Truth};
 
 /// Longest the final flush waits for the broker to acknowledge what was produced.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -99,12 +99,21 @@ pub fn input_partitions(settings: &Settings) -> anyhow::Result<i32> {
     Ok(a)
 }
 
+/// When `produce` sends each record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// When the wall clock reaches the record's timestamp, as the real producers would.
+    AtRecordTime,
+    /// As fast as the broker takes them (`--no-pace`).
+    FlatOut,
+}
+
 /// Produces the simulation to the cluster `settings` names (its topics), paced or not;
 /// `stop` ends it early. Returns what was produced and the truth of it.
 pub fn produce(
     settings: &Settings,
     spec: SimSpec,
-    paced: bool,
+    pacing: Pacing,
     stop: &std::sync::atomic::AtomicBool,
     mut progress: impl FnMut(&Produced),
 ) -> anyhow::Result<(Produced, Truth)> {
@@ -132,7 +141,7 @@ pub fn produce(
             break;
         }
         let ts = record.ts.expect("simulated records have timestamps");
-        if paced {
+        if pacing == Pacing::AtRecordTime {
             loop {
                 let wait = ts - PACE_AHEAD_MS - wall_ms();
                 if wait <= 0 {

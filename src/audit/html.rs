@@ -9,7 +9,7 @@ use ackwatch_topology::report::Report;
 use ackwatch_topology::time::parse_rfc3339_ms;
 use ackwatch_topology::Millis;
 
-use crate::cluster_audit::Difference;
+use super::cluster::Difference;
 
 /// Runs drawn as timelines (those with findings or signals, the most eventful first); the
 /// tables still list every row.

@@ -1,21 +1,30 @@
-//! `ackwatch audit` over `kcat -J` files: replays the records with fresh state and no side
-//! effects, through the same engine as the live processor, and builds the SPEC §5 report.
+//! `ackwatch audit`: replays retained records with fresh state and no side effects, through the
+//! same engine as the live processor ([`ackwatch_topology::replay::Replay`]), and builds the
+//! report (docs/semantics.md, "The audit report").
+//!
+//! - this file: the audit of `kcat -J` files, and the report's text summary;
+//! - `cluster.rs`: the audit of a cluster's retained topics over a window, compared with the
+//!   live outputs; `html.rs`: the report as a self-contained page; `kcat.rs`: the input format.
 //!
 //! Records are streamed: each partition's two topics are merged by record timestamp as soon
 //! as both have a buffered head, so memory holds only the skew between the two topics in the
 //! file, not the whole file.
 
-use std::collections::BTreeMap;
+pub mod cluster;
+pub mod html;
+pub mod kcat;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::PathBuf;
 
-use ackwatch_topology::partition_group::{Buffered, Next, PartitionGroup};
-use ackwatch_topology::report::{Report, ReportBuilder};
-use ackwatch_topology::{Millis, Output, Policy, Source, Task};
+use ackwatch_topology::partition_group::Buffered;
+use ackwatch_topology::replay::Replay;
+use ackwatch_topology::report::Report;
+use ackwatch_topology::{Millis, Output, Policy, Side};
 use anyhow::Context;
 
-use crate::kcat::parse_line;
+use kcat::parse_line;
 use crate::settings::Topics;
 
 /// Malformed input lines printed before the audit only counts them.
@@ -38,98 +47,6 @@ pub struct FileAudit {
     /// time follows the wall clock) instead of being reported as `pending_at_end`. `None`: the
     /// input ends at the largest event time it holds (SPEC §4).
     pub end_ms: Option<Millis>,
-}
-
-struct PartitionTask {
-    group: PartitionGroup<Buffered>,
-    task: Task,
-}
-
-impl PartitionTask {
-    fn drain(
-        &mut self,
-        partition: i32,
-        bounded_end: bool,
-        outputs: &mut Vec<Output>,
-        report: &mut ReportBuilder,
-        observe: &mut dyn FnMut(&Output),
-    ) {
-        // A file gives no high watermark: until its end, wait for both topics to have a head.
-        let caught_up = [bounded_end, bounded_end];
-        while let Next::Record(source, record) = self.group.next(0, caught_up) {
-            self.task
-                .process(&record.as_raw(source, partition), outputs);
-            for output in outputs.drain(..) {
-                observe(&output);
-                report.observe(&output);
-            }
-        }
-    }
-}
-
-/// The engine over a bounded input, as the live processor runs it: one task per partition, the
-/// two topics of a partition merged by record timestamp. Used by the file and cluster audits.
-pub struct Replay<'o> {
-    policy: Policy,
-    tasks: BTreeMap<i32, PartitionTask>,
-    outputs: Vec<Output>,
-    pub report: ReportBuilder,
-    observe: &'o mut dyn FnMut(&Output),
-}
-
-impl<'o> Replay<'o> {
-    pub fn new(policy: Policy, observe: &'o mut dyn FnMut(&Output)) -> Self {
-        Replay {
-            policy,
-            tasks: BTreeMap::new(),
-            outputs: Vec::new(),
-            report: ReportBuilder::default(),
-            observe,
-        }
-    }
-
-    /// Takes one record of `partition` and processes what the merge releases.
-    pub fn push(&mut self, source: Source, partition: i32, record: Buffered) {
-        let policy = self.policy;
-        let entry = self
-            .tasks
-            .entry(partition)
-            .or_insert_with(|| PartitionTask {
-                group: PartitionGroup::new(Millis::MAX),
-                task: Task::new(policy),
-            });
-        entry.group.push(source, record.timestamp_ms, record);
-        entry.drain(
-            partition,
-            false,
-            &mut self.outputs,
-            &mut self.report,
-            self.observe,
-        );
-    }
-
-    /// The input ended: every buffered record is processed, then (with `end_ms`) deadlines
-    /// before it fire, as they did live; the rest are pending at the end.
-    pub fn finish(mut self, end_ms: Option<Millis>) -> Report {
-        for (partition, mut entry) in std::mem::take(&mut self.tasks) {
-            entry.drain(
-                partition,
-                true,
-                &mut self.outputs,
-                &mut self.report,
-                self.observe,
-            );
-            if let Some(end) = end_ms {
-                entry.task.punctuate(end, &mut self.outputs);
-                for output in self.outputs.drain(..) {
-                    (self.observe)(&output);
-                    self.report.observe(&output);
-                }
-            }
-            self.report.finish_task(&entry.task);
-        }
-        self.report.build()
-    }
 }
 
 impl FileAudit {
@@ -251,9 +168,9 @@ impl FileAudit {
             Err(why) => return ReadLine::Malformed(format!("{}: skipped: {why}", place())),
         };
         let source = if record.topic == self.topics.activation {
-            Source::Activation
+            Side::Activation
         } else if record.topic == self.topics.ack {
-            Source::Ack
+            Side::Ack
         } else {
             return ReadLine::OtherTopic;
         };
@@ -280,7 +197,7 @@ fn into_boxed_bytes(text: std::borrow::Cow<'_, str>) -> Box<[u8]> {
 
 /// One input line as the reader thread hands it over.
 enum ReadLine {
-    Record(Source, i32, Buffered),
+    Record(Side, i32, Buffered),
     OtherTopic,
     /// Where and why, ready to print.
     Malformed(String),

@@ -17,16 +17,16 @@ use std::time::Duration;
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::report::Report;
 use ackwatch_topology::time::{format_rfc3339_ms, parse_rfc3339_ms};
-use ackwatch_topology::{Millis, Output, Phase, Source};
+use ackwatch_topology::{Millis, Output, Phase, Side};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::audit::Replay;
+use ackwatch_topology::replay::Replay;
 use crate::settings::Settings;
-use crate::sink;
+use crate::sinks::records as sink;
 
 /// Longest a metadata or offsets request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +72,53 @@ pub struct Window {
     pub to: String,
     pub read_from: String,
     pub world_id: Option<String>,
+}
+
+/// Output records by idempotency key: (topic, value).
+type Outputs = BTreeMap<String, (String, String)>;
+
+/// What the replay gave: the report, the outputs it would have emitted in the window, and its
+/// ACK latencies by phase.
+struct Replayed {
+    report: Report,
+    expected: Outputs,
+    latencies: BTreeMap<&'static str, Vec<u64>>,
+}
+
+/// Where the live outputs differ from the replay's, by idempotency key.
+fn differences(expected: &Outputs, live: &Outputs) -> Vec<Difference> {
+    let mut differences = Vec::new();
+    for (key, (topic, value)) in expected {
+        match live.get(key) {
+            None => differences.push(Difference {
+                topic: topic.clone(),
+                idempotency_key: key.clone(),
+                what: "missing_live",
+                replay: Some(value.clone()),
+                live: None,
+            }),
+            Some((_, v)) if v != value => differences.push(Difference {
+                topic: topic.clone(),
+                idempotency_key: key.clone(),
+                what: "different_content",
+                replay: Some(value.clone()),
+                live: Some(v.clone()),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, (topic, value)) in live {
+        if !expected.contains_key(key) {
+            differences.push(Difference {
+                topic: topic.clone(),
+                idempotency_key: key.clone(),
+                what: "unexpected_live",
+                replay: None,
+                live: Some(value.clone()),
+            });
+        }
+    }
+    differences
 }
 
 /// Per topic partition: where reading starts and the offset it stops before.
@@ -207,18 +254,39 @@ impl ClusterAudit {
     pub fn run(&self) -> anyhow::Result<ClusterReport> {
         anyhow::ensure!(self.from_ms < self.to_ms, "--from must be before --to");
         let read_from = self.from_ms - self.warmup_ms;
-        let topics = &self.settings.topics;
         let consumer = self.consumer()?;
-        let inputs = self.ranges(
-            &consumer,
-            &[&topics.activation, &topics.ack],
-            read_from,
-            self.to_ms,
-        )?;
+        let replayed = self.replay(&consumer, read_from)?;
+        let live = self.live_outputs(&consumer, read_from)?;
+        let mut differences = differences(&replayed.expected, &live);
+        let total = differences.len();
+        differences.truncate(DIFFERENCES_LISTED_MAX);
+        drop(consumer);
+        Ok(ClusterReport {
+            window: Window {
+                from: format_rfc3339_ms(self.from_ms),
+                to: format_rfc3339_ms(self.to_ms),
+                read_from: format_rfc3339_ms(read_from),
+                world_id: self.world.clone(),
+            },
+            report: replayed.report,
+            latency_by_phase: replayed
+                .latencies
+                .into_iter()
+                .map(|(phase, samples)| (phase.to_string(), histogram(&samples)))
+                .collect(),
+            live_outputs_compared: live.len(),
+            live_differences: differences,
+            live_differences_total: total,
+        })
+    }
 
-        // The replay, remembering what it would have emitted for facts in the window.
+    /// The replay of the inputs from `read_from` to the window's end, remembering what it would
+    /// have emitted for facts in the window (by idempotency key: topic and value).
+    fn replay(&self, consumer: &BaseConsumer, read_from: Millis) -> anyhow::Result<Replayed> {
+        let topics = &self.settings.topics;
         let (from, to) = (self.from_ms, self.to_ms);
-        let mut expected: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let inputs = self.ranges(consumer, &[&topics.activation, &topics.ack], read_from, to)?;
+        let mut expected: Outputs = BTreeMap::new();
         let mut latencies: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
         let mut observe = |output: &Output| {
             let at = match output {
@@ -228,12 +296,10 @@ impl ClusterAudit {
                 _ => None,
             };
             if let Output::Latency { phase, ms, .. } = output {
-                let phase = match phase {
-                    Some(Phase::Freeze) => "freeze",
-                    Some(Phase::Unfreeze) => "unfreeze",
-                    None => "none",
-                };
-                latencies.entry(phase).or_default().push(*ms);
+                latencies
+                    .entry(phase.map_or("none", Phase::as_str))
+                    .or_default()
+                    .push(*ms);
             }
             if let (Some(at), Some(encoded)) = (at, sink::encode(output)) {
                 if (from..to).contains(&at) {
@@ -247,18 +313,18 @@ impl ClusterAudit {
         };
         let mut replay = Replay::new(self.settings.policy, &mut observe);
         let world = self.world.as_deref().map(str::as_bytes);
-        self.read(&consumer, &inputs, |topic, partition, m| {
-            let source = if topic == topics.activation {
-                Source::Activation
+        self.read(consumer, &inputs, |topic, partition, m| {
+            let side = if topic == topics.activation {
+                Side::Activation
             } else {
-                Source::Ack
+                Side::Ack
             };
             let ts = m.timestamp().to_millis();
             if ts.is_some_and(|t| t > to) || world.is_some_and(|w| m.key() != Some(w)) {
                 return;
             }
             replay.push(
-                source,
+                side,
                 partition,
                 Buffered {
                     offset: m.offset(),
@@ -272,16 +338,25 @@ impl ClusterAudit {
         let in_window = |t: &str| parse_rfc3339_ms(t).is_some_and(|t| t >= from);
         report.findings.retain(|f| in_window(&f.detected_at));
         report.signals.retain(|s| in_window(&s.at));
+        Ok(Replayed {
+            report,
+            expected,
+            latencies,
+        })
+    }
 
-        // What ran live: the output topics, facts in the window, by idempotency key.
+    /// What ran live: the output topics' records of facts in the window, by idempotency key.
+    fn live_outputs(&self, consumer: &BaseConsumer, read_from: Millis) -> anyhow::Result<Outputs> {
+        let topics = &self.settings.topics;
+        let (from, to) = (self.from_ms, self.to_ms);
         let outputs = self.ranges(
-            &consumer,
+            consumer,
             &[&topics.gap, &topics.signal],
             read_from,
             to.saturating_add(OUTPUT_EMISSION_SLACK_MS),
         )?;
-        let mut live: BTreeMap<String, (String, String)> = BTreeMap::new();
-        self.read(&consumer, &outputs, |topic, _, m| {
+        let mut live: Outputs = BTreeMap::new();
+        self.read(consumer, &outputs, |topic, _, m| {
             let Some(value) = m.payload().and_then(|v| std::str::from_utf8(v).ok()) else {
                 return;
             };
@@ -299,56 +374,7 @@ impl ClusterAudit {
                 live.insert(key.to_string(), (name.to_string(), value.to_string()));
             }
         })?;
-        let mut differences = Vec::new();
-        for (key, (topic, value)) in &expected {
-            match live.get(key) {
-                None => differences.push(Difference {
-                    topic: topic.clone(),
-                    idempotency_key: key.clone(),
-                    what: "missing_live",
-                    replay: Some(value.clone()),
-                    live: None,
-                }),
-                Some((_, v)) if v != value => differences.push(Difference {
-                    topic: topic.clone(),
-                    idempotency_key: key.clone(),
-                    what: "different_content",
-                    replay: Some(value.clone()),
-                    live: Some(v.clone()),
-                }),
-                Some(_) => {}
-            }
-        }
-        for (key, (topic, value)) in &live {
-            if !expected.contains_key(key) {
-                differences.push(Difference {
-                    topic: topic.clone(),
-                    idempotency_key: key.clone(),
-                    what: "unexpected_live",
-                    replay: None,
-                    live: Some(value.clone()),
-                });
-            }
-        }
-        let total = differences.len();
-        differences.truncate(DIFFERENCES_LISTED_MAX);
-        drop(consumer);
-        Ok(ClusterReport {
-            window: Window {
-                from: format_rfc3339_ms(from),
-                to: format_rfc3339_ms(to),
-                read_from: format_rfc3339_ms(read_from),
-                world_id: self.world.clone(),
-            },
-            report,
-            latency_by_phase: latencies
-                .into_iter()
-                .map(|(phase, samples)| (phase.to_string(), histogram(&samples)))
-                .collect(),
-            live_outputs_compared: live.len(),
-            live_differences: differences,
-            live_differences_total: total,
-        })
+        Ok(live)
     }
 }
 

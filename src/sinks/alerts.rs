@@ -12,6 +12,12 @@ use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{FindingKind, Millis, Phase, RunKey, RunState};
 use serde_json::{json, Value};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::events::AlertPostFailed;
+use crate::metrics::Metrics;
 use crate::settings::Alerts;
 
 pub const ALERT_NAME: &str = "AckwatchFinding";
@@ -163,6 +169,63 @@ fn runbook_link(runbook_url: &str, kind: &str) -> Option<String> {
         Some(runbook_url.replace("{kind}", kind))
     } else {
         Some(format!("{runbook_url}#{kind}"))
+    }
+}
+
+/// Posts the firing alerts to every Alertmanager: soon after an output changes them (`dirty`),
+/// every `resend_interval_ms` regardless, and every 5 s after a failed post, so an Alertmanager
+/// outage delays alerts but loses none. `current` derives the firing set from the tasks' run
+/// states (it takes their locks briefly, so it runs on a blocking thread).
+pub async fn post_loop(
+    settings: Alerts,
+    metrics: Arc<Metrics>,
+    dirty: Arc<AtomicBool>,
+    current: impl Fn() -> Vec<Firing> + Send + Sync + 'static,
+) {
+    const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+    let resend = Duration::from_millis(settings.resend_interval_ms);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client without TLS builds");
+    let current = Arc::new(current);
+    let mut book = AlertBook::default();
+    let mut last_post: Option<Instant> = None;
+    let mut failed = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let wait = if failed { RETRY_AFTER_FAILURE } else { resend };
+        let due = last_post.is_none_or(|t| t.elapsed() >= wait)
+            || (dirty.load(Ordering::Relaxed) && !failed);
+        if !due {
+            continue;
+        }
+        dirty.store(false, Ordering::Relaxed);
+        let scan = current.clone();
+        let Ok(firing_now) = tokio::task::spawn_blocking(move || scan()).await else {
+            continue;
+        };
+        let now = crate::runtime::wall_ms();
+        book.update(now, firing_now, &settings);
+        metrics.alerts_firing.set(book.firing_count() as i64);
+        let payload = book.payload(now, &settings);
+        failed = false;
+        for url in &settings.alertmanager_urls {
+            let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+            let result = match client.post(&endpoint).json(&payload).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => metrics.alert_posts.with_label_values(&[url, "ok"]).inc(),
+                Err(why) => {
+                    failed = true;
+                    AlertPostFailed { url, error: &why }.emit(&metrics);
+                }
+            }
+        }
+        last_post = Some(Instant::now());
     }
 }
 

@@ -27,7 +27,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::runtime::wall_ms;
 use crate::runtime::{run_with, RunOptions};
 use crate::settings::Settings;
-use crate::simulator::{compare, finding_facts, signal_facts, Comparison, Faults, SimSpec, Truth};
+use super::loadgen::Pacing;
+use super::{compare, finding_facts, signal_facts, Comparison, Faults, SimSpec, Truth};
 
 /// Input partitions of the demo's topics.
 const DEMO_PARTITIONS: i32 = 2;
@@ -288,7 +289,8 @@ pub enum Ended {
     Interrupted,
 }
 
-/// Runs the demo.
+/// Runs the demo: an embedded cluster, the processor on it, the simulated producers, and the
+/// screen until the last deadline passed (or Ctrl-C); then the comparison with the truth.
 pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
     let faults = Faults::profile(&options.faults).with_context(|| {
         format!(
@@ -297,6 +299,74 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
             Faults::PROFILES
         )
     })?;
+    let (mock, _state, settings) = embedded_cluster(&options)?;
+    println!(
+        "ackwatch demo: mock Kafka at {}, {} worlds at about {} records/s for {} s, faults \"{}\"; metrics on http://{}/metrics",
+        settings.kafka.bootstrap_servers,
+        options.worlds,
+        options.rate,
+        options.duration_ms / 1000,
+        options.faults,
+        settings.http.listen
+    );
+    let stop_processor = Arc::new(AtomicBool::new(false));
+    let processor = spawn_processor(&settings, stop_processor.clone())?;
+    let interrupted = watch_ctrl_c();
+    let spec = SimSpec {
+        worlds: options.worlds,
+        rate: options.rate,
+        duration_ms: options.duration_ms,
+        start_ms: wall_ms() + 2000,
+        seed: options.seed,
+        partitions: DEMO_PARTITIONS,
+        faults,
+        world_prefix: "world_".into(),
+        ..SimSpec::default()
+    };
+    let producer = {
+        let settings = settings.clone();
+        let interrupted = interrupted.clone();
+        std::thread::Builder::new()
+            .name("demo-producer".into())
+            .spawn(move || {
+                super::loadgen::produce(&settings, spec, Pacing::AtRecordTime, &interrupted, |_| {})
+            })?
+    };
+    let consumer = viewer(&settings)?;
+    let watched = watch(&settings, &consumer, producer, &interrupted)?;
+    stop_processor.store(true, Ordering::SeqCst);
+    let processed = processor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the processor panicked"))?;
+    processed.context("the processor failed")?;
+    let Some(truth) = watched.truth else {
+        return Ok(Ended::Interrupted);
+    };
+    let (findings, signals) = closing_comparison(&truth, &watched.view, watched.cut);
+    println!(
+        "\n{}",
+        summary_text(watched.produced, &truth, &findings, &signals)
+    );
+    drop(consumer);
+    drop(mock);
+    Ok(if interrupted.load(Ordering::SeqCst) {
+        Ended::Interrupted
+    } else if findings.is_exact() && signals.is_exact() {
+        Ended::Exact
+    } else {
+        Ended::Differs
+    })
+}
+
+/// librdkafka's mock cluster with every topic the processor uses (it serves no admin
+/// requests, so the demo creates them), a state directory, and the processor's settings.
+fn embedded_cluster(
+    options: &DemoOptions,
+) -> anyhow::Result<(
+    MockCluster<'static, DefaultProducerContext>,
+    tempfile::TempDir,
+    Settings,
+)> {
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1)
         .context("cannot start librdkafka's mock cluster")?;
     let state = tempfile::tempdir().context("cannot create a state directory")?;
@@ -315,94 +385,87 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
         (t.signal.as_str(), 1),
         (t.dead_letter.as_str(), 1),
         (
-            &crate::changelog::topic_name(&settings.runtime.application_id),
+            &crate::runtime::changelog::topic_name(&settings.runtime.application_id),
             DEMO_PARTITIONS,
         ),
     ] {
         mock.create_topic(topic, partitions, 1)
             .with_context(|| format!("cannot create {topic} on the mock cluster"))?;
     }
+    Ok((mock, state, settings))
+}
 
-    let terminal = std::io::stdout().is_terminal();
-    println!(
-        "ackwatch demo: mock Kafka at {}, {} worlds at about {} records/s for {} s, faults \"{}\"; metrics on http://{}/metrics",
-        settings.kafka.bootstrap_servers,
-        options.worlds,
-        options.rate,
-        options.duration_ms / 1000,
-        options.faults,
-        settings.http.listen
-    );
+type ProcessorThread = std::thread::JoinHandle<anyhow::Result<()>>;
+type ProducerThread = std::thread::JoinHandle<anyhow::Result<(super::loadgen::Produced, Truth)>>;
 
-    let stop_processor = Arc::new(AtomicBool::new(false));
-    let processor = {
-        let settings = settings.clone();
-        let stop = stop_processor.clone();
-        std::thread::Builder::new()
-            .name("demo-processor".into())
-            .spawn(move || {
-                run_with(
-                    settings,
-                    RunOptions {
-                        stop: Some(stop),
-                        embedded_cluster: true,
-                    },
-                )
-            })?
-    };
+/// The live processor on the embedded cluster, stopped by `stop`.
+fn spawn_processor(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<ProcessorThread> {
+    let settings = settings.clone();
+    Ok(std::thread::Builder::new()
+        .name("demo-processor".into())
+        .spawn(move || {
+            run_with(
+                settings,
+                RunOptions {
+                    stop: Some(stop),
+                    embedded_cluster: true,
+                },
+            )
+        })?)
+}
 
+/// A flag set at Ctrl-C.
+fn watch_ctrl_c() -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                });
-                interrupted.store(true, Ordering::SeqCst);
-            }
-        });
-    }
+    let flag = interrupted.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    interrupted
+}
 
-    let spec = SimSpec {
-        worlds: options.worlds,
-        rate: options.rate,
-        duration_ms: options.duration_ms,
-        start_ms: wall_ms() + 2000,
-        seed: options.seed,
-        partitions: DEMO_PARTITIONS,
-        faults,
-        world_prefix: "world_".into(),
-        ..SimSpec::default()
-    };
-    let producer = {
-        let settings = settings.clone();
-        let interrupted = interrupted.clone();
-        std::thread::Builder::new()
-            .name("demo-producer".into())
-            .spawn(move || crate::loadgen::produce(&settings, spec, true, &interrupted, |_| {}))?
-    };
+/// What the demo saw until it ended.
+struct Watched {
+    view: View,
+    produced: u64,
+    truth: Option<Truth>,
+    /// Set at Ctrl-C: facts due before it are compared.
+    cut: Option<Millis>,
+}
 
-    let consumer = viewer(&settings)?;
-    let mut view = View::default();
+/// Shows the outputs as they come until the last deadline of the traffic passed and the output
+/// topics went quiet, or (after Ctrl-C) until they went quiet.
+fn watch(
+    settings: &Settings,
+    consumer: &BaseConsumer,
+    producer: ProducerThread,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Watched> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut watched = Watched {
+        view: View::default(),
+        produced: 0,
+        truth: None,
+        cut: None,
+    };
     let mut producer = Some(producer);
-    let mut truth: Option<Truth> = None;
-    let mut produced = 0u64;
     let lateness = settings.runtime.lateness_ms as Millis;
     let mut last_draw = Instant::now();
     let mut last_output = Instant::now();
-    let mut drawn = 0usize;
-    // Set at Ctrl-C: facts due before it are compared once the output topics went quiet.
-    let mut cut: Option<Millis> = None;
     loop {
-        if cut.is_none() && interrupted.load(Ordering::SeqCst) {
+        if watched.cut.is_none() && interrupted.load(Ordering::SeqCst) {
             println!("interrupted: comparing what was due before now");
-            cut = Some(wall_ms() - lateness);
+            watched.cut = Some(wall_ms() - lateness);
         }
-        if cut.is_some() && last_output.elapsed() > Duration::from_millis(1500) {
+        if watched.cut.is_some() && last_output.elapsed() > Duration::from_millis(1500) {
             break;
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
@@ -411,80 +474,63 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
                 if !terminal {
                     println!("{seen}");
                 }
-                view.apply(&seen);
+                watched.view.apply(&seen);
             }
         }
         if producer.as_ref().is_some_and(|p| p.is_finished()) {
-            let (done, t) = producer
-                .take()
-                .expect("present")
-                .join()
-                .expect("producer thread")?;
-            produced = done.records;
-            truth = Some(t);
+            let joined = producer.take().expect("present").join();
+            let (done, truth) = joined.expect("producer thread")?;
+            watched.produced = done.records;
+            watched.truth = Some(truth);
         }
         if terminal && last_draw.elapsed() >= Duration::from_millis(500) {
             last_draw = Instant::now();
-            let shown = view.events.len().saturating_sub(EVENT_LINES_SHOWN_MAX);
-            let mut screen = String::from("\x1b[H\x1b[2J");
-            screen += &format!(
-                "ackwatch demo — findings and signals as ackwatch emits them (metrics: http://{}/metrics)\n\n",
-                settings.http.listen
-            );
-            for line in &view.events[shown..] {
-                screen += line;
-                screen += "\n";
-            }
-            screen += "\n";
-            screen += &view.table();
-            screen += &format!(
-                "\n{} findings, {} signals so far{}\n",
-                view.findings.len(),
-                view.signals.len(),
-                if truth.is_some() {
-                    "; traffic done, waiting for the last deadlines"
-                } else {
-                    ""
-                }
-            );
-            print!("{screen}");
-            let _ = std::io::stdout().flush();
-            drawn += 1;
+            draw(settings, &watched);
         }
-        if let (Some(t), None) = (&truth, cut) {
+        if let (Some(t), None) = (&watched.truth, watched.cut) {
             let due = last_due(t) + lateness + 1500;
             if wall_ms() > due && last_output.elapsed() > Duration::from_secs(2) {
                 break;
             }
         }
     }
-    let _ = drawn;
     if let Some(p) = producer.take() {
         // Interrupted: the producer stops at its next record; its truth covers what it sent.
-        if let Ok(Ok((done, t))) = p.join() {
-            produced = done.records;
-            truth = Some(t);
+        if let Ok(Ok((done, truth))) = p.join() {
+            watched.produced = done.records;
+            watched.truth = Some(truth);
         }
     }
-    stop_processor.store(true, Ordering::SeqCst);
-    let processed = processor
-        .join()
-        .map_err(|_| anyhow::anyhow!("the processor panicked"))?;
-    processed.context("the processor failed")?;
-    let Some(truth) = truth else {
-        return Ok(Ended::Interrupted);
-    };
-    let (findings, signals) = closing_comparison(&truth, &view, cut);
-    println!("\n{}", summary_text(produced, &truth, &findings, &signals));
-    drop(consumer);
-    drop(mock);
-    Ok(if interrupted.load(Ordering::SeqCst) {
-        Ended::Interrupted
-    } else if findings.is_exact() && signals.is_exact() {
-        Ended::Exact
-    } else {
-        Ended::Differs
-    })
+    Ok(watched)
+}
+
+/// Redraws the screen: the newest outputs, the busiest worlds, the counts.
+fn draw(settings: &Settings, watched: &Watched) {
+    let view = &watched.view;
+    let shown = view.events.len().saturating_sub(EVENT_LINES_SHOWN_MAX);
+    let mut screen = String::from("\x1b[H\x1b[2J");
+    screen += &format!(
+        "ackwatch demo — findings and signals as ackwatch emits them (metrics: http://{}/metrics)\n\n",
+        settings.http.listen
+    );
+    for line in &view.events[shown..] {
+        screen += line;
+        screen += "\n";
+    }
+    screen += "\n";
+    screen += &view.table();
+    screen += &format!(
+        "\n{} findings, {} signals so far{}\n",
+        view.findings.len(),
+        view.signals.len(),
+        if watched.truth.is_some() {
+            "; traffic done, waiting for the last deadlines"
+        } else {
+            ""
+        }
+    );
+    print!("{screen}");
+    let _ = std::io::stdout().flush();
 }
 
 /// Detected against prescribed; with `cut` (an interrupted demo) only what was due before it:
@@ -492,7 +538,7 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
 fn closing_comparison(truth: &Truth, view: &View, cut: Option<Millis>) -> (Comparison, Comparison) {
     let due = |t: Millis| cut.is_none_or(|c| t < c);
     let resolved = |r: Option<Millis>| r.filter(|r| due(*r));
-    let (want_findings, want_signals) = truth.facts_until(true, cut);
+    let (want_findings, want_signals) = truth.facts_until(super::Reading::Live, cut);
     let got_findings = finding_facts(
         view.findings
             .iter()
@@ -519,7 +565,7 @@ fn summary_text(
 ) -> String {
     let mut out = format!(
         "ground truth comparison ({produced} records produced; {}):\n",
-        crate::loadgen::truth_summary(truth)
+        super::loadgen::truth_summary(truth)
     );
     for (what, c) in [("findings", findings), ("signals", signals)] {
         out += &format!(

@@ -1,0 +1,436 @@
+//! The record collector of one stream thread (Kafka Streams' `RecordCollector`): its producer
+//! and every record the thread writes — gap events, signals, dead letters and changelog records
+//! — the waits for the broker's acknowledgements, the delivery checks, and under
+//! `exactly_once_v2` the transaction that holds them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ackwatch_topology::decode::Invalid;
+use ackwatch_topology::time::format_rfc3339_ms;
+use ackwatch_topology::{Millis, Output, PerSide, RawRecord};
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+
+use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated};
+use crate::metrics::Metrics;
+use crate::runtime::changelog;
+use crate::settings::{Guarantee, Settings, Topics};
+use crate::sinks::records::{self as sink, Sink};
+
+/// Longest a commit waits for the broker to acknowledge outputs and changelog records before
+/// the process gives up and exits (a restart recovers from the changelog).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest `init_transactions` may take when the producer starts.
+const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one wait of [`RecordCollector::flush`] serves delivery reports.
+const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
+
+/// Delivery reports of the producer.
+pub struct ProducerCtx {
+    changelog_topic: String,
+    failures: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+    /// Per changelog partition, the offset after the last record the broker acknowledged.
+    changelog_end: Mutex<BTreeMap<i32, i64>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ProducerCtx {
+    fn new(changelog_topic: String, metrics: Arc<Metrics>) -> Self {
+        ProducerCtx {
+            changelog_topic,
+            failures: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            changelog_end: Mutex::new(BTreeMap::new()),
+            metrics,
+        }
+    }
+}
+
+/// The producer reports client errors too: while a commit waits for acknowledgements the
+/// consumer is not polled, and an outage that starts then must show in the metrics during the
+/// wait (up to `COMMIT_TIMEOUT`), not only after it.
+impl ClientContext for ProducerCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        KafkaClientError::of(&error, reason).emit(&self.metrics);
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let mut ends = self.changelog_end.lock().expect("not poisoned");
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_failure.lock().expect("not poisoned");
+                first.get_or_insert_with(|| format!("{}[{}]: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+/// A stream thread's producer and what it writes.
+pub struct RecordCollector {
+    producer: BaseProducer<ProducerCtx>,
+    eos: bool,
+    in_transaction: bool,
+    topics: Topics,
+    input_topics: PerSide<String>,
+    changelog_topic: String,
+    metrics: Arc<Metrics>,
+    /// Set when an output may change the firing alerts, so the alert loop posts soon (shared
+    /// by every stream thread).
+    alerts_dirty: Arc<AtomicBool>,
+}
+
+impl RecordCollector {
+    /// The producer of stream thread `thread`: idempotent, and under exactly_once_v2
+    /// transactional with the thread's own transactional id.
+    pub fn new(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        thread: usize,
+        alerts_dirty: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
+        let eos = settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2;
+        let mut config = settings.kafka.client_config();
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        if eos {
+            let id = format!(
+                "{}-{}",
+                settings.runtime.application_id,
+                settings.runtime.member_id(thread)
+            );
+            config.set("transactional.id", id);
+            if !settings
+                .kafka
+                .properties
+                .contains_key("transaction.timeout.ms")
+            {
+                // A crashed instance's open transaction blocks read_committed readers (restores
+                // included) until it times out; keep that short.
+                config.set("transaction.timeout.ms", "10000");
+            }
+        }
+        let producer: BaseProducer<ProducerCtx> = config
+            .create_with_context(ProducerCtx::new(changelog_topic.clone(), metrics.clone()))
+            .context("cannot create the producer")?;
+        if eos {
+            producer
+                .init_transactions(INIT_TRANSACTIONS_TIMEOUT)
+                .context("cannot initialise transactions (exactly_once_v2)")?;
+        }
+        Ok(RecordCollector {
+            producer,
+            eos,
+            in_transaction: false,
+            topics: settings.topics.clone(),
+            input_topics: PerSide::new(
+                settings.topics.activation.clone(),
+                settings.topics.ack.clone(),
+            ),
+            changelog_topic,
+            metrics,
+            alerts_dirty,
+        })
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.eos
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// The producer's client, for requests that must not queue behind the consumer's fetch
+    /// (the broker answers a connection's requests in order).
+    pub fn client(&self) -> &rdkafka::client::Client<ProducerCtx> {
+        self.producer.client()
+    }
+
+    /// Serves the producer's delivery reports.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Produces every output record of `outputs` (gap events, signals) and counts each output;
+    /// `now_ms` is their emission time (`ackwatch.emitted_at`).
+    pub fn emit(&mut self, outputs: &mut Vec<Output>, now_ms: Millis) -> anyhow::Result<()> {
+        for output in outputs.drain(..) {
+            self.count(&output, now_ms);
+            let Some(encoded) = sink::encode(&output) else {
+                continue;
+            };
+            let topic = match encoded.sink {
+                Sink::Gap => &self.topics.gap,
+                Sink::Signal => &self.topics.signal,
+            }
+            .clone();
+            let emitted_at = format_rfc3339_ms(now_ms);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "ackwatch.idempotency_key",
+                    value: Some(encoded.idempotency_key.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ackwatch.emitted_at",
+                    value: Some(emitted_at.as_bytes()),
+                });
+            self.send(
+                &topic,
+                None,
+                Some(encoded.key.as_bytes()),
+                Some(encoded.value.as_bytes()),
+                Some(headers),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The metrics and log lines of one engine output.
+    fn count(&self, output: &Output, now_ms: Millis) {
+        let metrics = &self.metrics;
+        if matches!(
+            output,
+            Output::Detected(_) | Output::Resolved(_) | Output::Escalated { .. }
+        ) {
+            self.alerts_dirty.store(true, Ordering::Relaxed);
+        }
+        match output {
+            Output::Detected(d) => {
+                metrics
+                    .findings_raised
+                    .with_label_values(&[d.kind.as_str()])
+                    .inc_by(d.sequences.len() as u64);
+                metrics
+                    .detection_delay_ms
+                    .observe(now_ms.saturating_sub(d.detected_at).max(0) as f64);
+            }
+            Output::Resolved(r) => metrics
+                .findings_resolved
+                .with_label_values(&[r.kind.as_str()])
+                .inc_by(r.sequences.len() as u64),
+            Output::Signal(s) => metrics
+                .signals
+                .with_label_values(&[s.action.as_str()])
+                .inc(),
+            Output::Escalated { run, episode, .. } => RunEscalated {
+                world_id: &run.world_id,
+                run_id: &run.run_id,
+                episode: *episode,
+            }
+            .emit(metrics),
+            Output::Latency { phase, ms, .. } => metrics
+                .ack_latency_ms
+                .with_label_values(&[phase.map_or("none", |p| p.as_str())])
+                .observe(*ms as f64),
+            Output::RunDropped { .. } => {}
+        }
+    }
+
+    /// Writes an invalid input record to the dead-letter topic with its reason and origin.
+    pub fn dead_letter(&mut self, invalid: &Invalid, raw: &RawRecord<'_>) -> anyhow::Result<()> {
+        let value = raw.value.unwrap_or_default();
+        let topic = &self.input_topics[raw.side];
+        let origin = sink::Origin {
+            topic,
+            partition: raw.partition,
+            offset: raw.offset,
+        };
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in sink::dead_letter_headers(invalid, origin, value.len()) {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let cut = value.len() > sink::DEAD_LETTER_VALUE_BYTES_MAX;
+        let dead_letter_topic = self.topics.dead_letter.clone();
+        self.send(
+            &dead_letter_topic,
+            None,
+            raw.key,
+            raw.value.map(|_| sink::dead_letter_value(value)),
+            Some(headers),
+        )?;
+        RecordDeadLettered {
+            topic: &self.input_topics[raw.side],
+            partition: raw.partition,
+            offset: raw.offset,
+            reason: invalid.reason.label(),
+            cut,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    /// Produces one changelog record to `partition` of the changelog topic.
+    pub fn send_changelog(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let topic = self.changelog_topic.clone();
+        // No headers: an empty header list is still allocated and sent per record.
+        self.send(&topic, Some(partition), Some(key), value, None)
+    }
+
+    fn begin_if_needed(&mut self) -> anyhow::Result<()> {
+        if self.eos && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .context("cannot begin a transaction")?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Produces one record, waiting for queue space rather than failing.
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        self.begin_if_needed()?;
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+            }
+        }
+    }
+
+    /// Adds the input offsets to the open transaction (one is begun if needed, so offsets move
+    /// even when nothing was produced) and commits it (exactly_once_v2).
+    pub fn commit_transaction(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> anyhow::Result<()> {
+        self.begin_if_needed()?;
+        self.producer
+            .send_offsets_to_transaction(offsets, group, COMMIT_TIMEOUT)
+            .context("cannot add offsets to the transaction")?;
+        self.producer
+            .commit_transaction(COMMIT_TIMEOUT)
+            .context("cannot commit the transaction")?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// Waits until the broker acknowledged every record produced so far (at most
+    /// `COMMIT_TIMEOUT`). Not rdkafka's `flush`: it waits in `poll(100 ms)`, and `poll` returns
+    /// only at its deadline, so every flush with anything in flight took at least 100 ms — two
+    /// of them were half of a commit. Here the delivery reports are served in 1 ms steps.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} records still unacknowledged after {COMMIT_TIMEOUT:?}",
+                    self.producer.in_flight_count()
+                );
+            }
+            self.producer.poll(FLUSH_POLL_STEP);
+        }
+    }
+
+    /// Fails when the producer reported a record it could not deliver.
+    pub fn check_deliveries(&self) -> anyhow::Result<()> {
+        let ctx = self.producer.context();
+        let failures = ctx.failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            let first = ctx
+                .first_failure
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_default();
+            bail!("{failures} records were not delivered (first: {first}); outputs may be missing, so offsets are not committed");
+        }
+        Ok(())
+    }
+
+    /// Per changelog partition, the offset after the last record acknowledged since the last
+    /// call (what a store's checkpoint records).
+    pub fn take_changelog_ends(&self) -> BTreeMap<i32, i64> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .changelog_end
+                .lock()
+                .expect("not poisoned"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The producer's client errors reach the metrics like the consumer's: an outage that
+    /// starts while a commit waits on the producer shows at once.
+    #[test]
+    fn producer_client_errors_are_reported() {
+        let metrics = Arc::new(Metrics::new(["a", "b"]));
+        let ctx = ProducerCtx::new("c".into(), metrics.clone());
+        let check = |code: RDKafkaErrorCode, down: i64| {
+            ctx.error(rdkafka::error::KafkaError::Global(code), "test");
+            assert_eq!(metrics.all_brokers_down.get(), down, "{code:?}");
+            assert!(
+                metrics.render().contains(&format!(
+                    "ackwatch_kafka_errors_total{{code=\"{code:?}\"}} 1"
+                )),
+                "{code:?} counted"
+            );
+        };
+        check(RDKafkaErrorCode::BrokerTransportFailure, 0);
+        check(RDKafkaErrorCode::AllBrokersDown, 1);
+    }
+}

@@ -1,0 +1,377 @@
+//! The tasks of one stream thread (Kafka Streams' `TaskManager`): created by the assignment
+//! callback, restored and started by the thread's loop (`task_start.rs`), fed records, committed
+//! (`commit.rs`), closed on revocation or shutdown. It lives under the `Mutex` of its
+//! [`super::StreamThread`]; the loop and the consumer's rebalance callbacks take it on the
+//! thread, the HTTP server and the alert loop only to read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ackwatch_topology::partition_group::Buffered;
+use ackwatch_topology::stream_task::Step;
+use ackwatch_topology::{Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, TopicPartitionList};
+
+use super::caught_up::Watermarks;
+use super::record_collector::RecordCollector;
+use super::stream_thread::Ctx;
+use super::task::{AssignedTask, LiveTask, TaskState, TASK_BUFFERED_RECORDS_MAX};
+use crate::events::{TaskClosed, TaskIdleExceeded};
+use crate::metrics::Metrics;
+use crate::runtime::changelog;
+use crate::settings::Settings;
+
+pub struct TaskManager {
+    /// Which stream thread of the instance this is (0-based, `runtime.num_stream_threads`).
+    pub thread: usize,
+    pub(super) settings: Settings,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) watermarks: Watermarks,
+    pub(super) changelog_topic: String,
+    pub(super) collector: RecordCollector,
+    pub(super) tasks: BTreeMap<i32, AssignedTask>,
+    /// This thread's consumer has an assignment (possibly empty): set by the assignment
+    /// callback, cleared by the revocation one.
+    pub assigned: bool,
+    outputs: Vec<Output>,
+    pub last_commit: Instant,
+    /// Milliseconds this thread has spent waiting in `poll`: the clock that bounds a task's
+    /// wait for a lagging partition (`max_task_idle_ms`). Time spent processing other tasks or
+    /// committing is not time the lagging partition's records could have arrived, so a busy
+    /// catch-up does not run one topic ahead of the other; when idle it runs with the wall clock.
+    pub poll_clock_ms: Millis,
+    /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
+    record_counters: PerSide<[prometheus::IntCounter; 6]>,
+}
+
+impl TaskManager {
+    /// The task manager of stream thread `thread`; `alerts_dirty` is shared by every thread.
+    pub fn new(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        thread: usize,
+        alerts_dirty: Arc<AtomicBool>,
+    ) -> anyhow::Result<TaskManager> {
+        let collector = RecordCollector::new(&settings, metrics.clone(), thread, alerts_dirty)?;
+        let topics = PerSide::new(
+            settings.topics.activation.clone(),
+            settings.topics.ack.clone(),
+        );
+        let record_counters = PerSide::from_fn(|side| {
+            OutcomeLabel::ALL.map(|o| {
+                metrics
+                    .records
+                    .with_label_values(&[&topics[side], o.as_str()])
+            })
+        });
+        Ok(TaskManager {
+            thread,
+            changelog_topic: changelog::topic_name(&settings.runtime.application_id),
+            watermarks: Watermarks::new(topics)?,
+            record_counters,
+            settings,
+            metrics,
+            collector,
+            tasks: BTreeMap::new(),
+            assigned: false,
+            outputs: Vec::new(),
+            last_commit: Instant::now(),
+            poll_clock_ms: 0,
+        })
+    }
+
+    /// The assignment callback's new partitions: tasks in `Created`, started by the loop.
+    pub fn add_assigned(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for p in partitions {
+            self.tasks.entry(p).or_insert_with(|| AssignedTask::new(p));
+        }
+    }
+
+    /// Running tasks.
+    pub fn running(&self) -> impl Iterator<Item = &LiveTask> {
+        self.tasks.values().filter_map(AssignedTask::running)
+    }
+
+    pub(super) fn running_mut(&mut self) -> impl Iterator<Item = &mut LiveTask> {
+        self.tasks.values_mut().filter_map(AssignedTask::running_mut)
+    }
+
+    /// Assigned tasks not running yet (`Created` or `Restoring`).
+    pub fn starting(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.running().is_none())
+            .count()
+    }
+
+    /// Whether any task is assigned.
+    pub fn owns_tasks(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    /// The assigned partitions, sorted.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.tasks.keys().copied().collect()
+    }
+
+    /// Closes the tasks of `partitions` (after a commit); their buffered records are dropped
+    /// and will be read again by the partitions' next owner from the committed offsets.
+    pub fn close_tasks(&mut self, partitions: &BTreeSet<i32>, reason: &'static str) {
+        for p in partitions {
+            if let Some(mut task) = self.tasks.remove(p) {
+                task.transition(TaskState::Closed);
+                TaskClosed {
+                    partition: *p,
+                    reason,
+                }
+                .emit(&self.metrics);
+            }
+        }
+    }
+
+    /// Buffers one fetched record in its task; returns the task's partition when it took it.
+    /// The caller processes the tasks it buffered into (`process_task`) after a batch.
+    pub fn add_record(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        message: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<Option<i32>> {
+        let Some(side) = self.watermarks.side_of(message.topic()) else {
+            return Ok(None);
+        };
+        let partition = message.partition();
+        let Some(task) = self
+            .tasks
+            .get_mut(&partition)
+            .and_then(AssignedTask::running_mut)
+        else {
+            // A record of a partition that is not running (closed, or paused before its start):
+            // its task starts from the committed offset, so nothing is skipped.
+            return Ok(None);
+        };
+        if message.offset() < task.offsets.fetched_next[side] {
+            return Ok(None); // fetched before a seek: already buffered or processed
+        }
+        task.offsets.fetched_next[side] = message.offset() + 1;
+        let timestamp_ms = message.timestamp().to_millis();
+        task.core.push(
+            side,
+            Buffered {
+                offset: message.offset(),
+                timestamp_ms,
+                key: message.key().map(Into::into),
+                value: message.payload().map(Into::into),
+            },
+        );
+        if task.core.group.len(side) > TASK_BUFFERED_RECORDS_MAX && !task.paused[side] {
+            task.paused[side] = true;
+            set_paused(consumer, &self.metrics, self.watermarks.topic(side), partition, true)?;
+        }
+        Ok(Some(partition))
+    }
+
+    /// Processes what the task's partition group releases, then (caught up on both sides)
+    /// lets stream time follow the wall clock minus `lateness_ms` (SPEC §4).
+    pub fn process_task(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        partition: i32,
+        now_ms: Millis,
+    ) -> anyhow::Result<()> {
+        let lateness = self.settings.runtime.lateness_ms as Millis;
+        let to = now_ms - lateness;
+        let Some(task) = self
+            .tasks
+            .get_mut(&partition)
+            .and_then(AssignedTask::running_mut)
+        else {
+            return Ok(());
+        };
+        task.core.group.hold_after = Some(to);
+        let result = drain(
+            task,
+            consumer,
+            &self.watermarks,
+            &mut self.collector,
+            &self.record_counters,
+            &self.metrics,
+            self.poll_clock_ms,
+            &mut self.outputs,
+            now_ms,
+        );
+        // Records held by the live merge are all newer than `to` (that is what held means), so
+        // they cannot pass a deadline before `to`: punctuate past them rather than wait for
+        // their release, which would delay wall-clock findings by up to `lateness_ms` more.
+        if result.is_ok()
+            && task.core.engine.next_due().is_some_and(|due| due < to)
+            && task.core.group.all_after(to)
+            && self
+                .watermarks
+                .confirmed(consumer, self.collector.client(), task)
+        {
+            task.core.engine.punctuate(to, &mut self.outputs);
+        }
+        result?;
+        self.collector.emit(&mut self.outputs, now_ms)
+    }
+
+    /// Refreshes the gauges that summarise task state (open findings, pending ACKs, lag, runs)
+    /// and the counters the engine keeps cumulatively.
+    pub fn refresh_metrics(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let mut open = [0i64; 4];
+        let mut pending_acks = 0i64;
+        let mut oldest: Option<Millis> = None;
+        let mut runs = 0i64;
+        let mut stream_time: Option<Millis> = None;
+        let metrics = self.metrics.clone();
+        for task in self.running_mut() {
+            let engine = &task.core.engine;
+            runs += engine.run_count() as i64;
+            stream_time = stream_time.max(engine.meta().stream_time);
+            for (_, run) in engine.runs() {
+                for seq in run.sequences.values() {
+                    for (i, f) in seq.findings.iter().enumerate() {
+                        open[i] += f.is_some_and(|f| f.is_open()) as i64;
+                    }
+                    if let (Some(a), None) = (&seq.activation, seq.ack_ms) {
+                        pending_acks += 1;
+                        oldest = Some(oldest.map_or(a.event_ms, |o: Millis| o.min(a.event_ms)));
+                    }
+                }
+            }
+            for (limit, n) in &engine.counters().limit_cut {
+                let seen = task.seen_limit_cut.entry(limit).or_default();
+                metrics
+                    .limit_cut
+                    .with_label_values(&[limit])
+                    .inc_by(n - *seen);
+                *seen = *n;
+            }
+            let idle = task.core.group.idle_exceeded;
+            if idle > task.seen_idle_exceeded {
+                TaskIdleExceeded {
+                    partition: task.partition(),
+                    times: idle - task.seen_idle_exceeded,
+                }
+                .emit(&metrics);
+            }
+            task.seen_idle_exceeded = idle;
+        }
+        let thread = self.thread;
+        for (gauge, open) in metrics.findings_open.iter().zip(open) {
+            gauge.set(thread, open);
+        }
+        metrics.pending_acks.set(thread, pending_acks);
+        metrics.pending_ack_oldest_age_ms.set(
+            thread,
+            match (oldest, stream_time) {
+                (Some(o), Some(st)) => (st - o).max(0),
+                _ => 0,
+            },
+        );
+        metrics.runs.set(thread, runs);
+        metrics.retention_tombstones_deferred.set(
+            thread,
+            self.running()
+                .map(|t| t.core.engine.deferred_tombstones() as i64)
+                .sum(),
+        );
+        for task in self.running() {
+            for side in Side::BOTH {
+                let partition = task.partition();
+                if let Some(high) = self.watermarks.cached_high(consumer, side, partition) {
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&[self.watermarks.topic(side), &partition.to_string()])
+                        .set((high - task.offsets.processed_next[side]).max(0));
+                }
+            }
+        }
+    }
+
+    /// The wall-clock time at which the earliest task deadline can fire by the wall clock
+    /// (stream time, the wall clock minus `lateness_ms`, passes it), so the loop wakes then
+    /// rather than at its next regular punctuation.
+    pub fn next_wall_clock_fire_ms(&self) -> Option<Millis> {
+        let lateness = self.settings.runtime.lateness_ms as Millis;
+        let due = self.running().filter_map(|t| t.core.engine.next_due()).min()?;
+        Some(due.saturating_add(lateness).saturating_add(1))
+    }
+
+    /// Serves the producer's delivery reports.
+    pub fn poll_producer(&self) {
+        self.collector.poll();
+    }
+}
+
+/// Processes every record the task's partition group releases: each is applied, counted,
+/// dead-lettered when invalid, and its outputs produced at once.
+#[allow(clippy::too_many_arguments)]
+fn drain(
+    task: &mut LiveTask,
+    consumer: &BaseConsumer<Ctx>,
+    watermarks: &Watermarks,
+    collector: &mut RecordCollector,
+    record_counters: &PerSide<[prometheus::IntCounter; 6]>,
+    metrics: &Metrics,
+    poll_clock_ms: Millis,
+    outputs: &mut Vec<Output>,
+    now_ms: Millis,
+) -> anyhow::Result<()> {
+    loop {
+        let (partition, fetched_next) = (task.partition(), task.offsets.fetched_next);
+        let caught_up = |side: Side| {
+            watermarks
+                .cached_high(consumer, side, partition)
+                .is_some_and(|high| fetched_next[side] >= high)
+        };
+        let (side, record, outcome) = match task.core.step(poll_clock_ms, caught_up, outputs) {
+            Step::Processed {
+                side,
+                record,
+                outcome,
+            } => (side, record, outcome),
+            Step::NeedsRun(_) => {
+                panic!("invariant: the live runtime never evicts runs, so no run needs loading")
+            }
+            Step::Wait | Step::Empty => return Ok(()),
+        };
+        let label = outcome.label().expect("a processed record has a label");
+        record_counters[side][label.index()].inc();
+        if let Outcome::Invalid(invalid) = outcome {
+            collector.dead_letter(&invalid, &record.as_raw(side, partition))?;
+        }
+        task.offsets.processed_next[side] = record.offset + 1;
+        if !outputs.is_empty() {
+            collector.emit(outputs, now_ms)?;
+        }
+        if task.paused[side] && task.core.group.len(side) <= TASK_BUFFERED_RECORDS_MAX / 2 {
+            task.paused[side] = false;
+            set_paused(consumer, metrics, watermarks.topic(side), partition, false)?;
+        }
+    }
+}
+
+/// Pauses or resumes one input partition whose task buffer filled or drained.
+fn set_paused(
+    consumer: &BaseConsumer<Ctx>,
+    metrics: &Metrics,
+    topic: &str,
+    partition: i32,
+    pause: bool,
+) -> anyhow::Result<()> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    if pause {
+        consumer.pause(&list)?;
+        metrics.buffer_paused_partitions.inc();
+    } else {
+        consumer.resume(&list)?;
+        metrics.buffer_paused_partitions.dec();
+    }
+    Ok(())
+}
