@@ -48,7 +48,9 @@ fn engine_store(c: &mut Criterion) {
                     let batch = encode_changes(
                         changes.iter().map(|(k, v)| (k, *v)),
                         meta.as_ref(),
-                        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
+                        &ackwatch_state::CommitMarker {
+                            input_next: ackwatch_topology::PerSide::both(0),
+                        },
                     );
                     store.commit_records(&batch, Some(record.offset)).unwrap();
                     last_commit = Instant::now();
@@ -61,7 +63,9 @@ fn engine_store(c: &mut Criterion) {
                     &encode_changes(
                         changes.iter().map(|(k, v)| (k, *v)),
                         meta.as_ref(),
-                        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
+                        &ackwatch_state::CommitMarker {
+                            input_next: ackwatch_topology::PerSide::both(0),
+                        },
                     ),
                     None,
                 )

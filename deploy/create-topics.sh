@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates every topic ackwatch reads and writes, when missing, with its partition count, cleanup
-# policy and retention; then checks that the two input topics are co-partitioned (SPEC §1).
+# policy and retention; then checks that the two input topics are co-partitioned (docs/semantics.md §1).
 # Existing topics are left as they are (the inputs belong to WorldService and the Gateways).
 #
 #   deploy/create-topics.sh --bootstrap-server HOST:PORT [--partitions N] [--replication-factor R]

@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         let s = state.sequences.get_or_default(seq);
         s.activation = Some(ackwatch_topology::run::ActivationSeen {
             event_ms: 1_772_442_000_000 + seq as i64 * 200,
-            phase: Some(ackwatch_topology::Phase::Freeze),
+            phase: ackwatch_topology::Phase::Freeze,
             etag: Some(format!("act:world:s{seq}:long:{}", 100 + seq)),
         });
         s.ack_ms = Some(1_772_442_000_050 + seq as i64 * 200);

@@ -40,7 +40,9 @@ fn main() -> anyhow::Result<()> {
         let records = encode_changes(
             changes.iter().map(|(k, v)| (k, *v)),
             meta.as_ref(),
-            &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
+            &ackwatch_state::CommitMarker {
+                input_next: ackwatch_topology::PerSide::both(0),
+            },
         );
         let keys: Vec<_> = changes.into_iter().map(|(k, _)| k).collect();
         store.commit_records(&records, None)?;

@@ -357,10 +357,7 @@ pub struct RebalanceFailed<'a> {
 impl RebalanceFailed<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         tracing::warn!(error = %self.error, "rebalance error");
-        metrics
-            .kafka_errors
-            .with_label_values(&["rebalance"])
-            .inc();
+        metrics.kafka_errors.with_label_values(&["rebalance"]).inc();
     }
 }
 
@@ -422,5 +419,40 @@ pub struct SignalTopicReadFailed<'a> {
 impl SignalTopicReadFailed<'_> {
     pub fn emit(&self) {
         tracing::warn!(error = %self.error, "signal topic read failed; retrying");
+    }
+}
+
+/// The two input topics follow different partitioners: a world's activations and ACKs land on
+/// different partition numbers, so every run of the affected worlds looks like missing ACKs and
+/// orphan ACKs. Reported once per stream thread, loudly.
+pub struct PartitionersDisagree<'a> {
+    pub thread: usize,
+    pub placements: &'a ackwatch_topology::partitioning::Placements,
+    pub topics: [&'a str; 2],
+}
+
+impl PartitionersDisagree<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        use ackwatch_topology::Side;
+        let names = |side: Side| {
+            self.placements
+                .consistent(side)
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        tracing::error!(
+            thread = self.thread,
+            activation_topic = self.topics[0],
+            activation_partitioner = names(Side::Activation).as_str(),
+            ack_topic = self.topics[1],
+            ack_partitioner = names(Side::Ack).as_str(),
+            "the input topics follow different partitioners: a world's activations and ACKs are on \
+             different partitions, so its runs look like missing and orphan ACKs; make WorldService \
+             and the Gateways use one partitioner (murmur2, the Java default: librdkafka clients set \
+             partitioner=murmur2_random)"
+        );
+        metrics.partitioners_disagree.set(self.thread, 1);
     }
 }

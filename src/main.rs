@@ -186,7 +186,7 @@ struct AuditArgs {
     /// What to print on standard output.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// Also write the JSON report (SPEC §5) to this file.
+    /// Also write the JSON report (docs/semantics.md §6) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
     /// TOML configuration (the `[policy]` and `[topics]` sections are used).
@@ -248,10 +248,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     }
     .run_with(&mut |output| {
         if let ackwatch_topology::Output::Latency { phase, ms, .. } = output {
-            latencies
-                .entry(phase.map_or("none", ackwatch_topology::Phase::as_str))
-                .or_default()
-                .push(*ms);
+            latencies.entry(phase.as_str()).or_default().push(*ms);
         }
     })?;
     let latency_by_phase = latencies
@@ -434,7 +431,7 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     );
     println!("{}", loadgen::truth_summary(&truth));
     for entry in &truth.script_unapplied {
-        eprintln!("loadgen: scripted fault (world run sequence) {entry} did not apply: no such sequence in the traffic, or a lost first sequence at the start (exempt, SPEC §2)");
+        eprintln!("loadgen: scripted fault (world run sequence) {entry} did not apply: no such sequence in the traffic, or a lost first sequence at the start (exempt, semantics §2)");
     }
     if let Some(path) = &args.truth {
         loadgen::write_truth(path, &truth)?;

@@ -1,4 +1,4 @@
-//! The live processor's Prometheus metrics (SPEC §3). Labelled by topic, kind, outcome, reason,
+//! The live processor's Prometheus metrics (docs/semantics.md §3). Labelled by topic, kind, outcome, reason,
 //! action or partition; never by world or run (unbounded label values would grow without limit).
 //!
 //! Counters are bumped where the occurrence happens; gauges that summarise task state (open
@@ -6,6 +6,7 @@
 //! for processing or restore.
 
 use ackwatch_topology::decode::InvalidReason;
+use ackwatch_topology::partitioning::Partitioner;
 use ackwatch_topology::Phase;
 use ackwatch_topology::{Action, FindingKind, OutcomeLabel};
 use prometheus::{
@@ -53,6 +54,9 @@ pub struct Metrics {
     pub worldservice_signals: IntCounterVec,
     pub stores_wiped: IntCounter,
     pub fatal_errors: IntCounter,
+    pub misplaced_records: IntCounterVec,
+    pub partitioners_disagree: ThreadGauge,
+    pub clamped_records: IntCounterVec,
 }
 
 /// How a [`ThreadGauge`] combines the stream threads' parts.
@@ -355,12 +359,39 @@ impl Metrics {
                 "ackwatch_fatal_errors_total",
                 "Fatal errors (the process exits non-zero)",
             ),
+            misplaced_records: counter_vec(
+                &r,
+                "ackwatch_misplaced_records_total",
+                "Tracked records on another partition than the partitioner would place their key, \
+                 by topic and partitioner (murmur2: Java clients; crc32: librdkafka's default)",
+                &["topic", "partitioner"],
+            ),
+            partitioners_disagree: ThreadGauge::new(
+                gauge(
+                    &r,
+                    "ackwatch_partitioners_disagree",
+                    "1 when the input topics follow different partitioners (the join is broken)",
+                ),
+                Combine::Max,
+            ),
+            clamped_records: counter_vec(
+                &r,
+                "ackwatch_clamped_records_total",
+                "Records whose event time was clamped to record timestamp (or wall clock) + \
+                 max_clock_lead_ms, by topic",
+                &["topic"],
+            ),
             registry: r,
         };
         // Every label value known up front, so dashboards see zeros rather than gaps.
         for topic in topics {
             for outcome in OutcomeLabel::ALL {
                 m.records.with_label_values(&[topic, outcome.as_str()]);
+            }
+            m.clamped_records.with_label_values(&[topic]);
+            for partitioner in Partitioner::ALL {
+                m.misplaced_records
+                    .with_label_values(&[topic, partitioner.as_str()]);
             }
         }
         for reason in InvalidReason::LABELS {
@@ -379,8 +410,8 @@ impl Metrics {
         for outcome in ["delivered", "rejected", "expired"] {
             m.worldservice_signals.with_label_values(&[outcome]);
         }
-        for phase in [Phase::Freeze.as_str(), Phase::Unfreeze.as_str(), "none"] {
-            m.ack_latency_ms.with_label_values(&[phase]);
+        for phase in Phase::ALL {
+            m.ack_latency_ms.with_label_values(&[phase.as_str()]);
         }
         m
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// member; beyond the cores of a machine more threads only add rebalancing.
 pub const STREAM_THREADS_MAX: u64 = 64;
 
-/// Names of the topics ackwatch reads and writes (SPEC §1, §3).
+/// Names of the topics ackwatch reads and writes (semantics §1, §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Topics {
@@ -116,7 +116,7 @@ pub struct Runtime {
     pub processing_guarantee: Guarantee,
     /// How often tasks commit (state, changelog, outputs, offsets).
     pub commit_interval_ms: u64,
-    /// How long a task waits for an empty, lagging partition before going on (SPEC §4).
+    /// How long a task waits for an empty, lagging partition before going on (docs/semantics.md §4).
     pub max_task_idle_ms: u64,
     /// Live stream time follows the wall clock minus this, while both partitions are caught up.
     pub lateness_ms: u64,

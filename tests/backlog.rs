@@ -42,7 +42,7 @@ fn catching_up_a_million_record_backlog_invents_nothing() {
 
     // While the processor is down, a million records pile up. Their event times are when they
     // were produced, i.e. after the processor stopped (records produced long after their event
-    // time may be judged late live, SPEC §4; that is not what this test is about). The traffic
+    // time may be judged late live, semantics §4; that is not what this test is about). The traffic
     // is produced faster than its event times pass, so they run a few seconds ahead.
     let backlog = ackwatch::sim::generate(&spec(
         BACKLOG_RECORDS,

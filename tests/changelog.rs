@@ -60,7 +60,9 @@ async fn commit(
     let records = encode_changes(
         changes.iter().map(|(k, v)| (k, *v)),
         meta.as_ref(),
-        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) },
+        &ackwatch_state::CommitMarker {
+            input_next: ackwatch_topology::PerSide::both(0),
+        },
     );
     let end = writer.write(partition, &records).await.unwrap();
     store.commit_records(&records, end).unwrap();
@@ -209,7 +211,9 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     let mut records = encode_changes(
         changes.iter().map(|(k, v)| (k, *v)),
         meta.as_ref(),
-        &ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(9) },
+        &ackwatch_state::CommitMarker {
+            input_next: ackwatch_topology::PerSide::both(9),
+        },
     );
     records.pop().expect("the marker, last");
     records.truncate(records.len() - 2); // and two more records never written
@@ -228,7 +232,9 @@ async fn a_commit_without_its_marker_is_left_out_of_a_restore() {
     assert_eq!(restored.meta, Some(complete_meta));
     assert_eq!(
         restored.marker,
-        Some(ackwatch_state::CommitMarker { input_next: ackwatch_topology::PerSide::both(0) })
+        Some(ackwatch_state::CommitMarker {
+            input_next: ackwatch_topology::PerSide::both(0)
+        })
     );
     assert_eq!(stats.unfinished_keys, unfinished);
     // Restoring the same store again still leaves the unfinished commit out.

@@ -4,9 +4,10 @@
 //! changelog alone into an empty directory, and must equal — run by run, and the task meta —
 //! the state the engine has after exactly the input the restored commit marker says it reflects.
 //!
-//! Event times lie 20 minutes ahead of the wall clock, so the live processor's wall-clock
-//! punctuation never moves stream time: the state depends on the input alone, and the reference
-//! is the engine fed that input prefix.
+//! Event times lie 20 to 40 minutes behind the wall clock and the processor runs with
+//! `lateness_ms` of an hour, so its wall-clock stream time (the wall clock minus `lateness_ms`)
+//! never passes them: the state depends on the input alone, and the reference is the engine fed
+//! that input prefix. (Event times ahead of the wall clock would be clamped to it live.)
 
 mod support;
 
@@ -52,7 +53,7 @@ fn reference(
         }
     }
     let mut out = Vec::new();
-    while let Step::Processed { .. } = task.step(0, |_| true, &mut out) {
+    while let Step::Processed { .. } = task.step(0, |_| true, None, &mut out) {
         out.clear();
     }
     let engine = &task.engine;
@@ -75,13 +76,13 @@ struct Input {
 }
 
 fn input() -> Input {
-    let start = now_ms() + 20 * 60_000;
+    let start = now_ms() - 40 * 60_000;
     let kcat = traffic(48_000, PARTITIONS, 11, start, "world_");
     let span = kcat.last().unwrap().ts.unwrap() - start;
     assert!(
         span < 20 * 60_000,
-        "the traffic spans {span} ms; it must stay ahead of the wall clock and within the broker's \
-         accepted future timestamps (log.message.timestamp.after.max.ms, 1 h)"
+        "the traffic spans {span} ms; it must stay more than lateness_ms behind the wall clock's \
+         end of the test"
     );
     let owned = kcat
         .iter()
@@ -139,7 +140,8 @@ fn killed_mid_commit(guarantee: &str) {
         "i1",
         guarantee,
         // A restarted instance takes its partitions back at once, so crashes land mid-stream.
-        "static_membership = true",
+        // An hour of lateness keeps wall-clock stream time behind every event time.
+        "static_membership = true\nlateness_ms = 3600000",
     );
     let changelog = ackwatch::runtime::changelog::topic_name(&app);
 

@@ -26,7 +26,18 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
     let runtime_extra = format!("num_stream_threads = {stream_threads}");
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    for name in ["ack_missing", "activation_gap", "clean", "late_ack"] {
+    for name in [
+        "ack_missing",
+        "activation_gap",
+        "clean",
+        "late_ack",
+        "truncated_times",
+        "phase_unknown",
+        "blocked_acks",
+        "late_fill",
+        "clock_ahead",
+        "untracked_large",
+    ] {
         let input = scenario_dir().join(format!("{name}.kcat.jsonl"));
         let expected: Value = serde_json::from_str(
             &std::fs::read_to_string(scenario_dir().join(format!("{name}.expected.json"))).unwrap(),
@@ -88,7 +99,7 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
                     || !metrics
                         .contains("controlbus_apply_ack_latency_ms_count{phase=\"unfreeze\"} 0\n")
                     || !metrics
-                        .contains("controlbus_apply_ack_latency_ms_count{phase=\"none\"} 0\n"),
+                        .contains("controlbus_apply_ack_latency_ms_count{phase=\"unknown\"} 0\n"),
                 "{name}: latency observed\n{metrics}"
             );
         }
@@ -274,7 +285,10 @@ fn poison_records_are_dead_lettered_and_processing_continues() {
         .iter()
         .find(|r| r.header("ackwatch.reason") == Some("too_large"))
         .unwrap();
-    assert_eq!(cut.value.len(), ackwatch::sinks::records::DEAD_LETTER_VALUE_BYTES_MAX);
+    assert_eq!(
+        cut.value.len(),
+        ackwatch::sinks::records::DEAD_LETTER_VALUE_BYTES_MAX
+    );
     assert_eq!(cut.header("ackwatch.original_bytes"), Some("1000010"));
     assert_eq!(dlq[0].value, b"{not json");
 
@@ -310,7 +324,7 @@ fn killed_and_restarted(guarantee: &str) {
     let producing = produce_paced(records.clone(), topics.clone());
     let app = support::unique("app-kill");
     // lateness_ms 2000: on two loaded cores a fetch may lag more than the default 500 ms, and a
-    // record fetched later than lateness_ms may be judged late live (SPEC §4), not in the audit.
+    // record fetched later than lateness_ms may be judged late live (docs/semantics.md §4), not in the audit.
     let (config, http) = support::live_config(
         dir.path(),
         &topics,

@@ -2,7 +2,7 @@
 //! with the simulator's ground truth: every finding (kind, run, sequence, detected_at,
 //! resolved_at), every pending deadline at the end, every signal (action, run, episode, at),
 //! every poison record dead-lettered. The truth is derived from the injected faults, not by the
-//! engine, so this checks both against SPEC.md from two sides.
+//! engine, so this checks both against the behaviour rules from two sides.
 
 use ackwatch::audit::FileAudit;
 use ackwatch::settings::Topics;

@@ -17,16 +17,16 @@ use std::time::Duration;
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::report::Report;
 use ackwatch_topology::time::{format_rfc3339_ms, parse_rfc3339_ms};
-use ackwatch_topology::{Millis, Output, Phase, Side};
+use ackwatch_topology::{Millis, Output, Side};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use ackwatch_topology::replay::Replay;
 use crate::settings::Settings;
 use crate::sinks::records as sink;
+use ackwatch_topology::replay::Replay;
 
 /// Longest a metadata or offsets request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -296,10 +296,7 @@ impl ClusterAudit {
                 _ => None,
             };
             if let Output::Latency { phase, ms, .. } = output {
-                latencies
-                    .entry(phase.map_or("none", Phase::as_str))
-                    .or_default()
-                    .push(*ms);
+                latencies.entry(phase.as_str()).or_default().push(*ms);
             }
             if let (Some(at), Some(encoded)) = (at, sink::encode(output)) {
                 if (from..to).contains(&at) {

@@ -1,4 +1,4 @@
-//! Reading `kcat -J` records, one JSON object per line (SPEC §5).
+//! Reading `kcat -J` records, one JSON object per line (docs/semantics.md §6).
 //!
 //! As kcat writes them: `key` and `payload` may be null, `tstype`/`ts` are absent when a record
 //! has no timestamp, and `headers` is a flat `[name, value, ...]` array when present.

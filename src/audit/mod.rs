@@ -24,8 +24,8 @@ use ackwatch_topology::report::Report;
 use ackwatch_topology::{Millis, Output, Policy, Side};
 use anyhow::Context;
 
-use kcat::parse_line;
 use crate::settings::Topics;
+use kcat::parse_line;
 
 /// Malformed input lines printed before the audit only counts them.
 const MALFORMED_LINES_PRINTED_MAX: u64 = 20;
@@ -45,7 +45,7 @@ pub struct FileAudit {
     pub progress: bool,
     /// When the replayed window ends: deadlines before it fire (as they did live, where stream
     /// time follows the wall clock) instead of being reported as `pending_at_end`. `None`: the
-    /// input ends at the largest event time it holds (SPEC §4).
+    /// input ends at the largest event time it holds (docs/semantics.md §4).
     pub end_ms: Option<Millis>,
 }
 

@@ -1,4 +1,4 @@
-//! Whether a task has read its partitions to their ends (SPEC §4 "caught up"): the client's
+//! Whether a task has read its partitions to their ends (semantics §4 "caught up"): the client's
 //! cached high watermarks (no request) decide what the partition group waits for; a request to
 //! the broker confirms it before the wall clock fires anything.
 

@@ -70,7 +70,7 @@ pub async fn check_cluster(
     if activation != ack {
         bail!(
             "input topics are not co-partitioned: {} has {activation} partitions, {} has {ack}; \
-             partition p of one must join partition p of the other (SPEC §1), give them the same count",
+             partition p of one must join partition p of the other (docs/semantics.md §1), give them the same count",
             topics.activation,
             topics.ack
         );
@@ -153,4 +153,3 @@ pub fn describe(settings: &Settings) -> String {
         dlq = t.dead_letter,
     )
 }
-

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ackwatch_topology::report::Percentiles;
-use ackwatch_topology::run::EpisodeState;
+use ackwatch_topology::run::{EpisodeState, Rollback};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{FindingKind, RunKey, RunState};
 use axum::extract::{Path, State};
@@ -68,22 +68,35 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
     let pending: Vec<u64> = run
         .sequences
         .iter()
-        .filter(|(_, s)| s.activation.is_some() && s.ack_ms.is_none())
+        .filter(|(_, s)| s.awaits_ack())
         .map(|(q, _)| *q)
         .collect();
     let mut open = Vec::new();
     for (seq, state) in &run.sequences {
         for kind in FindingKind::ALL {
             if let Some(f) = state.finding(kind).filter(|f| f.is_open()) {
-                open.push(json!({"kind": kind.as_str(), "sequence": seq, "detected_at": format_rfc3339_ms(f.detected_at)}));
+                let mut finding = json!({
+                    "kind": kind.as_str(),
+                    "sequence": seq,
+                    "phase": state.finding_phase(kind),
+                    "detected_at": format_rfc3339_ms(f.detected_at),
+                });
+                if let Some(blocked) = state.blocked.filter(|_| kind == FindingKind::AckMissing) {
+                    finding["blocked_by"] = json!(blocked.by);
+                    finding["blocked"] = json!(blocked.holds());
+                }
+                open.push(finding);
             }
         }
     }
     let episode = match run.episode_state {
         EpisodeState::Idle => json!({"state": "idle", "episode": run.episode}),
-        EpisodeState::Paused { at, escalated } => {
-            json!({"state": "paused", "episode": run.episode, "since": format_rfc3339_ms(at), "escalated": escalated})
-        }
+        EpisodeState::Paused { at, rollback } => json!({
+            "state": "paused",
+            "episode": run.episode,
+            "since": format_rfc3339_ms(at),
+            "escalated": rollback == Rollback::Escalated,
+        }),
         EpisodeState::RolledBack { at } => {
             json!({"state": "rolled_back", "episode": run.episode, "since": format_rfc3339_ms(at)})
         }

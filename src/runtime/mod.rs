@@ -123,7 +123,7 @@ impl Shared {
     }
 }
 
-/// The wall clock in epoch milliseconds: the only clock outside the engine (SPEC §4 live time).
+/// The wall clock in epoch milliseconds: the only clock outside the engine (semantics §4 live time).
 pub fn wall_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -163,7 +163,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     } else {
         ChangelogCheck::Ensure
     };
-    let (_, lines) = runtime.block_on(check_cluster(&settings, changelog_check))?;
+    let (input_partitions, lines) = runtime.block_on(check_cluster(&settings, changelog_check))?;
     for line in lines {
         tracing::info!("{line}");
     }
@@ -185,6 +185,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                     settings.clone(),
                     metrics.clone(),
                     thread,
+                    input_partitions,
                     alerts_dirty.clone(),
                 )?),
                 ready: AtomicBool::new(false),
@@ -298,4 +299,3 @@ fn run_stream_threads(shared: &Arc<Shared>) -> anyhow::Result<()> {
         (None, None) => Ok(()),
     }
 }
-

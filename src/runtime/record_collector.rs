@@ -114,6 +114,11 @@ impl RecordCollector {
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
+        // Outputs keyed by world_id land where Java and Python clients would put them
+        // (murmur2), so consumers that join them with other world-keyed topics co-partition.
+        if !settings.kafka.properties.contains_key("partitioner") {
+            config.set("partitioner", "murmur2_random");
+        }
         if eos {
             let id = format!(
                 "{}-{}",
@@ -212,7 +217,10 @@ impl RecordCollector {
         let metrics = &self.metrics;
         if matches!(
             output,
-            Output::Detected(_) | Output::Resolved(_) | Output::Escalated { .. }
+            Output::Detected(_)
+                | Output::Resolved(_)
+                | Output::Escalated { .. }
+                | Output::Released { .. }
         ) {
             self.alerts_dirty.store(true, Ordering::Relaxed);
         }
@@ -242,9 +250,9 @@ impl RecordCollector {
             .emit(metrics),
             Output::Latency { phase, ms, .. } => metrics
                 .ack_latency_ms
-                .with_label_values(&[phase.map_or("none", |p| p.as_str())])
+                .with_label_values(&[phase.as_str()])
                 .observe(*ms as f64),
-            Output::RunDropped { .. } => {}
+            Output::Released { .. } | Output::RunDropped { .. } => {}
         }
     }
 

@@ -226,7 +226,7 @@ struct StreamThreadLoop<'a> {
     poll_clock: Duration,
     last_punctuate: Instant,
     last_refresh: Instant,
-    /// When the earliest deadline of any task can fire by the wall clock (SPEC §4): the loop
+    /// When the earliest deadline of any task can fire by the wall clock (docs/semantics.md §4): the loop
     /// punctuates then, so a finding waits `lateness_ms`, not also a punctuation interval.
     wall_fire_ms: Option<Millis>,
 }
@@ -261,10 +261,9 @@ impl StreamThreadLoop<'_> {
         self.thread
             .owns_tasks
             .store(tasks.owns_tasks(), Ordering::SeqCst);
-        self.thread.ready.store(
-            tasks.assigned && tasks.starting() == 0,
-            Ordering::SeqCst,
-        );
+        self.thread
+            .ready
+            .store(tasks.assigned && tasks.starting() == 0, Ordering::SeqCst);
         Ok(())
     }
 

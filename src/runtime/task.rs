@@ -24,7 +24,7 @@ use ackwatch_topology::stream_task::StreamTask;
 use ackwatch_topology::PerSide;
 
 /// Records a task buffers per input partition before that partition is paused (the buffer
-/// fills only while the other partition lags, SPEC §4). Cost: up to this many records (at most
+/// fills only while the other partition lags, semantics §4). Cost: up to this many records (at most
 /// a record value each, `RECORD_VALUE_BYTES_MAX` for tracked ones) in memory per partition.
 pub const TASK_BUFFERED_RECORDS_MAX: usize = 10_000;
 
@@ -132,6 +132,7 @@ pub struct LiveTask {
     /// What the engine's cumulative counters said at the last metrics refresh.
     pub seen_limit_cut: BTreeMap<&'static str, u64>,
     pub seen_idle_exceeded: u64,
+    pub seen_clamped: PerSide<u64>,
 }
 
 impl LiveTask {

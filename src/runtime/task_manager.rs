@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ackwatch_topology::partition_group::Buffered;
+use ackwatch_topology::partitioning::{Partitioner, Placements};
 use ackwatch_topology::stream_task::Step;
 use ackwatch_topology::{Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,7 +21,7 @@ use super::caught_up::Watermarks;
 use super::record_collector::RecordCollector;
 use super::stream_thread::Ctx;
 use super::task::{AssignedTask, LiveTask, TaskState, TASK_BUFFERED_RECORDS_MAX};
-use crate::events::{TaskClosed, TaskIdleExceeded};
+use crate::events::{PartitionersDisagree, TaskClosed, TaskIdleExceeded};
 use crate::metrics::Metrics;
 use crate::runtime::changelog;
 use crate::settings::Settings;
@@ -46,14 +47,24 @@ pub struct TaskManager {
     pub poll_clock_ms: Millis,
     /// `ackwatch_records_total` by side and outcome, looked up once (not per record).
     record_counters: PerSide<[prometheus::IntCounter; 6]>,
+    /// Partitions of each input topic (co-partitioned: the same count).
+    input_partitions: i32,
+    /// Where this thread's tracked records landed against where each partitioner puts them.
+    placements: Placements,
+    /// `ackwatch_misplaced_records_total` by side and partitioner, looked up once.
+    misplaced_counters: PerSide<[prometheus::IntCounter; 2]>,
+    /// The topics were found to follow different partitioners (reported once).
+    partitioners_disagree: bool,
 }
 
 impl TaskManager {
-    /// The task manager of stream thread `thread`; `alerts_dirty` is shared by every thread.
+    /// The task manager of stream thread `thread`; `input_partitions` is the input topics'
+    /// partition count; `alerts_dirty` is shared by every thread.
     pub fn new(
         settings: Settings,
         metrics: Arc<Metrics>,
         thread: usize,
+        input_partitions: i32,
         alerts_dirty: Arc<AtomicBool>,
     ) -> anyhow::Result<TaskManager> {
         let collector = RecordCollector::new(&settings, metrics.clone(), thread, alerts_dirty)?;
@@ -68,8 +79,19 @@ impl TaskManager {
                     .with_label_values(&[&topics[side], o.as_str()])
             })
         });
+        let misplaced_counters = PerSide::from_fn(|side| {
+            Partitioner::ALL.map(|p| {
+                metrics
+                    .misplaced_records
+                    .with_label_values(&[&topics[side], p.as_str()])
+            })
+        });
         Ok(TaskManager {
             thread,
+            input_partitions,
+            placements: Placements::default(),
+            misplaced_counters,
+            partitioners_disagree: false,
             changelog_topic: changelog::topic_name(&settings.runtime.application_id),
             watermarks: Watermarks::new(topics)?,
             record_counters,
@@ -97,7 +119,9 @@ impl TaskManager {
     }
 
     pub(super) fn running_mut(&mut self) -> impl Iterator<Item = &mut LiveTask> {
-        self.tasks.values_mut().filter_map(AssignedTask::running_mut)
+        self.tasks
+            .values_mut()
+            .filter_map(AssignedTask::running_mut)
     }
 
     /// Assigned tasks not running yet (`Created` or `Restoring`).
@@ -169,13 +193,19 @@ impl TaskManager {
         );
         if task.core.group.len(side) > TASK_BUFFERED_RECORDS_MAX && !task.paused[side] {
             task.paused[side] = true;
-            set_paused(consumer, &self.metrics, self.watermarks.topic(side), partition, true)?;
+            set_paused(
+                consumer,
+                &self.metrics,
+                self.watermarks.topic(side),
+                partition,
+                true,
+            )?;
         }
         Ok(Some(partition))
     }
 
     /// Processes what the task's partition group releases, then (caught up on both sides)
-    /// lets stream time follow the wall clock minus `lateness_ms` (SPEC §4).
+    /// lets stream time follow the wall clock minus `lateness_ms` (docs/semantics.md §4).
     pub fn process_task(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
@@ -192,17 +222,35 @@ impl TaskManager {
             return Ok(());
         };
         task.core.group.hold_after = Some(to);
+        let mut placed = Placed {
+            placements: &mut self.placements,
+            counters: &self.misplaced_counters,
+            partitions: self.input_partitions,
+        };
         let result = drain(
             task,
             consumer,
             &self.watermarks,
             &mut self.collector,
             &self.record_counters,
+            &mut placed,
             &self.metrics,
             self.poll_clock_ms,
             &mut self.outputs,
             now_ms,
         );
+        if !self.partitioners_disagree && self.placements.disagree() {
+            self.partitioners_disagree = true;
+            PartitionersDisagree {
+                thread: self.thread,
+                placements: &self.placements,
+                topics: [
+                    self.watermarks.topic(Side::Activation),
+                    self.watermarks.topic(Side::Ack),
+                ],
+            }
+            .emit(&self.metrics);
+        }
         // Records held by the live merge are all newer than `to` (that is what held means), so
         // they cannot pass a deadline before `to`: punctuate past them rather than wait for
         // their release, which would delay wall-clock findings by up to `lateness_ms` more.
@@ -228,6 +276,7 @@ impl TaskManager {
         let mut runs = 0i64;
         let mut stream_time: Option<Millis> = None;
         let metrics = self.metrics.clone();
+        let topics = PerSide::from_fn(|side| self.watermarks.topic(side).to_string());
         for task in self.running_mut() {
             let engine = &task.core.engine;
             runs += engine.run_count() as i64;
@@ -237,7 +286,8 @@ impl TaskManager {
                     for (i, f) in seq.findings.iter().enumerate() {
                         open[i] += f.is_some_and(|f| f.is_open()) as i64;
                     }
-                    if let (Some(a), None) = (&seq.activation, seq.ack_ms) {
+                    // Pending: the deadline has not passed (an ack_missing is a finding).
+                    if let Some(a) = seq.activation.as_ref().filter(|_| seq.awaits_ack()) {
                         pending_acks += 1;
                         oldest = Some(oldest.map_or(a.event_ms, |o: Millis| o.min(a.event_ms)));
                     }
@@ -250,6 +300,14 @@ impl TaskManager {
                     .with_label_values(&[limit])
                     .inc_by(n - *seen);
                 *seen = *n;
+            }
+            for side in Side::BOTH {
+                let clamped = engine.counters().clamped[side];
+                metrics
+                    .clamped_records
+                    .with_label_values(&[topics[side].as_str()])
+                    .inc_by(clamped - task.seen_clamped[side]);
+                task.seen_clamped[side] = clamped;
             }
             let idle = task.core.group.idle_exceeded;
             if idle > task.seen_idle_exceeded {
@@ -298,7 +356,10 @@ impl TaskManager {
     /// rather than at its next regular punctuation.
     pub fn next_wall_clock_fire_ms(&self) -> Option<Millis> {
         let lateness = self.settings.runtime.lateness_ms as Millis;
-        let due = self.running().filter_map(|t| t.core.engine.next_due()).min()?;
+        let due = self
+            .running()
+            .filter_map(|t| t.core.engine.next_due())
+            .min()?;
         Some(due.saturating_add(lateness).saturating_add(1))
     }
 
@@ -308,8 +369,27 @@ impl TaskManager {
     }
 }
 
+/// The partitioner check of tracked records (docs/semantics.md §1 "Partitioning").
+struct Placed<'a> {
+    placements: &'a mut Placements,
+    counters: &'a PerSide<[prometheus::IntCounter; 2]>,
+    partitions: i32,
+}
+
+impl Placed<'_> {
+    fn check(&mut self, side: Side, key: Option<&[u8]>, partition: i32) {
+        let Some(key) = key else { return };
+        let misplaced = self.placements.check(side, key, partition, self.partitions);
+        for (counter, misplaced) in self.counters[side].iter().zip(misplaced) {
+            if misplaced {
+                counter.inc();
+            }
+        }
+    }
+}
+
 /// Processes every record the task's partition group releases: each is applied, counted,
-/// dead-lettered when invalid, and its outputs produced at once.
+/// placement-checked when tracked, dead-lettered when invalid, and its outputs produced at once.
 #[allow(clippy::too_many_arguments)]
 fn drain(
     task: &mut LiveTask,
@@ -317,6 +397,7 @@ fn drain(
     watermarks: &Watermarks,
     collector: &mut RecordCollector,
     record_counters: &PerSide<[prometheus::IntCounter; 6]>,
+    placed: &mut Placed<'_>,
     metrics: &Metrics,
     poll_clock_ms: Millis,
     outputs: &mut Vec<Output>,
@@ -329,7 +410,10 @@ fn drain(
                 .cached_high(consumer, side, partition)
                 .is_some_and(|high| fetched_next[side] >= high)
         };
-        let (side, record, outcome) = match task.core.step(poll_clock_ms, caught_up, outputs) {
+        let step = task
+            .core
+            .step(poll_clock_ms, caught_up, Some(now_ms), outputs);
+        let (side, record, outcome) = match step {
             Step::Processed {
                 side,
                 record,
@@ -342,6 +426,12 @@ fn drain(
         };
         let label = outcome.label().expect("a processed record has a label");
         record_counters[side][label.index()].inc();
+        if matches!(
+            label,
+            OutcomeLabel::Tracked | OutcomeLabel::Ack | OutcomeLabel::Duplicate | OutcomeLabel::Cut
+        ) {
+            placed.check(side, record.key.as_deref(), partition);
+        }
         if let Outcome::Invalid(invalid) = outcome {
             collector.dead_letter(&invalid, &record.as_raw(side, partition))?;
         }

@@ -74,6 +74,7 @@ impl TaskManager {
             pending_store: Vec::new(),
             seen_limit_cut: Default::default(),
             seen_idle_exceeded: 0,
+            seen_clamped: PerSide::default(),
         })
     }
 
@@ -219,10 +220,13 @@ impl TaskManager {
         for side in Side::BOTH {
             let topic = self.watermarks.topic(side);
             consumer
-                .seek(topic, partition, Offset::Offset(start[side]), REQUEST_TIMEOUT)
-                .with_context(|| {
-                    format!("cannot seek {topic}[{partition}] to {}", start[side])
-                })?;
+                .seek(
+                    topic,
+                    partition,
+                    Offset::Offset(start[side]),
+                    REQUEST_TIMEOUT,
+                )
+                .with_context(|| format!("cannot seek {topic}[{partition}] to {}", start[side]))?;
         }
         Ok(())
     }

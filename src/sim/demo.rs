@@ -24,11 +24,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::loadgen::Pacing;
+use super::{compare, finding_facts, signal_facts, Comparison, Faults, SimSpec, Truth};
 use crate::runtime::wall_ms;
 use crate::runtime::{run_with, RunOptions};
 use crate::settings::Settings;
-use super::loadgen::Pacing;
-use super::{compare, finding_facts, signal_facts, Comparison, Faults, SimSpec, Truth};
 
 /// Input partitions of the demo's topics.
 const DEMO_PARTITIONS: i32 = 2;

@@ -18,9 +18,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use super::{SimSpec, Simulation, Truth};
 use crate::runtime::wall_ms;
 use crate::settings::Settings;
-use super::{SimSpec, Simulation, Truth};
 
 /// Longest the final flush waits for the broker to acknowledge what was produced.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);

@@ -17,10 +17,11 @@
 //! timeout that decides it, so which (kind, run, sequence) is a finding, its `detected_at` and
 //! its `resolved_at` follow from the injected faults alone. The signals depend on the order in
 //! which detections and resolutions happen, and with Gateway clock skew that order is not the
-//! event-time order: a [`Referee`] applies SPEC §4's definitions to the records as they leave
+//! event-time order: a [`Referee`] applies semantics §4's definitions to the records as they leave
 //! the simulation (stream time per partition = the largest event time in record-timestamp
-//! order; a deadline fires when stream time passes it) and SPEC §3's episodes in that order.
-//! It is a second, deliberately naive reading of the SPEC, written without the engine's code.
+//! order; a deadline fires when stream time passes it) and semantics §3's episodes in that order.
+//! It is a second, deliberately naive reading of the behaviour rules (docs/semantics.md),
+//! written without the engine's code.
 //!
 //! Generation is incremental (a discrete-event simulation over worlds), so memory is bounded by
 //! the records in flight, not by the duration; seeded, so a run is reproducible.
@@ -38,13 +39,12 @@ use ackwatch_topology::{Millis, Policy};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::kcat::KcatRecord;
-pub use payloads::{generate, OwnedRecord, TrafficSpec};
 pub(crate) use payloads::Rng;
+pub use payloads::{generate, OwnedRecord, TrafficSpec};
 pub use traffic::Simulation;
 pub use truth::{
-    check_report, compare, finding_facts, signal_facts, Comparison, Reading, ReportCheck, Referee,
-    Truth,
-    TruthFinding, TruthSignal,
+    check_report, compare, finding_facts, signal_facts, Comparison, Reading, Referee, ReportCheck,
+    Truth, TruthFinding, TruthSignal,
 };
 
 /// Every injected fault keeps at least this distance from the timeout that decides it, and
@@ -53,7 +53,7 @@ pub const MARGIN_MS: Millis = 500;
 /// A Gateway's own gap timeout: how long it waits for a missing sequence before skipping it.
 pub const GATEWAY_GAP_TIMEOUT_MS: Millis = 800;
 /// Runs that start within this long of the traffic's start never lose their first sequence:
-/// SPEC §2 exempts a leading gap of a run that may have begun before the input did.
+/// semantics §2 exempts a leading gap of a run that may have begun before the input did.
 const LEADING_GAP_QUIET_MS: Millis = 10_000;
 /// Worlds a simulation may run (ids and per-world state). Cost: one small state per world.
 pub const SIM_WORLDS_MAX: usize = 1_000_000;

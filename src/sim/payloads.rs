@@ -2,6 +2,7 @@
 //! QMTL's CloudEvents envelopes), the seeded RNG behind every simulation, and the flat
 //! benchmark traffic (`generate`) built from the same payloads.
 
+use ackwatch_topology::partitioning::Partitioner;
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{Millis, RawRecord, Side};
 
@@ -44,7 +45,13 @@ pub(crate) fn uuid(rng: &mut Rng) -> String {
     )
 }
 
-pub(super) fn activation(world: &str, run: &str, s: &Step, strategy: &str, rng: &mut Rng) -> String {
+pub(super) fn activation(
+    world: &str,
+    run: &str,
+    s: &Step,
+    strategy: &str,
+    rng: &mut Rng,
+) -> String {
     let frozen = s.phase == "freeze";
     let etag = format!("act:{world}:{strategy}:{}:{}", s.side, s.version);
     format!(
@@ -130,13 +137,6 @@ pub(super) fn poison(world: &str, run: &str, t: Millis, rng: &mut Rng) -> (Optio
     }
 }
 
-/// FNV-1a of a text: a stable hash for partitioning simulated worlds.
-pub(crate) fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 /// The benchmarks' traffic: flat and regular, every world's run issuing one activation per
 /// round, with a fault rate (dropped ACK, late ACK, lost activation). No ground truth; the
 /// same payloads as the simulation. Seeded, so a figure can be reproduced.
@@ -198,7 +198,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<KcatRecord> {
                     + (w as Millis * ROUND_MS) / spec.concurrent_runs as Millis,
                 fault: Fault::None,
             };
-            let partition = (fnv(&world) % spec.partitions as u64) as i32;
+            let partition = Partitioner::Murmur2.partition(world.as_bytes(), spec.partitions);
             // 0: dropped ACK, 1: late ACK, 2: lost activation, 99: none.
             let fault = if rng.below(100) < spec.fault_percent {
                 rng.below(3)

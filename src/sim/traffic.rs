@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use ackwatch_topology::{FindingKind, Millis};
 
-use super::payloads::{activation, ack, fnv, poison, untracked, Rng};
+use ackwatch_topology::partitioning::Partitioner;
+
+use super::payloads::{ack, activation, poison, untracked, Rng};
 use super::truth::{Effect, Referee, Truth, TruthFinding};
 use super::{pick_fault, Fault, SimSpec, GATEWAY_GAP_TIMEOUT_MS, LEADING_GAP_QUIET_MS, MARGIN_MS};
 use crate::audit::kcat::KcatRecord;
@@ -16,7 +18,7 @@ use crate::audit::kcat::KcatRecord;
 struct Pending {
     /// Record timestamp (the produce time).
     at_ms: Millis,
-    /// Order at equal timestamps: activations before ACKs (SPEC §4), then creation order.
+    /// Order at equal timestamps: activations before ACKs (docs/semantics.md §4), then creation order.
     is_ack: bool,
     order: u64,
     /// Event time of a tracked activation or ACK (what moves stream time); None otherwise.
@@ -153,8 +155,10 @@ impl Simulation {
     }
 
     /// The partition of a world's records: FNV-1a of the id, modulo the partitions.
+    /// Where a world's records go: murmur2, as QMTL's (Java-compatible) producers place keys,
+    /// so simulated traffic co-partitions like the real one.
     pub fn partition_of(world: &str, partitions: i32) -> i32 {
-        (fnv(world) % partitions.max(1) as u64) as i32
+        Partitioner::Murmur2.partition(world.as_bytes(), partitions)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -317,7 +321,8 @@ impl Simulation {
                         t: at,
                         ..*s
                     };
-                    let value = activation(&r.world, &r.run, &other, &other.strategy, &mut self.rng);
+                    let value =
+                        activation(&r.world, &r.run, &other, &other.strategy, &mut self.rng);
                     let id = self.finding(
                         FindingKind::SequenceConflict,
                         &r.world,
@@ -341,7 +346,6 @@ impl Simulation {
                 _ => {}
             }
         }
-
     }
 
     /// Lost activations: a gap for each, if a later sequence of the run was published.
@@ -363,7 +367,6 @@ impl Simulation {
                 );
             }
         }
-
     }
 
     /// The Gateway applies in order; a missing sequence holds the later ones for its own
@@ -439,7 +442,6 @@ impl Simulation {
                 }
             }
         }
-
     }
 
     /// Between runs: untracked events, now and then a poison record.

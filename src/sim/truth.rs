@@ -1,5 +1,5 @@
 //! The ground truth of a simulation: the findings the injected faults call for, and the
-//! signals a [`Referee`] derives from SPEC §3–§4 applied literally to the records in the order
+//! signals a [`Referee`] derives from semantics §3–§4 applied literally to the records in the order
 //! they leave the simulation; and the comparison of a report or of live outputs with it.
 
 use std::cmp::Reverse;
@@ -36,7 +36,7 @@ pub struct TruthSignal {
 pub struct Truth {
     /// A replay: findings raised (their deadline passed by a later record's event time).
     pub findings: Vec<TruthFinding>,
-    /// A replay: findings whose deadline no record passed (SPEC §4 `pending_at_end`).
+    /// A replay: findings whose deadline no record passed (semantics §4 `pending_at_end`).
     pub pending_at_end: Vec<TruthFinding>,
     pub signals: Vec<TruthSignal>,
     /// Live, once the wall clock passed every deadline: every finding, and the signals.
@@ -44,14 +44,14 @@ pub struct Truth {
     pub live_signals: Vec<TruthSignal>,
     /// Poison records produced (each must be dead-lettered).
     pub poison_records: u64,
-    /// Records produced, counted as the SPEC counts them.
+    /// Records produced, counted as the report's totals count them.
     pub tracked: u64,
     pub acks: u64,
     pub untracked: u64,
     pub duplicates: u64,
     pub policy: Policy,
     /// Scripted faults that did not happen (the run was shorter, started after the traffic
-    /// ended, or a lost first sequence at the start, which SPEC §2 exempts), as "world run seq".
+    /// ended, or a lost first sequence at the start, which semantics §2 exempts), as "world run seq".
     pub script_unapplied: Vec<String>,
 }
 
@@ -181,7 +181,7 @@ pub(super) enum Effect {
 /// Findings fire before a rollback at the same deadline, like the engine's timers.
 type Deadline = Reverse<(Millis, u8, u64, usize)>;
 
-/// A run's episode as SPEC §3 defines it.
+/// A run's episode as semantics §3 defines it.
 #[derive(Clone, Debug, Default)]
 struct Episode {
     open: usize,
@@ -190,7 +190,7 @@ struct Episode {
     rolled_back: bool,
 }
 
-/// Applies SPEC §2–§4 to the records in processing order: per partition, stream time and the
+/// Applies semantics §2–§4 to the records in processing order: per partition, stream time and the
 /// deadlines it passes; per run, open findings and episodes.
 #[derive(Clone, Debug, Default)]
 pub struct Referee {
@@ -269,7 +269,17 @@ impl Referee {
         self.raised[id] = true;
         let f = &self.findings[id];
         let (world, run, at) = (f.world_id.clone(), f.run_id.clone(), f.detected_at_ms);
-        let pausing = f.kind != FindingKind::OrphanAck;
+        // semantics §2 "Blocked ACKs": an ack_missing behind a lower sequence of its run that is
+        // missing (a lost activation: its gap is pending or open, for good) opens no episode.
+        // Lost activations never arrive in a simulation, so nothing releases it.
+        let blocked = f.kind == FindingKind::AckMissing
+            && self.findings.iter().any(|g| {
+                g.kind == FindingKind::ActivationGap
+                    && g.world_id == f.world_id
+                    && g.run_id == f.run_id
+                    && g.sequence < f.sequence
+            });
+        let pausing = f.kind != FindingKind::OrphanAck && !blocked;
         let policy = self.policy;
         let episode = self.runs.entry((world.clone(), run.clone())).or_default();
         episode.open += 1;
@@ -423,7 +433,7 @@ impl std::fmt::Display for ReportCheck {
     }
 }
 
-/// Checks an audit report (SPEC §5) against the truth of the traffic it replayed.
+/// Checks an audit report (docs/semantics.md §6) against the truth of the traffic it replayed.
 pub fn check_report(truth: &Truth, report: &ackwatch_topology::report::Report) -> ReportCheck {
     use ackwatch_topology::time::parse_rfc3339_ms;
     let time = |s: &str| parse_rfc3339_ms(s).expect("report times are RFC 3339");

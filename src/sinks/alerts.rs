@@ -1,4 +1,4 @@
-//! Alerts to Alertmanager (SPEC §3): one alert per open finding kind of a run's episode, derived
+//! Alerts to Alertmanager (docs/semantics.md §3): one alert per open finding kind of a run's episode, derived
 //! from the run states, so an Alertmanager outage loses nothing: whatever is firing when it is
 //! back is posted again. Firing alerts are re-sent every `resend_interval_ms` with `endsAt` four
 //! intervals ahead (two failed sends do not resolve them, as Prometheus does it); resolved ones
@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use ackwatch_topology::run::EpisodeState;
+use ackwatch_topology::run::{EpisodeState, Rollback};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{FindingKind, Millis, Phase, RunKey, RunState};
 use serde_json::{json, Value};
@@ -46,14 +46,16 @@ pub struct Firing {
 }
 
 /// The alerts the runs' open findings call for. Critical when the run's episode escalated
-/// (`rollback_after_ms` passed without a rollback) or a finding is in an `unfreeze` phase.
+/// (`rollback_after_ms` passed without a rollback) or a finding's sequence is in an `unfreeze`
+/// phase. A blocked `ack_missing` raises none while it is held back by its gap (semantics §2: the
+/// gap is the root cause an operator acts on, and has its own alert).
 pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) -> Vec<Firing> {
     let mut out = Vec::new();
     for (key, run) in runs {
         let escalated = matches!(
             run.episode_state,
             EpisodeState::Paused {
-                escalated: true,
+                rollback: Rollback::Escalated,
                 ..
             }
         );
@@ -63,6 +65,11 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                 let Some(f) = state.finding(kind).filter(|f| f.is_open()) else {
                     continue;
                 };
+                let held =
+                    kind == FindingKind::AckMissing && state.blocked.is_some_and(|b| b.holds());
+                if held {
+                    continue;
+                }
                 let alert = by_kind.entry(kind).or_insert_with(|| Firing {
                     key: AlertKey {
                         world_id: key.world_id.to_string(),
@@ -80,7 +87,11 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                 if alert.sequences.len() < ALERT_SEQUENCES_LISTED_MAX {
                     alert.sequences.push(seq);
                 }
-                if state.phase() == Some(Phase::Unfreeze) {
+                if state
+                    .activation
+                    .as_ref()
+                    .is_some_and(|a| a.phase == Phase::Unfreeze)
+                {
                     alert.severity = "critical";
                 }
             }
@@ -90,25 +101,31 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
     out
 }
 
-/// What was posted: firing alerts, and resolved ones still being re-sent.
+/// What was posted: firing alerts, and resolved ones still being re-sent. Alertmanager tells
+/// alerts apart by all their labels, severity included, so a resolved alert is kept by its key
+/// and severity.
 #[derive(Default)]
 pub struct AlertBook {
     firing: BTreeMap<AlertKey, Firing>,
-    resolved: BTreeMap<AlertKey, (Firing, Millis)>,
+    resolved: BTreeMap<(AlertKey, &'static str), (Firing, Millis)>,
 }
 
 impl AlertBook {
-    /// Takes the current firing set at `now_ms`: alerts no longer in it are resolved now.
+    /// Takes the current firing set at `now_ms`: alerts no longer in it are resolved now, and
+    /// so is the old copy of one whose severity changed (semantics §3: an escalation ends the alert
+    /// of the old severity at once, so Alertmanager never reports "resolved" for a finding that
+    /// got worse).
     pub fn update(&mut self, now_ms: Millis, current: Vec<Firing>, settings: &Alerts) {
         let mut next: BTreeMap<AlertKey, Firing> =
             current.into_iter().map(|f| (f.key.clone(), f)).collect();
         for (key, old) in std::mem::take(&mut self.firing) {
-            if !next.contains_key(&key) {
-                self.resolved.insert(key, (old, now_ms));
+            let same = next.get(&key).is_some_and(|f| f.severity == old.severity);
+            if !same {
+                self.resolved.insert((key, old.severity), (old, now_ms));
             }
         }
-        for key in next.keys() {
-            self.resolved.remove(key);
+        for (key, f) in &next {
+            self.resolved.remove(&(key.clone(), f.severity));
         }
         self.resolved
             .retain(|_, (_, at)| now_ms - *at <= settings.resolved_resend_ms as Millis);
@@ -243,14 +260,14 @@ mod tests {
         if escalated {
             r.episode_state = EpisodeState::Paused {
                 at: 0,
-                escalated: true,
+                rollback: Rollback::Escalated,
             };
         }
         for &(seq, phase, finding) in seqs {
             let mut s = SeqState {
                 activation: Some(ActivationSeen {
                     event_ms: 0,
-                    phase: Some(phase),
+                    phase,
                     etag: None,
                 }),
                 ..Default::default()
@@ -344,6 +361,70 @@ mod tests {
         );
         book.update(10_201, vec![], &settings);
         assert_eq!(book.payload(10_201, &settings), json!([]));
+    }
+
+    #[test]
+    fn a_blocked_ack_missing_raises_no_alert_until_it_is_released() {
+        use ackwatch_topology::run::Blocked;
+        let key = RunKey::new("w", "r");
+        let mut state = run(
+            &[(3, Phase::Freeze, Some((FindingKind::AckMissing, 5, true)))],
+            false,
+        );
+        let blocked = Blocked {
+            by: 2,
+            release_due: None,
+            released: false,
+        };
+        state.sequences.get_mut(&3).unwrap().blocked = Some(blocked);
+        assert_eq!(firing([(&key, &state)]), vec![], "held back by its gap");
+        state.sequences.get_mut(&3).unwrap().blocked = Some(Blocked {
+            released: true,
+            ..blocked
+        });
+        assert_eq!(
+            firing([(&key, &state)]).len(),
+            1,
+            "released: an ordinary finding"
+        );
+    }
+
+    /// semantics §3: an escalation ends the warning copy at once (its endsAt now), so Alertmanager
+    /// never reports "resolved" for a finding that got worse; the critical copy fires.
+    #[test]
+    fn an_escalation_ends_the_alert_of_the_old_severity_at_once() {
+        let settings = Alerts {
+            resend_interval_ms: 1000,
+            resolved_resend_ms: 10_000,
+            ..Alerts::default()
+        };
+        let key = RunKey::new("w", "r");
+        let finding = [(1, Phase::Freeze, Some((FindingKind::AckMissing, 5, true)))];
+        let mut book = AlertBook::default();
+        book.update(100, firing([(&key, &run(&finding, false))]), &settings);
+        book.update(200, firing([(&key, &run(&finding, true))]), &settings);
+        let payload = book.payload(200, &settings);
+        let by_severity = |severity: &str| -> Vec<Value> {
+            payload
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["labels"]["severity"] == severity)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(by_severity("critical").len(), 1);
+        assert_eq!(
+            by_severity("critical")[0]["endsAt"],
+            format_rfc3339_ms(4200)
+        );
+        assert_eq!(by_severity("warning").len(), 1);
+        assert_eq!(
+            by_severity("warning")[0]["endsAt"],
+            format_rfc3339_ms(200),
+            "the warning ended when the severity changed"
+        );
+        assert_eq!(book.firing_count(), 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What the live processor writes to Kafka (SPEC §3): gap events, signals and dead letters, as
+//! What the live processor writes to Kafka (docs/semantics.md §3): gap events, signals and dead letters, as
 //! versioned JSON envelopes keyed by `world_id`.
 //!
 //! An envelope holds only the fact, so the same fact is the same bytes whatever emitted it (a
@@ -48,6 +48,7 @@ pub fn encode(output: &Output) -> Option<Encoded> {
                 "kind": d.kind.as_str(),
                 "sequences": d.sequences,
                 "phase": d.phase,
+                "blocked_by": d.blocked_by,
                 "detected_at": format_rfc3339_ms(d.detected_at),
                 "idempotency_key": d.idempotency_key,
             })
@@ -65,6 +66,7 @@ pub fn encode(output: &Output) -> Option<Encoded> {
                 "kind": r.kind.as_str(),
                 "sequences": r.sequences,
                 "phase": r.phase,
+                "blocked_by": r.blocked_by,
                 "detected_at": format_rfc3339_ms(r.detected_at),
                 "resolved_at": format_rfc3339_ms(r.resolved_at),
                 "idempotency_key": r.idempotency_key,
@@ -88,7 +90,10 @@ pub fn encode(output: &Output) -> Option<Encoded> {
             .to_string(),
             idempotency_key: s.idempotency_key.clone(),
         }),
-        Output::Escalated { .. } | Output::Latency { .. } | Output::RunDropped { .. } => None,
+        Output::Escalated { .. }
+        | Output::Released { .. }
+        | Output::Latency { .. }
+        | Output::RunDropped { .. } => None,
     }
 }
 
@@ -165,13 +170,14 @@ mod tests {
                 kind: FindingKind::AckMissing,
                 sequences: vec![2, 3],
                 phase: Some(Phase::Freeze),
+                blocked_by: Some(1),
                 detected_at: 1_000,
                 idempotency_key: "k1".into(),
             }),
             Some((
                 Sink::Gap,
                 r#"{"type":"ActivationGapDetected","version":1,"world_id":"w","run_id":"r","kind":"ack_missing",
-                    "sequences":[2,3],"phase":"freeze","detected_at":"1970-01-01T00:00:01.000Z","idempotency_key":"k1"}"#,
+                    "sequences":[2,3],"phase":"freeze","blocked_by":1,"detected_at":"1970-01-01T00:00:01.000Z","idempotency_key":"k1"}"#,
             )),
         );
         check(
@@ -181,6 +187,7 @@ mod tests {
                 kind: FindingKind::OrphanAck,
                 sequences: vec![4],
                 phase: None,
+                blocked_by: None,
                 detected_at: 1_000,
                 resolved_at: 2_500,
                 idempotency_key: "k2".into(),
@@ -188,7 +195,7 @@ mod tests {
             Some((
                 Sink::Gap,
                 r#"{"type":"ActivationGapResolved","version":1,"world_id":"w","run_id":"r","kind":"orphan_ack",
-                    "sequences":[4],"phase":null,"detected_at":"1970-01-01T00:00:01.000Z",
+                    "sequences":[4],"phase":null,"blocked_by":null,"detected_at":"1970-01-01T00:00:01.000Z",
                     "resolved_at":"1970-01-01T00:00:02.500Z","idempotency_key":"k2"}"#,
             )),
         );
@@ -209,7 +216,7 @@ mod tests {
         );
         check(
             Output::Latency {
-                phase: None,
+                phase: Phase::Unknown,
                 ms: 3,
                 clock_skew: false,
             },

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 /// The format of stored run states and task meta. Bump it when `RunState` changes shape.
 /// 2: every commit's changelog records end with a [`CommitMarker`].
-pub const FORMAT_VERSION: u8 = 2;
+/// 3: a phase-less activation is stored as `unknown`; blocked `ack_missing` findings, late
+///    fills by episode, the rollback decision of a paused episode.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Changelog/store key of the task meta (stream time, first record time). Run keys start with
 /// a length byte pair, so no run key equals it.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use ackwatch::audit::FileAudit;
 use ackwatch::audit::kcat::{parse_line, KcatRecord};
+use ackwatch::audit::FileAudit;
 use ackwatch::settings::Topics;
 use ackwatch_topology::{Output, Policy};
 use serde_json::{json, Value};

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod limits;
 pub mod output;
 pub mod partition_group;
+pub mod partitioning;
 pub mod policy;
 pub mod replay;
 pub mod report;
@@ -31,10 +32,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use decode::{decode, Decoded, Phase, RawRecord};
-pub use side::{PerSide, Side};
 pub use output::{Action, GapDetected, GapResolved, Outcome, OutcomeLabel, Output, Signal};
 pub use policy::Policy;
 pub use run::{FindingKind, RunState};
+pub use side::{PerSide, Side};
 pub use task::{Counters, Pending, Task, TaskMeta};
 pub use time::Millis;
 

@@ -4,9 +4,18 @@
 //! cuts is counted in [`crate::Counters::limit_cut`] under the limit's name, so an operator sees
 //! it in `ackwatch_limit_cut_total{limit=...}` and in the audit report's totals.
 
-/// Largest record value the decoder looks at; larger values are dead-lettered as `too_large`.
-/// Real ControlBus records are about 1 KiB. Cost: one value of this size is parsed in memory.
-pub const RECORD_VALUE_BYTES_MAX: usize = 128 * 1024;
+/// Default of the policy's `max_record_bytes`: the largest record value the decoder parses.
+/// Over it a record is classified by its envelope type alone (tracked types: `too_large`
+/// dead letters; other types: untracked). Real ControlBus records are about 1 KiB.
+pub const RECORD_VALUE_BYTES_DEFAULT: usize = 128 * 1024;
+
+/// Largest `max_record_bytes` a policy may set. Cost: one value of this size is parsed in
+/// memory per task at a time, and a tracked record of this size may be dead-lettered whole.
+pub const RECORD_VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Smallest `max_record_bytes` a policy may set: a tracked record with ids and etag at their
+/// limits must fit.
+pub const RECORD_VALUE_BYTES_MIN: usize = 4096;
 
 /// Longest `world_id` / `run_id` accepted; longer ones are dead-lettered as `field_too_long`.
 /// Cost: every run key in memory, in the store and in every output carries these strings.
@@ -45,4 +54,6 @@ pub const RETENTION_TOMBSTONES_PER_COMMIT_MAX: usize = 10_000;
 
 const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
 const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);
-const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MAX);
+const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MIN);
+const _: () = assert!(RECORD_VALUE_BYTES_MIN <= RECORD_VALUE_BYTES_DEFAULT);
+const _: () = assert!(RECORD_VALUE_BYTES_DEFAULT <= RECORD_VALUE_BYTES_MAX);

@@ -1,5 +1,5 @@
 //! What the engine emits. Every emitted fact carries an idempotency key that depends only on
-//! the fact, so a restart or a replay emits the same key again (SPEC §3).
+//! the fact, so a restart or a replay emits the same key again (docs/semantics.md §3).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,10 @@ pub struct GapDetected {
     pub run_id: String,
     pub kind: FindingKind,
     pub sequences: Vec<u64>,
+    /// `ack_missing` and `sequence_conflict`: the activation's phase; otherwise none.
     pub phase: Option<Phase>,
+    /// A blocked `ack_missing`: the missing earlier sequence that holds its ACK back.
+    pub blocked_by: Option<u64>,
     pub detected_at: Millis,
     pub idempotency_key: String,
 }
@@ -28,6 +31,7 @@ pub struct GapResolved {
     pub kind: FindingKind,
     pub sequences: Vec<u64>,
     pub phase: Option<Phase>,
+    pub blocked_by: Option<u64>,
     pub detected_at: Millis,
     pub resolved_at: Millis,
     pub idempotency_key: String,
@@ -76,9 +80,15 @@ pub enum Output {
         episode: u32,
         at: Millis,
     },
-    /// An ACK latency sample (once per sequence).
+    /// A blocked `ack_missing` was released: an ordinary open finding from `at` on.
+    Released {
+        run: RunKey,
+        sequence: u64,
+        at: Millis,
+    },
+    /// An ACK latency sample (once per sequence), by the activation's phase.
     Latency {
-        phase: Option<Phase>,
+        phase: Phase,
         ms: u64,
         clock_skew: bool,
     },
@@ -197,9 +207,11 @@ pub(crate) fn resolved_key(
     )
 }
 
-pub(crate) fn signal_key(run: &RunKey, action: Action, episode: u32) -> String {
+/// The key of a signal of the episode that paused at `paused_at`: episode numbers start again
+/// when a run is recreated after retention dropped it, its pause time does not repeat.
+pub(crate) fn signal_key(run: &RunKey, action: Action, episode: u32, paused_at: Millis) -> String {
     format!(
-        "ackwatch:signal:{}:{}:{}:{episode}",
+        "ackwatch:signal:{}:{}:{}:{episode}:{paused_at}",
         key_part(&run.world_id),
         key_part(&run.run_id),
         action.as_str()

@@ -1,4 +1,4 @@
-//! Record order within a task (SPEC §4), as Kafka Streams' `PartitionGroup` does it.
+//! Record order within a task (docs/semantics.md §4), as Kafka Streams' `PartitionGroup` does it.
 //!
 //! A task reads partition p of two topics. It takes the buffered head with the lowest record
 //! timestamp (ties: the activation first). While one partition has nothing buffered and is not
@@ -282,7 +282,10 @@ mod tests {
     fn does_not_wait_for_a_caught_up_partition() {
         let mut group = PartitionGroup::new(1000);
         group.push(Side::Ack, Some(7), "k7");
-        assert_eq!(group.next(0, PerSide::both(true)), Next::Record(Side::Ack, "k7"));
+        assert_eq!(
+            group.next(0, PerSide::both(true)),
+            Next::Record(Side::Ack, "k7")
+        );
         assert_eq!(group.idle_exceeded, 0);
     }
 }

@@ -1,10 +1,11 @@
-//! Detection policy: the SPEC's timeouts and switches, with its defaults.
+//! Detection policy: the timeouts and switches of docs/semantics.md, with their defaults.
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{RECORD_VALUE_BYTES_DEFAULT, RECORD_VALUE_BYTES_MAX, RECORD_VALUE_BYTES_MIN};
 use crate::time::Millis;
 
-/// What the engine is told to enforce. Every field has the SPEC's default; an unknown key is
+/// What the engine is told to enforce. Every field has its documented default; an unknown key is
 /// an error that names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +24,11 @@ pub struct Policy {
     pub sequence_start: u64,
     /// A run's state is dropped this long after its last event, once nothing is pending.
     pub run_retention_ms: Millis,
+    /// An event time more than this after its record's timestamp (live: also after the wall
+    /// clock) is clamped to it (a producer clock ahead, semantics §1 "Clocks ahead").
+    pub max_clock_lead_ms: Millis,
+    /// Largest record value parsed; larger ones are classified by their envelope type alone.
+    pub max_record_bytes: usize,
 }
 
 impl Default for Policy {
@@ -35,6 +41,8 @@ impl Default for Policy {
             auto_rollback: false,
             sequence_start: 1,
             run_retention_ms: 24 * 60 * 60 * 1000,
+            max_clock_lead_ms: 1000,
+            max_record_bytes: RECORD_VALUE_BYTES_DEFAULT,
         }
     }
 }
@@ -64,6 +72,24 @@ impl Policy {
                     why: format!("{value} is not between 1 ms and one year"),
                 });
             }
+        }
+        if !(0..=YEAR_MS).contains(&self.max_clock_lead_ms) {
+            return Err(PolicyError {
+                key: "max_clock_lead_ms",
+                why: format!(
+                    "{} is not between 0 ms and one year",
+                    self.max_clock_lead_ms
+                ),
+            });
+        }
+        if !(RECORD_VALUE_BYTES_MIN..=RECORD_VALUE_BYTES_MAX).contains(&self.max_record_bytes) {
+            return Err(PolicyError {
+                key: "max_record_bytes",
+                why: format!(
+                    "{} is not between {RECORD_VALUE_BYTES_MIN} and {RECORD_VALUE_BYTES_MAX}",
+                    self.max_record_bytes
+                ),
+            });
         }
         if self.run_retention_ms <= self.rollback_after_ms.max(self.ack_timeout_ms) {
             return Err(PolicyError {

@@ -49,14 +49,26 @@ impl<'o> Replay<'o> {
             .entry(partition)
             .or_insert_with(|| StreamTask::bounded(partition, policy));
         task.push(side, record);
-        drain(task, Input::Open, &mut self.outputs, &mut self.report, self.observe);
+        drain(
+            task,
+            Input::Open,
+            &mut self.outputs,
+            &mut self.report,
+            self.observe,
+        );
     }
 
     /// The input ended: every buffered record is processed, then (with `end_ms`) deadlines
     /// before it fire, as they did live; the rest are pending at the end.
     pub fn finish(mut self, end_ms: Option<Millis>) -> Report {
         for (_, mut task) in std::mem::take(&mut self.tasks) {
-            drain(&mut task, Input::Ended, &mut self.outputs, &mut self.report, self.observe);
+            drain(
+                &mut task,
+                Input::Ended,
+                &mut self.outputs,
+                &mut self.report,
+                self.observe,
+            );
             if let Some(end) = end_ms {
                 task.engine.punctuate(end, &mut self.outputs);
                 deliver(&mut self.outputs, &mut self.report, self.observe);
@@ -75,7 +87,7 @@ fn drain(
     observe: &mut dyn FnMut(&Output),
 ) {
     loop {
-        match task.step(0, |_| input == Input::Ended, outputs) {
+        match task.step(0, |_| input == Input::Ended, None, outputs) {
             Step::Processed { .. } => deliver(outputs, report, observe),
             Step::NeedsRun(_) => unreachable!("a replay never evicts runs"),
             Step::Wait | Step::Empty => return,
@@ -83,7 +95,11 @@ fn drain(
     }
 }
 
-fn deliver(outputs: &mut Vec<Output>, report: &mut ReportBuilder, observe: &mut dyn FnMut(&Output)) {
+fn deliver(
+    outputs: &mut Vec<Output>,
+    report: &mut ReportBuilder,
+    observe: &mut dyn FnMut(&Output),
+) {
     for output in outputs.drain(..) {
         observe(&output);
         report.observe(&output);

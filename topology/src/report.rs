@@ -1,4 +1,4 @@
-//! The audit report of SPEC §5, built from what the engine emitted and the state it ends with.
+//! The audit report of docs/semantics.md §6, built from what the engine emitted and the state it ends with.
 //!
 //! Findings are collected from outputs, not from run state, so a finding whose run was later
 //! dropped by retention stays in the report. Sequences of one run that share kind, detection
@@ -31,6 +31,9 @@ pub struct FindingRow {
     pub run_id: String,
     pub sequences: Vec<u64>,
     pub phase: Option<Phase>,
+    /// A blocked `ack_missing`: the missing earlier sequence that held its ACK back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<u64>,
     pub detected_at: String,
     pub resolved_at: Option<String>,
 }
@@ -102,6 +105,8 @@ pub struct Totals {
     pub invalid_by_reason: BTreeMap<String, u64>,
     pub findings_raised: BTreeMap<String, u64>,
     pub clock_skew: u64,
+    /// Records whose event time was clamped to their timestamp + `max_clock_lead_ms`.
+    pub clamped: u64,
     /// ACK latency over every run.
     pub latency_ms: Option<Percentiles>,
     pub limit_cut: BTreeMap<String, u64>,
@@ -111,9 +116,10 @@ pub struct Totals {
     pub other_topic: u64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct FindingFacts {
     phase: Option<Phase>,
+    blocked_by: Option<u64>,
     detected_at: Millis,
     resolved_at: Option<Millis>,
 }
@@ -138,6 +144,7 @@ impl ReportBuilder {
                 for &seq in &d.sequences {
                     let facts = FindingFacts {
                         phase: d.phase,
+                        blocked_by: d.blocked_by,
                         detected_at: d.detected_at,
                         resolved_at: None,
                     };
@@ -162,7 +169,7 @@ impl ReportBuilder {
                 summary: Some(summary),
             } => merge_summary(self.runs.entry(run.clone()).or_default(), summary),
             Output::RunDropped { summary: None, .. } => {}
-            Output::Escalated { .. } | Output::Latency { .. } => {}
+            Output::Escalated { .. } | Output::Released { .. } | Output::Latency { .. } => {}
         }
     }
 
@@ -246,6 +253,7 @@ impl ReportBuilder {
                 .map(|k| (k.as_str().to_string(), c.findings_raised[k.index()]))
                 .collect(),
             clock_skew: c.clock_skew,
+            clamped: c.clamped.activation + c.clamped.ack,
             latency_ms: Percentiles::of_sorted(&all_latencies),
             limit_cut: c
                 .limit_cut
@@ -273,40 +281,42 @@ fn merge_summary(into: &mut RunSummary, from: &RunSummary) {
     into.latencies_ms.sort_unstable();
 }
 
-/// Consecutive sequences of one run and kind with the same detection and resolution form one row.
+/// Consecutive sequences of one run and kind with the same detection, resolution, phase and
+/// blocker form one row (semantics §2: a finding's sequences share its phase and `blocked_by`).
 fn group_findings(facts: &BTreeMap<(RunKey, FindingKind, u64), FindingFacts>) -> Vec<FindingRow> {
-    let mut rows: Vec<(Millis, FindingRow, RunKey, FindingKind, Option<Millis>)> = vec![];
+    let mut rows: Vec<(FindingRow, RunKey, FindingKind, FindingFacts)> = vec![];
     for ((run, kind, seq), f) in facts {
-        if let Some((detected, row, last_run, last_kind, resolved)) = rows.last_mut() {
-            if last_run == run
-                && last_kind == kind
-                && *detected == f.detected_at
-                && *resolved == f.resolved_at
-            {
+        if let Some((row, last_run, last_kind, last)) = rows.last_mut() {
+            if last_run == run && last_kind == kind && last == f {
                 row.sequences.push(*seq);
                 continue;
             }
         }
         rows.push((
-            f.detected_at,
             FindingRow {
                 kind: *kind,
                 world_id: run.world_id.to_string(),
                 run_id: run.run_id.to_string(),
                 sequences: vec![*seq],
                 phase: f.phase,
+                blocked_by: f.blocked_by,
                 detected_at: format_rfc3339_ms(f.detected_at),
                 resolved_at: f.resolved_at.map(format_rfc3339_ms),
             },
             run.clone(),
             *kind,
-            f.resolved_at,
+            *f,
         ));
     }
     rows.sort_by(|a, b| {
-        (a.0, &a.2, a.3, a.1.sequences[0]).cmp(&(b.0, &b.2, b.3, b.1.sequences[0]))
+        (a.3.detected_at, &a.1, a.2, a.0.sequences[0]).cmp(&(
+            b.3.detected_at,
+            &b.1,
+            b.2,
+            b.0.sequences[0],
+        ))
     });
-    rows.into_iter().map(|r| r.1).collect()
+    rows.into_iter().map(|r| r.0).collect()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::policy::Policy;
 use crate::seq_map::SeqMap;
 use crate::time::Millis;
 
-/// The four finding kinds of SPEC §2. The order is the firing order at equal deadlines.
+/// The four finding kinds of semantics §2. The order is the firing order at equal deadlines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
@@ -40,7 +40,7 @@ impl FindingKind {
         }
     }
 
-    /// Whether a finding of this kind pauses the run (SPEC §3: not `orphan_ack`).
+    /// Whether a finding of this kind pauses the run (semantics §3: not `orphan_ack`).
     pub fn pauses(self) -> bool {
         !matches!(self, FindingKind::OrphanAck)
     }
@@ -67,8 +67,30 @@ impl FindingState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationSeen {
     pub event_ms: Millis,
-    pub phase: Option<Phase>,
+    pub phase: Phase,
     pub etag: Option<String>,
+}
+
+/// An `ack_missing` raised while an earlier sequence of its run was missing (semantics §2 "Blocked
+/// ACKs"): the Gateway holds the ACK back behind that gap. It opens no episode, does not count
+/// towards a rollback and raises no alert of its own, until it is released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// The lowest sequence of the run that was missing (gap pending or open) when it was
+    /// raised; fixed from then on.
+    pub by: u64,
+    /// `ack_timeout_ms` after the blocker's activation arrived: when it is released if its ACK
+    /// has not come by then.
+    pub release_due: Option<Millis>,
+    /// Released: an ordinary open finding from `release_due` on (`by` stays in the record).
+    pub released: bool,
+}
+
+impl Blocked {
+    /// Whether the finding is still held back by its blocker (it counts once released).
+    pub fn holds(&self) -> bool {
+        !self.released
+    }
 }
 
 /// Everything known about one sequence of a run.
@@ -77,11 +99,15 @@ pub struct SeqState {
     pub activation: Option<ActivationSeen>,
     /// Event time of the first ACK (later ACKs, from any Gateway, are duplicates).
     pub ack_ms: Option<Millis>,
-    pub ack_phase: Option<Phase>,
     /// Set while the activation is missing but a later sequence was seen: the gap deadline.
     pub gap_due: Option<Millis>,
     /// Findings by [`FindingKind::index`].
     pub findings: [Option<FindingState>; 4],
+    /// Set when its `ack_missing` was raised behind a missing earlier sequence.
+    pub blocked: Option<Blocked>,
+    /// The episode during which this sequence's activation filled its open gap (a late fill):
+    /// that episode does not end before this sequence is acknowledged (semantics §3 resume).
+    pub filled_in_episode: Option<u32>,
 }
 
 impl SeqState {
@@ -95,11 +121,40 @@ impl SeqState {
         Some(self.ack_ms?.saturating_sub(act.event_ms).max(0) as u64)
     }
 
-    pub fn phase(&self) -> Option<Phase> {
-        self.activation
-            .as_ref()
-            .and_then(|a| a.phase)
-            .or(self.ack_phase)
+    /// Whether the sequence waits for its ACK with its deadline not yet passed (a "pending
+    /// ACK"); one whose deadline passed is an `ack_missing` finding instead.
+    pub fn awaits_ack(&self) -> bool {
+        self.activation.is_some()
+            && self.ack_ms.is_none()
+            && self.finding(FindingKind::AckMissing).is_none()
+    }
+
+    /// A finding's phase (docs/semantics.md §2): the activation's for `ack_missing` and
+    /// `sequence_conflict`, none for `activation_gap` and `orphan_ack`.
+    pub fn finding_phase(&self, kind: FindingKind) -> Option<Phase> {
+        match kind {
+            FindingKind::AckMissing | FindingKind::SequenceConflict => {
+                Some(self.activation.as_ref().map_or(Phase::Unknown, |a| a.phase))
+            }
+            FindingKind::ActivationGap | FindingKind::OrphanAck => None,
+        }
+    }
+
+    /// Whether the sequence's `activation_gap` is pending (a later sequence seen, its deadline
+    /// not passed) or open: it holds back the ACKs of every later sequence.
+    pub fn gap_pending_or_open(&self) -> bool {
+        self.activation.is_none()
+            && (self.gap_due.is_some()
+                || self
+                    .finding(FindingKind::ActivationGap)
+                    .is_some_and(FindingState::is_open))
+    }
+
+    /// Whether an open finding of `kind` counts towards an episode (pause, rollback, alert):
+    /// every open finding does, but a still-blocked `ack_missing`.
+    pub fn counts(&self, kind: FindingKind) -> bool {
+        self.finding(kind).is_some_and(FindingState::is_open)
+            && !(kind == FindingKind::AckMissing && self.blocked.is_some_and(|b| b.holds()))
     }
 
     /// The deadlines this sequence still waits for, by kind.
@@ -136,27 +191,68 @@ impl SeqState {
         };
         [ack, gap, orphan].into_iter().flatten()
     }
+
+    /// When a blocked, still open `ack_missing` is released, if its blocker arrived.
+    fn release_due(&self) -> Option<Millis> {
+        let blocked = self.blocked.filter(Blocked::holds)?;
+        self.finding(FindingKind::AckMissing)
+            .is_some_and(FindingState::is_open)
+            .then_some(blocked.release_due)
+            .flatten()
+    }
+
+    /// Every derived timer of this sequence.
+    fn all_timers(&self, seq: u64, policy: &Policy) -> impl Iterator<Item = Timer> {
+        let release = self.release_due().map(|due| Timer {
+            due,
+            kind: TimerKind::Release,
+            sequence: seq,
+        });
+        self.timers(policy)
+            .map(move |(due, kind)| Timer {
+                due,
+                kind: TimerKind::Finding(kind),
+                sequence: seq,
+            })
+            .chain(release)
+    }
 }
 
-/// Where a run stands in its signal episodes (SPEC §3). Transitions:
+/// Where a run stands in its signal episodes (docs/semantics.md §3). Transitions:
 ///
 /// ```text
-///   Idle --first open pausing finding--> Paused --all findings resolved--> Idle (episode ends: resume)
-///                                          |
-///                                          +--rollback_after_ms, auto_rollback--> RolledBack (final)
+///   Idle --first open counting finding--> Paused --every finding resolved, late fills
+///    ^                                      |      acknowledged--> Idle (episode ends: resume)
+///    |______________________________________|
+///                                           +--rollback_after_ms, a counting finding open,
+///                                              auto_rollback--> RolledBack (final)
 /// ```
+///
+/// A counting finding is an open `ack_missing` (not blocked, or released), `activation_gap`
+/// or `sequence_conflict`; `orphan_ack` never opens an episode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EpisodeState {
     #[default]
     Idle,
     Paused {
         at: Millis,
-        /// Set when the rollback deadline passed without `auto_rollback`: alerts go critical.
-        escalated: bool,
+        rollback: Rollback,
     },
     RolledBack {
         at: Millis,
     },
+}
+
+/// The rollback decision of a paused run's episode, taken once at pause + `rollback_after_ms`
+/// by the findings that count at that moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rollback {
+    /// Not decided yet: the rollback timer is pending.
+    Due,
+    /// A counting finding was open and `auto_rollback` is off: alerts go critical.
+    Escalated,
+    /// Nothing counted at that moment; no rollback in this episode.
+    NotNeeded,
 }
 
 /// A timer of a run. Ordered by deadline, then kind (findings before the rollback), then sequence.
@@ -167,9 +263,14 @@ pub struct Timer {
     pub sequence: u64,
 }
 
+/// What a timer does when stream time passes it. The order is the firing order at equal
+/// deadlines: findings, then releases of blocked findings, then the rollback decision (which
+/// counts what the others changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
     Finding(FindingKind),
+    /// A blocked `ack_missing` is released (its blocker arrived and its ACK did not follow).
+    Release,
     Rollback,
 }
 
@@ -227,13 +328,7 @@ impl RunState {
     pub fn rebuild_timers(&mut self, policy: &Policy) {
         self.timers.clear();
         for (&seq, state) in &self.sequences {
-            for (due, kind) in state.timers(policy) {
-                self.timers.insert(Timer {
-                    due,
-                    kind: TimerKind::Finding(kind),
-                    sequence: seq,
-                });
-            }
+            self.timers.extend(state.all_timers(seq, policy));
         }
         if let Some(due) = self.rollback_due(policy) {
             self.timers.insert(Timer {
@@ -248,7 +343,7 @@ impl RunState {
         match self.episode_state {
             EpisodeState::Paused {
                 at,
-                escalated: false,
+                rollback: Rollback::Due,
             } => Some(at.saturating_add(policy.rollback_after_ms)),
             _ => None,
         }
@@ -257,25 +352,15 @@ impl RunState {
     /// Removes the derived timers of `seq` before it changes; pair with [`Self::track`].
     pub(crate) fn untrack(&mut self, seq: u64, policy: &Policy) {
         if let Some(state) = self.sequences.get(&seq) {
-            for (due, kind) in state.timers(policy) {
-                self.timers.remove(&Timer {
-                    due,
-                    kind: TimerKind::Finding(kind),
-                    sequence: seq,
-                });
+            for timer in state.all_timers(seq, policy) {
+                self.timers.remove(&timer);
             }
         }
     }
 
     pub(crate) fn track(&mut self, seq: u64, policy: &Policy) {
         if let Some(state) = self.sequences.get(&seq) {
-            for (due, kind) in state.timers(policy) {
-                self.timers.insert(Timer {
-                    due,
-                    kind: TimerKind::Finding(kind),
-                    sequence: seq,
-                });
-            }
+            self.timers.extend(state.all_timers(seq, policy));
         }
     }
 
@@ -320,6 +405,38 @@ impl RunState {
             .flat_map(|s| s.findings.iter().flatten())
             .filter(|f| f.is_open())
             .count()
+    }
+
+    /// Whether an open finding counts towards the episode (see [`EpisodeState`]).
+    pub fn has_counting_finding(&self) -> bool {
+        self.sequences.values().any(|s| {
+            [
+                FindingKind::AckMissing,
+                FindingKind::ActivationGap,
+                FindingKind::SequenceConflict,
+            ]
+            .into_iter()
+            .any(|kind| s.counts(kind))
+        })
+    }
+
+    /// The lowest sequence below `seq` whose activation is missing with its gap pending or
+    /// open: what holds back the ACK of `seq` (semantics §2 "Blocked ACKs").
+    pub fn blocker_of(&self, seq: u64) -> Option<u64> {
+        self.sequences
+            .iter()
+            .take_while(|(&m, _)| m < seq)
+            .find(|(_, s)| s.gap_pending_or_open())
+            .map(|(&m, _)| m)
+    }
+
+    /// Whether an activation that filled a gap during the current episode still waits for
+    /// its ACK (semantics §3: the run is not healthy until the late-filled sequence is applied).
+    /// By episode, not by time: a late record's event time may precede the pause.
+    pub fn awaits_late_fill_ack(&self) -> bool {
+        self.sequences
+            .values()
+            .any(|s| s.filled_in_episode == Some(self.episode) && s.ack_ms.is_none())
     }
 
     pub fn pending_timers(&self) -> impl Iterator<Item = &Timer> {

@@ -15,7 +15,7 @@ pub enum Side {
 }
 
 impl Side {
-    /// Both sides, activation first (the order ties are broken in, SPEC §4).
+    /// Both sides, activation first (the order ties are broken in, semantics §4).
     pub const BOTH: [Side; 2] = [Side::Activation, Side::Ack];
 
     pub fn other(self) -> Side {
@@ -121,8 +121,7 @@ mod tests {
     fn per_side_is_stored_as_the_two_values_in_side_order() {
         // Commit markers were `[i64; 2]` before this type: the encoding must not change.
         let config = bincode::config::standard();
-        let as_struct =
-            bincode::serde::encode_to_vec(PerSide::new(7i64, -3i64), config).unwrap();
+        let as_struct = bincode::serde::encode_to_vec(PerSide::new(7i64, -3i64), config).unwrap();
         let as_array = bincode::serde::encode_to_vec([7i64, -3i64], config).unwrap();
         assert_eq!(as_struct, as_array);
     }

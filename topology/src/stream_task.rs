@@ -59,11 +59,14 @@ impl StreamTask {
 
     /// Takes the next record the partition group releases and applies it. `clock_ms` bounds the
     /// wait for a lagging partition (`max_task_idle_ms`); `caught_up(side)` says whether that
-    /// side has been read to its end (asked only while it has nothing buffered).
+    /// side has been read to its end (asked only while it has nothing buffered); `wall_ms` is
+    /// the live wall clock (event times are clamped to it + `max_clock_lead_ms`), `None` for a
+    /// replay.
     pub fn step(
         &mut self,
         clock_ms: Millis,
         caught_up: impl FnMut(Side) -> bool,
+        wall_ms: Option<Millis>,
         out: &mut Vec<Output>,
     ) -> Step {
         let (side, record) = match self.group.next_with(clock_ms, caught_up) {
@@ -73,7 +76,7 @@ impl StreamTask {
         };
         let outcome = self
             .engine
-            .process(&record.as_raw(side, self.partition), out);
+            .process_at(&record.as_raw(side, self.partition), wall_ms, out);
         if let Outcome::NeedsRun(key) = outcome {
             self.group.push_front(side, record.timestamp_ms, record);
             return Step::NeedsRun(key);

@@ -1,4 +1,4 @@
-//! Decoding and classification (SPEC §1), table-driven through one `check`, plus a property
+//! Decoding and classification (docs/semantics.md §1), table-driven through one `check`, plus a property
 //! that no byte sequence panics the decoder.
 
 use ackwatch_topology::decode::{
@@ -13,7 +13,7 @@ enum Want {
         world: String,
         run: String,
         seq: u64,
-        phase: Option<Phase>,
+        phase: Phase,
         etag: Option<String>,
         ms: i64,
     },
@@ -27,14 +27,7 @@ enum Want {
     Invalid(&'static str),
 }
 
-fn tracked(
-    world: &str,
-    run: &str,
-    seq: u64,
-    phase: Option<Phase>,
-    etag: Option<&str>,
-    ms: i64,
-) -> Want {
+fn tracked(world: &str, run: &str, seq: u64, phase: Phase, etag: Option<&str>, ms: i64) -> Want {
     Want::Tracked {
         world: world.into(),
         run: run.into(),
@@ -108,7 +101,8 @@ fn cloudevents_envelope() {
         Some(&ce(
             r#"{"world_id":"w","run_id":"r","sequence":3,"requires_ack":true,"phase":"freeze","etag":"e","ts":"2026-03-02T09:00:01Z"}"#,
         )),
-        tracked("w", "r", 3, Some(Phase::Freeze), Some("e"), T0),
+        // A whole-second `ts` may be cut to the second: the CloudEvents time within it wins.
+        tracked("w", "r", 3, Phase::Freeze, Some("e"), T0 + 500),
     );
     // No ts: the CloudEvents time; no time either: the record timestamp; none at all: invalid.
     check(
@@ -117,14 +111,14 @@ fn cloudevents_envelope() {
         Some(&ce(
             r#"{"world_id":"w","run_id":"r","sequence":0,"requires_ack":true}"#,
         )),
-        tracked("w", "r", 0, None, None, T0 + 500),
+        tracked("w", "r", 0, Phase::Unknown, None, T0 + 500),
     );
     let no_time = r#"{"specversion":"1.0","type":"activation_updated","data":{"world_id":"w","run_id":"r","sequence":1,"requires_ack":true}}"#;
     check(
         Some("w"),
         Some(9),
         Some(no_time),
-        tracked("w", "r", 1, None, None, 9),
+        tracked("w", "r", 1, Phase::Unknown, None, 9),
     );
     check(
         Some("w"),
@@ -216,14 +210,7 @@ fn flat_envelope() {
         Some(
             r#"{"type":"ActivationUpdated","version":1,"world_id":"w","run_id":"r","sequence":17,"requires_ack":true,"phase":"unfreeze","etag":"e","ts":"2026-03-02T09:00:01+01:00"}"#,
         ),
-        tracked(
-            "w",
-            "r",
-            17,
-            Some(Phase::Unfreeze),
-            Some("e"),
-            T0 - 3_600_000,
-        ),
+        tracked("w", "r", 17, Phase::Unfreeze, Some("e"), T0 - 3_600_000),
     );
     check(
         Some("w"),
@@ -380,7 +367,7 @@ fn invalid_records_say_why() {
         Some("w"),
         Some(9),
         Some(&flat(&format!(r#"{base},"sequence":9223372036854775808"#))),
-        tracked("w", "r", 1 << 63, None, None, 9),
+        tracked("w", "r", 1 << 63, Phase::Unknown, None, 9),
     );
     // Escaped strings decode like plain ones.
     check(
@@ -389,7 +376,7 @@ fn invalid_records_say_why() {
         Some(&flat(
             r#""world_id":"w\"1","run_id":"r\u0031","requires_ack":true,"sequence":1"#,
         )),
-        tracked("w\"1", "r1", 1, None, None, 9),
+        tracked("w\"1", "r1", 1, Phase::Unknown, None, 9),
     );
 }
 
@@ -451,4 +438,54 @@ proptest! {
         let nested = format!(r#"{{"specversion":"1.0","type":"activation_ack","data":{{"world_id":"w","run_id":"r","sequence":1,"{field}":{value}}}}}"#);
         let _ = decode_bytes(Some(b"w"), nested.as_bytes());
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The scanner that finds an oversized record's envelope type without parsing it agrees
+    /// with a JSON parser on every object: nested `type` keys, strings with escaped quotes and
+    /// braces, arrays, numbers, whitespace. (Keys are distinct: JSON leaves duplicates open.)
+    #[test]
+    fn the_type_scanner_agrees_with_a_parser(
+        members in proptest::collection::btree_map(
+            prop_oneof![Just("type"), Just("data"), Just("id"), Just("time"), Just("\\u0074ag"), Just("x")],
+            prop_oneof![
+                "\"[a-z_{}:,\\[\\]]{0,12}\"",
+                Just(r#""a\"b\\""#.to_string()),
+                Just(r#""activation_\u0075pdated""#.to_string()),
+                "-?[1-9][0-9]{0,5}",
+                Just("true".to_string()),
+                Just("null".to_string()),
+                Just(r#"{"type":"inner","k":[1,{"a":"}"}]}"#.to_string()),
+                Just(r#"["type",{},[]]"#.to_string()),
+            ],
+            0..5,
+        ),
+        spaces in "[ \n\t]{0,2}",
+    ) {
+        let body: Vec<String> = members.iter().map(|(k, v)| format!("{spaces}\"{k}\"{spaces}:{spaces}{v}")).collect();
+        let text = format!("{spaces}{{{}}}", body.join(","));
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("generated JSON is valid");
+        let want = parsed.get("type").and_then(|t| t.as_str()).map(str::to_string);
+        let got = ackwatch_topology::decode::envelope_type(text.as_bytes()).map(|t| t.into_owned());
+        prop_assert_eq!(got, want, "{}", text);
+    }
+}
+
+#[test]
+fn the_type_scanner_unescapes_keys_and_values() {
+    let check = |text: &str, want: Option<&str>| {
+        let got = ackwatch_topology::decode::envelope_type(text.as_bytes());
+        assert_eq!(got.as_deref(), want, "{text}");
+    };
+    check(r#"{"t\u0079pe":"policy_updated"}"#, Some("policy_updated"));
+    check(
+        r#"{"type":"activation_\u0075pdated"}"#,
+        Some("activation_updated"),
+    );
+    check(r#"{"data":{"type":"inner"}}"#, None);
+    check(r#"{"type":7}"#, None);
+    check(r#"["type"]"#, None);
+    check(r#"{"id":"unterminated"#, None);
 }

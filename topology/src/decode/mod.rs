@@ -1,10 +1,20 @@
-//! Decoding and classification of one input record (SPEC §1).
+//! Decoding and classification of one input record (docs/semantics.md §1).
 //!
 //! Both envelopes decode to the same [`Decoded`] value: CloudEvents 1.0 structured (fields in
 //! `data`) and the flat versioned envelope (fields at the top). Only the fields ackwatch uses
 //! are looked at, borrowed from the record's bytes; everything else is skipped unparsed.
 //! Records are classified by their event type, not by the topic they arrived on, so a
 //! single-topic deployment (acks and activations on one topic) works too.
+//!
+//! - this file: the decoded types, the fields and their rules, event times, classification;
+//! - `value.rs`: a field's JSON value as both decoding paths read it;
+//! - `scan.rs`: the envelope type of a record too large to parse.
+
+mod scan;
+mod value;
+
+pub use scan::envelope_type;
+use value::{Integer, Val, Value};
 
 use std::borrow::Cow;
 
@@ -12,9 +22,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::limits::{ETAG_BYTES_MAX, ID_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
-use crate::time::{parse_rfc3339_ms, Millis};
+use crate::limits::{ETAG_BYTES_MAX, ID_BYTES_MAX, RECORD_VALUE_BYTES_DEFAULT};
 pub use crate::side::Side;
+use crate::time::{parse_rfc3339_ms, Millis};
 use crate::RunRef;
 
 /// One Kafka record as the engine sees it, borrowed from wherever it was read.
@@ -29,19 +39,24 @@ pub struct RawRecord<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-/// Apply phase of an activation (2-phase apply: freeze/drain, then unfreeze).
+/// Apply phase of a tracked activation (2-phase apply: freeze/drain, then unfreeze);
+/// `Unknown` when the activation has none (it is tracked all the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Freeze,
     Unfreeze,
+    Unknown,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Freeze, Phase::Unfreeze, Phase::Unknown];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Freeze => "freeze",
             Phase::Unfreeze => "unfreeze",
+            Phase::Unknown => "unknown",
         }
     }
 }
@@ -51,21 +66,21 @@ impl Phase {
 pub struct Activation<'a> {
     pub run: RunRef<'a>,
     pub sequence: u64,
-    pub phase: Option<Phase>,
+    pub phase: Phase,
     pub etag: Option<Cow<'a, str>>,
     pub event_ms: Millis,
 }
 
-/// An `ActivationAck` published by a Gateway.
+/// An `ActivationAck` published by a Gateway. Its `phase` is informational (the Gateway writes
+/// `"unknown"` for an activation without one) and never read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack<'a> {
     pub run: RunRef<'a>,
     pub sequence: u64,
-    pub phase: Option<Phase>,
     pub event_ms: Millis,
 }
 
-/// The classification of one record (SPEC §1).
+/// The classification of one record (docs/semantics.md §1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     Tracked(Activation<'a>),
@@ -172,151 +187,6 @@ struct Fields<V, D> {
     ack_ts: Option<V>,
 }
 
-/// A field's JSON value, read in the one pass over the record (the fast path). Strings stay
-/// borrowed from the record unless they contain escapes.
-#[derive(Debug)]
-enum Val<'a> {
-    Null,
-    Bool(bool),
-    Unsigned(u64),
-    Negative,
-    Float,
-    Str(Cow<'a, str>),
-    Composite,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
-    fn deserialize<De: serde::Deserializer<'de>>(deserializer: De) -> Result<Self, De::Error> {
-        deserializer.deserialize_any(ValVisitor(std::marker::PhantomData))
-    }
-}
-
-struct ValVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> serde::de::Visitor<'de> for ValVisitor<'a> {
-    type Value = Val<'a>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Val<'a>, E> {
-        Ok(Val::Bool(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Val<'a>, E> {
-        Ok(Val::Unsigned(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Val<'a>, E> {
-        Ok(if v >= 0 {
-            Val::Unsigned(v as u64)
-        } else {
-            Val::Negative
-        })
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Val<'a>, E> {
-        Ok(Val::Float)
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Val<'a>, E> {
-        Ok(Val::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Val<'a>, E> {
-        Ok(Val::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Val<'a>, E> {
-        Ok(Val::Str(Cow::Owned(v)))
-    }
-    fn visit_unit<E>(self) -> Result<Val<'a>, E> {
-        Ok(Val::Null)
-    }
-    fn visit_none<E>(self) -> Result<Val<'a>, E> {
-        Ok(Val::Null)
-    }
-    fn visit_some<De: serde::Deserializer<'de>>(self, d: De) -> Result<Val<'a>, De::Error> {
-        Val::deserialize(d)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'a>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Val::Composite)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val<'a>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Val::Composite)
-    }
-}
-
-/// What classification asks of a field value; the fast path's [`Val`] and the precise path's
-/// raw JSON answer it identically (a property test holds the two paths to that).
-trait Value<'a> {
-    fn is_null(&self) -> bool;
-    /// `Err` when the value is not a string.
-    fn string(&self) -> Result<Cow<'a, str>, ()>;
-    fn integer(&self) -> Integer;
-    /// `Err` when the value is not a boolean.
-    fn boolean(&self) -> Result<bool, ()>;
-    fn is_one(&self) -> bool;
-}
-
-enum Integer {
-    Unsigned(u64),
-    Negative,
-    Other,
-}
-
-impl<'a> Value<'a> for Val<'a> {
-    fn is_null(&self) -> bool {
-        matches!(self, Val::Null)
-    }
-    fn string(&self) -> Result<Cow<'a, str>, ()> {
-        match self {
-            Val::Str(s) => Ok(s.clone()),
-            _ => Err(()),
-        }
-    }
-    fn integer(&self) -> Integer {
-        match self {
-            Val::Unsigned(n) => Integer::Unsigned(*n),
-            Val::Negative => Integer::Negative,
-            _ => Integer::Other,
-        }
-    }
-    fn boolean(&self) -> Result<bool, ()> {
-        match self {
-            Val::Bool(b) => Ok(*b),
-            _ => Err(()),
-        }
-    }
-    fn is_one(&self) -> bool {
-        matches!(self, Val::Unsigned(1))
-    }
-}
-
-impl<'a> Value<'a> for &'a RawValue {
-    fn is_null(&self) -> bool {
-        self.get() == "null"
-    }
-    fn string(&self) -> Result<Cow<'a, str>, ()> {
-        if let Ok(s) = serde_json::from_str::<&'a str>(self.get()) {
-            return Ok(Cow::Borrowed(s));
-        }
-        serde_json::from_str::<String>(self.get())
-            .map(Cow::Owned)
-            .map_err(|_| ())
-    }
-    fn integer(&self) -> Integer {
-        if let Ok(n) = serde_json::from_str::<u64>(self.get()) {
-            Integer::Unsigned(n)
-        } else if serde_json::from_str::<i64>(self.get()).is_ok() {
-            Integer::Negative
-        } else {
-            Integer::Other
-        }
-    }
-    fn boolean(&self) -> Result<bool, ()> {
-        serde_json::from_str::<bool>(self.get()).map_err(|_| ())
-    }
-    fn is_one(&self) -> bool {
-        self.get() == "1"
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Activation,
@@ -383,22 +253,28 @@ fn sequence_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<u64> {
     }
 }
 
-fn phase_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<Option<Phase>> {
+/// An activation's phase: `freeze`, `unfreeze`, or absent/null (`Unknown`); anything else
+/// makes the tracked activation invalid.
+fn phase_field<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<Phase> {
     match string_field(raw, "phase")?.as_deref() {
-        None => Ok(None),
-        Some("freeze") => Ok(Some(Phase::Freeze)),
-        Some("unfreeze") => Ok(Some(Phase::Unfreeze)),
+        None => Ok(Phase::Unknown),
+        Some("freeze") => Ok(Phase::Freeze),
+        Some("unfreeze") => Ok(Phase::Unfreeze),
         Some(_) => Err(invalid(
             InvalidReason::MistypedField("phase"),
-            "phase is neither freeze nor unfreeze",
+            "phase is neither freeze nor unfreeze (nor absent)",
         )),
     }
 }
 
-fn time_field<'a, V: Value<'a>>(
-    raw: Option<&V>,
-    name: &'static str,
-) -> FieldResult<Option<Millis>> {
+/// A payload time: its milliseconds, and whether its text had a fractional second.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
+    ms: Millis,
+    whole_second: bool,
+}
+
+fn time_field<'a, V: Value<'a>>(raw: Option<&V>, name: &'static str) -> FieldResult<Option<Stamp>> {
     let Some(text) = string_field(raw, name).map_err(|_| {
         invalid(
             InvalidReason::BadTimestamp(name),
@@ -409,7 +285,10 @@ fn time_field<'a, V: Value<'a>>(
         return Ok(None);
     };
     match parse_rfc3339_ms(&text) {
-        Some(ms) => Ok(Some(ms)),
+        Some(ms) => Ok(Some(Stamp {
+            ms,
+            whole_second: !has_fraction(&text),
+        })),
         None => Err(invalid(
             InvalidReason::BadTimestamp(name),
             format!("{name} {text:?} is not RFC 3339"),
@@ -417,9 +296,64 @@ fn time_field<'a, V: Value<'a>>(
     }
 }
 
-/// Decodes one record. Never panics, whatever the bytes (a property test holds it to that).
+/// Whether an RFC 3339 text has a fractional second (`…:01.003Z`), i.e. a `.` right after the
+/// seconds of `YYYY-MM-DDTHH:MM:SS`.
+fn has_fraction(text: &str) -> bool {
+    text.as_bytes().get(19) == Some(&b'.')
+}
+
+/// semantics §1 "Truncated times": a payload time without a fractional second may have been cut to
+/// the second; the first of the CloudEvents `time` and the record timestamp that lies in
+/// [that second, that second + 1000 ms) is the event time instead.
+/// The candidates are computed only when needed (parsing `time` costs as much as `ts`).
+fn refine(stamp: Stamp, candidates: impl FnOnce() -> [Option<Millis>; 2]) -> Millis {
+    if !stamp.whole_second {
+        return stamp.ms;
+    }
+    candidates()
+        .into_iter()
+        .flatten()
+        .find(|c| (stamp.ms..stamp.ms.saturating_add(1000)).contains(c))
+        .unwrap_or(stamp.ms)
+}
+
+/// The CloudEvents `time` as a refinement candidate: a malformed one is no candidate (it is
+/// not the event time, so it does not make the record invalid).
+fn candidate_time<'a, V: Value<'a>>(envelope_time: Option<&V>) -> Option<Millis> {
+    time_field(envelope_time, "time")
+        .ok()
+        .flatten()
+        .map(|s| s.ms)
+}
+
+/// The event time of a record from its payload times in order of precedence: the first that
+/// is present (refined when cut to the second), else the CloudEvents `time`, else the record
+/// timestamp.
+fn event_time<'a, V: Value<'a>>(
+    record: &RawRecord<'a>,
+    payload: &[(Option<&V>, &'static str)],
+    envelope_time: Option<&V>,
+) -> FieldResult<Option<Millis>> {
+    for &(raw, name) in payload {
+        if let Some(stamp) = time_field(raw, name)? {
+            let candidates = || [candidate_time(envelope_time), record.timestamp_ms];
+            return Ok(Some(refine(stamp, candidates)));
+        }
+    }
+    Ok(time_field(envelope_time, "time")?
+        .map(|s| s.ms)
+        .or(record.timestamp_ms))
+}
+
+/// Decodes one record under the default size bound (`RECORD_VALUE_BYTES_DEFAULT`). Never
+/// panics, whatever the bytes (a property test holds it to that).
 pub fn decode<'a>(record: &RawRecord<'a>) -> Decoded<'a> {
-    match decode_inner(record) {
+    decode_with(record, RECORD_VALUE_BYTES_DEFAULT)
+}
+
+/// [`decode`] with the size bound `max_record_bytes` (the policy's).
+pub fn decode_with<'a>(record: &RawRecord<'a>, max_record_bytes: usize) -> Decoded<'a> {
+    match decode_inner(record, max_record_bytes) {
         Ok(decoded) | Err(decoded) => decoded,
     }
 }
@@ -431,29 +365,40 @@ type Data<V> = Fields<V, IgnoredAny>;
 /// hold the two paths to agreeing.
 #[doc(hidden)]
 pub fn decode_precise<'a>(record: &RawRecord<'a>) -> Decoded<'a> {
-    match check_value(record).and_then(|text| precise(record, text)) {
+    match check_value(record, RECORD_VALUE_BYTES_DEFAULT).and_then(|text| precise(record, text)) {
         Ok(decoded) | Err(decoded) => decoded,
     }
 }
 
-fn check_value<'a>(record: &RawRecord<'a>) -> FieldResult<&'a str> {
+/// The value as text, when it is within the size bound. Over the bound a record is classified
+/// by its envelope type alone (docs/semantics.md §1): the activation and ACK types are `too_large` (a
+/// tracked activation cannot be told from an untracked one without parsing), every other type
+/// is untracked; a value whose type cannot be found is `too_large` too.
+fn check_value<'a>(record: &RawRecord<'a>, max_record_bytes: usize) -> FieldResult<&'a str> {
     let Some(bytes) = record.value else {
         return Err(invalid(InvalidReason::NoValue, "record has no value"));
     };
-    if bytes.len() > RECORD_VALUE_BYTES_MAX {
-        return Err(invalid(
-            InvalidReason::TooLarge,
-            format!(
-                "value is {} bytes, more than {RECORD_VALUE_BYTES_MAX}",
-                bytes.len()
+    if bytes.len() > max_record_bytes {
+        let kind = envelope_type(bytes).map(|t| kind_of_type(&t));
+        return Err(match kind {
+            Some(Kind::Other) => Decoded::Untracked,
+            _ => invalid(
+                InvalidReason::TooLarge,
+                format!(
+                    "value is {} bytes, more than {max_record_bytes}",
+                    bytes.len()
+                ),
             ),
-        ));
+        });
     }
     std::str::from_utf8(bytes).map_err(|_| invalid(InvalidReason::NotUtf8, "value is not UTF-8"))
 }
 
-fn decode_inner<'a>(record: &RawRecord<'a>) -> Result<Decoded<'a>, Decoded<'static>> {
-    let text = check_value(record)?;
+fn decode_inner<'a>(
+    record: &RawRecord<'a>,
+    max_record_bytes: usize,
+) -> Result<Decoded<'a>, Decoded<'static>> {
+    let text = check_value(record, max_record_bytes)?;
     // Fast path: one pass, every field read as a typed value, CloudEvents `data` in place.
     // It fails only for malformed JSON, a value that is not an object, `data` that is not an
     // object, or duplicate fields; the precise path then says which.
@@ -547,9 +492,16 @@ fn event_kind<'a, V: Value<'a>>(raw: Option<&V>) -> FieldResult<Kind> {
             InvalidReason::MissingType,
             "record has no event type",
         )),
-        Some("activation_updated" | "ActivationUpdated") => Ok(Kind::Activation),
-        Some("activation_ack" | "ActivationAck") => Ok(Kind::Ack),
-        Some(_) => Ok(Kind::Other),
+        Some(t) => Ok(kind_of_type(t)),
+    }
+}
+
+/// The event types ackwatch tracks, in both envelopes' spellings; any other type is untracked.
+fn kind_of_type(event_type: &str) -> Kind {
+    match event_type {
+        "activation_updated" | "ActivationUpdated" => Kind::Activation,
+        "activation_ack" | "ActivationAck" => Kind::Ack,
+        _ => Kind::Other,
     }
 }
 
@@ -610,17 +562,13 @@ fn activation<'a, V: Value<'a>, D>(
         }
         e => e,
     };
-    let event_ms = match time_field(fields.ts.as_ref(), "ts")? {
-        Some(ms) => Some(ms),
-        None => time_field(envelope_time, "time")?,
-    }
-    .or(record.timestamp_ms)
-    .ok_or_else(|| {
-        invalid(
-            InvalidReason::NoEventTime,
-            "no ts, no CloudEvents time and no record timestamp",
-        )
-    })?;
+    let event_ms =
+        event_time(record, &[(fields.ts.as_ref(), "ts")], envelope_time)?.ok_or_else(|| {
+            invalid(
+                InvalidReason::NoEventTime,
+                "no ts, no CloudEvents time and no record timestamp",
+            )
+        })?;
     Ok(Decoded::Tracked(Activation {
         run,
         sequence,
@@ -637,16 +585,11 @@ fn ack<'a, V: Value<'a>, D>(
 ) -> Result<Decoded<'a>, Decoded<'static>> {
     let sequence = sequence_field(fields.sequence.as_ref())?;
     let run = run_key(record, fields)?;
-    let phase = phase_field(fields.phase.as_ref())?;
-    let event_ms = match time_field(fields.ack_ts.as_ref(), "ack_ts")? {
-        Some(ms) => Some(ms),
-        None => match time_field(fields.ts.as_ref(), "ts")? {
-            Some(ms) => Some(ms),
-            None => time_field(envelope_time, "time")?,
-        },
-    }
-    .or(record.timestamp_ms)
-    .ok_or_else(|| {
+    let payload = [
+        (fields.ack_ts.as_ref(), "ack_ts"),
+        (fields.ts.as_ref(), "ts"),
+    ];
+    let event_ms = event_time(record, &payload, envelope_time)?.ok_or_else(|| {
         invalid(
             InvalidReason::NoEventTime,
             "no ack_ts, ts, CloudEvents time or record timestamp",
@@ -655,7 +598,6 @@ fn ack<'a, V: Value<'a>, D>(
     Ok(Decoded::Ack(Ack {
         run,
         sequence,
-        phase,
         event_ms,
     }))
 }

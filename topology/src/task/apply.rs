@@ -1,0 +1,194 @@
+//! What a tracked activation or an ACK changes in its run (docs/semantics.md §2).
+
+use crate::decode::{Ack, Activation};
+use crate::limits::{GAP_SPAN_MAX, RUN_SEQUENCES_MAX};
+use crate::output::{Outcome, Output};
+use crate::run::{ActivationSeen, FindingKind, FindingState, SeqState};
+use crate::time::Millis;
+
+use super::episode::Raised;
+use super::{touch_run, Task};
+
+impl Task {
+    pub(super) fn apply_activation(
+        &mut self,
+        act: Activation<'_>,
+        record_ms: Millis,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
+        let policy = self.policy;
+        let exempt_from = self.meta.first_record_ms.unwrap_or(record_ms);
+        let key = self.key_of(&act.run);
+        touch_run(&mut self.runs, &key, record_ms, act.event_ms);
+        self.mark_dirty(&key);
+        let run = self.runs.get_mut(&key).expect("just touched");
+        let seq = act.sequence;
+
+        if let Some(existing) = run.sequences.get(&seq).and_then(|s| s.activation.as_ref()) {
+            let conflict =
+                existing.etag.as_deref() != act.etag.as_deref() || existing.phase != act.phase;
+            let already = run.sequences[&seq]
+                .finding(FindingKind::SequenceConflict)
+                .is_some();
+            self.mark_dirty(&key);
+            if conflict && !already {
+                self.counters.tracked += 1;
+                let run = self.runs.get_mut(&key).expect("run exists");
+                let state = run.sequences.get_mut(&seq).expect("seq exists");
+                state.findings[FindingKind::SequenceConflict.index()] = Some(FindingState {
+                    detected_at: act.event_ms,
+                    resolved_at: None,
+                });
+                let raised = Raised {
+                    kind: FindingKind::SequenceConflict,
+                    phase: state.finding_phase(FindingKind::SequenceConflict),
+                    blocked_by: None,
+                    sequences: vec![seq],
+                };
+                self.raise(&key, raised, act.event_ms, out);
+                self.reindex(&key);
+                return Outcome::Tracked;
+            }
+            self.counters.duplicates += 1;
+            self.reindex(&key);
+            return Outcome::Duplicate;
+        }
+
+        if !run.sequences.contains_key(&seq) && run.sequences.len() >= RUN_SEQUENCES_MAX {
+            run.cut += 1;
+            self.counters.cut("run_sequences", 1);
+            self.mark_dirty(&key);
+            self.reindex(&key);
+            return Outcome::Cut;
+        }
+        self.counters.tracked += 1;
+
+        // Sequences this activation reveals as missing: between the highest seen and this one,
+        // or, for the run's first activation, from `sequence_start` (unless the run may have
+        // begun before the input did).
+        let missing_from = match run.max_sequence {
+            Some(max) if seq > max => Some(max + 1),
+            Some(_) => None,
+            None if run.first_record_ms > exempt_from.saturating_add(policy.gap_timeout_ms) => {
+                Some(policy.sequence_start)
+            }
+            None => None,
+        };
+        if let Some(from) = missing_from.filter(|&from| from < seq) {
+            let mut from = from;
+            if seq - from > GAP_SPAN_MAX {
+                self.counters.cut("gap_span", seq - from - GAP_SPAN_MAX);
+                run.cut += seq - from - GAP_SPAN_MAX;
+                from = seq - GAP_SPAN_MAX;
+            }
+            let gap_due = act.event_ms.saturating_add(policy.gap_timeout_ms);
+            // Highest first, so a run near its limit keeps the sequences closest to this one.
+            let mut kept_from = from;
+            let mut len = run.sequences.len();
+            for missing in (from..seq).rev() {
+                if !run.sequences.contains_key(&missing) {
+                    if len + 1 >= RUN_SEQUENCES_MAX {
+                        let left = missing - from + 1;
+                        run.cut += left;
+                        self.counters.cut("run_sequences", left);
+                        kept_from = missing + 1;
+                        break;
+                    }
+                    len += 1;
+                }
+            }
+            let mut absent = Vec::new();
+            for missing in kept_from..seq {
+                let Some(state) = run.sequences.get(&missing) else {
+                    absent.push(missing);
+                    continue;
+                };
+                if state.activation.is_none() && state.gap_due.is_none() {
+                    run.untrack(missing, &policy);
+                    run.sequences.get_or_default(missing).gap_due = Some(gap_due);
+                    run.track(missing, &policy);
+                }
+            }
+            run.sequences.insert_absent(&absent, || SeqState {
+                gap_due: Some(gap_due),
+                ..SeqState::default()
+            });
+            for &missing in &absent {
+                run.track(missing, &policy);
+            }
+        }
+        run.max_sequence = Some(run.max_sequence.map_or(seq, |m| m.max(seq)));
+
+        run.untrack(seq, &policy);
+        let state = run.sequences.get_or_default(seq);
+        state.activation = Some(ActivationSeen {
+            event_ms: act.event_ms,
+            phase: act.phase,
+            etag: act.etag.map(|e| e.into_owned()),
+        });
+        let latency = state
+            .ack_ms
+            .map(|ack_ms| ack_ms.saturating_sub(act.event_ms));
+        run.track(seq, &policy);
+        if let Some(raw) = latency {
+            self.observe_latency(act.phase, raw, out);
+        }
+        let run = self.runs.get_mut(&key).expect("run exists");
+        if let Some(state) = run.sequences.get_mut(&seq).filter(|s| {
+            s.finding(FindingKind::ActivationGap)
+                .is_some_and(FindingState::is_open)
+        }) {
+            state.filled_in_episode = Some(run.episode);
+        }
+        for kind in [FindingKind::ActivationGap, FindingKind::OrphanAck] {
+            self.resolve(&key, seq, kind, act.event_ms, out);
+        }
+        self.start_releases(&key, seq, act.event_ms);
+        self.maybe_resume(&key, act.event_ms, out);
+        self.mark_dirty(&key);
+        self.reindex(&key);
+        Outcome::Tracked
+    }
+
+    pub(super) fn apply_ack(
+        &mut self,
+        ack: Ack<'_>,
+        record_ms: Millis,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
+        let policy = self.policy;
+        let key = self.key_of(&ack.run);
+        touch_run(&mut self.runs, &key, record_ms, ack.event_ms);
+        self.mark_dirty(&key);
+        let run = self.runs.get_mut(&key).expect("just touched");
+        let seq = ack.sequence;
+
+        if run.sequences.get(&seq).is_some_and(|s| s.ack_ms.is_some()) {
+            self.counters.duplicates += 1;
+            self.reindex(&key);
+            return Outcome::Duplicate;
+        }
+        if !run.sequences.contains_key(&seq) && run.sequences.len() >= RUN_SEQUENCES_MAX {
+            run.cut += 1;
+            self.counters.cut("run_sequences", 1);
+            self.reindex(&key);
+            return Outcome::Cut;
+        }
+        self.counters.acks += 1;
+        run.untrack(seq, &policy);
+        let state = run.sequences.get_or_default(seq);
+        state.ack_ms = Some(ack.event_ms);
+        let latency = state
+            .activation
+            .as_ref()
+            .map(|a| (a.phase, ack.event_ms.saturating_sub(a.event_ms)));
+        run.track(seq, &policy);
+        if let Some((phase, raw)) = latency {
+            self.observe_latency(phase, raw, out);
+        }
+        self.resolve(&key, seq, FindingKind::AckMissing, ack.event_ms, out);
+        self.maybe_resume(&key, ack.event_ms, out);
+        self.reindex(&key);
+        Outcome::Ack
+    }
+}
