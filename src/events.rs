@@ -56,7 +56,10 @@ pub struct RecordDeadLettered<'a> {
     pub partition: i32,
     pub offset: i64,
     pub reason: &'static str,
+    /// Key, value or detail cut to the dead-letter limits.
     pub cut: bool,
+    /// The producer refused even the bounded dead letter: a stub went instead.
+    pub stubbed: bool,
 }
 
 impl RecordDeadLettered<'_> {
@@ -67,6 +70,7 @@ impl RecordDeadLettered<'_> {
             offset = self.offset,
             reason = self.reason,
             cut = self.cut,
+            stubbed = self.stubbed,
             "record dead-lettered"
         );
         metrics.dead_letters.inc();
@@ -75,9 +79,28 @@ impl RecordDeadLettered<'_> {
             metrics.dead_letters_cut.inc();
             metrics
                 .limit_cut
-                .with_label_values(&["DEAD_LETTER_VALUE_BYTES_MAX"])
+                .with_label_values(&["DEAD_LETTER_BYTES"])
                 .inc();
         }
+        if self.stubbed {
+            metrics.dead_letters_stubbed.inc();
+        }
+    }
+}
+
+/// The broker refused a dead letter as too large (its topic's limit was lowered since the
+/// start): a stub with the reason and origin went in its place.
+pub struct DeadLetterStubbed<'a> {
+    pub topic: &'a str,
+}
+
+impl DeadLetterStubbed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            topic = self.topic,
+            "the broker refused a dead letter as too large; a stub with its reason and origin was sent instead"
+        );
+        metrics.dead_letters_stubbed.inc();
     }
 }
 
@@ -454,5 +477,23 @@ impl PartitionersDisagree<'_> {
              partitioner=murmur2_random)"
         );
         metrics.partitioners_disagree.set(self.thread, 1);
+    }
+}
+
+/// A task's store had a checkpoint it could not be trusted with (deleted under it, an older copy
+/// put back): rebuilt from the changelog's beginning.
+pub struct StoreRebuilt<'a> {
+    pub partition: i32,
+    pub why: &'a str,
+}
+
+impl StoreRebuilt<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            partition = self.partition,
+            why = self.why,
+            "local store disagrees with its checkpoint; restoring it from the changelog's beginning"
+        );
+        metrics.stores_rebuilt.inc();
     }
 }

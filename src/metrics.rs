@@ -22,6 +22,7 @@ pub struct Metrics {
     pub invalid: IntCounterVec,
     pub dead_letters: IntCounter,
     pub dead_letters_cut: IntCounter,
+    pub dead_letters_stubbed: IntCounter,
     pub findings_raised: IntCounterVec,
     pub findings_resolved: IntCounterVec,
     /// By `FindingKind::ALL` position.
@@ -53,6 +54,7 @@ pub struct Metrics {
     pub worldservice_posts: IntCounterVec,
     pub worldservice_signals: IntCounterVec,
     pub stores_wiped: IntCounter,
+    pub stores_rebuilt: IntCounter,
     pub fatal_errors: IntCounter,
     pub misplaced_records: IntCounterVec,
     pub partitioners_disagree: ThreadGauge,
@@ -191,7 +193,12 @@ impl Metrics {
             dead_letters_cut: counter(
                 &r,
                 "ackwatch_dead_letters_cut_total",
-                "Dead letters whose value was cut to the limit",
+                "Dead letters whose key, value or detail was cut to the dead-letter limits",
+            ),
+            dead_letters_stubbed: counter(
+                &r,
+                "ackwatch_dead_letters_stubbed_total",
+                "Dead letters replaced by a stub (reason and origin only) because they were refused as too large",
             ),
             findings_raised: counter_vec(
                 &r,
@@ -353,6 +360,11 @@ impl Metrics {
                 &r,
                 "ackwatch_stores_wiped_total",
                 "Local stores that could not be used and were wiped (then restored from the changelog)",
+            ),
+            stores_rebuilt: counter(
+                &r,
+                "ackwatch_stores_rebuilt_total",
+                "Local stores rebuilt from the changelog's beginning because they disagreed with their checkpoint",
             ),
             fatal_errors: counter(
                 &r,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ackwatch_state::{codec, Record, TaskStore};
+use ackwatch_state::{codec, Contents, Record, StoreOptions, TaskStore};
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -159,6 +159,42 @@ pub struct RestoreStats {
     /// those keys' current values (or tombstones) in its first commit, so that a later restore
     /// that reads past them (followed by newer markers) never applies them.
     pub unfinished_keys: Vec<Vec<u8>>,
+    /// Why the store was rebuilt from the changelog's beginning although it had a checkpoint.
+    pub full_restore_reason: Option<String>,
+}
+
+/// Where a restore starts reading the changelog.
+enum Start {
+    /// The store and its checkpoint agree on this offset, within the retained range.
+    Checkpoint(i64),
+    /// From the beginning, the store cleared first; with the reason when the store had a
+    /// checkpoint it could not be trusted with.
+    Beginning(Option<String>),
+}
+
+/// A store is read from its checkpoint only when the store itself says it reflects that
+/// offset: a store deleted under its checkpoint, or an older copy put back beside a newer one,
+/// would otherwise be taken as current and the task would run on empty or stale state.
+fn restore_start(store: &TaskStore, low: i64, high: i64) -> anyhow::Result<Start> {
+    let Some(checkpoint) = store.checkpoint() else {
+        return Ok(Start::Beginning(None));
+    };
+    let at = checkpoint.changelog_offset;
+    let why = match store.changelog_position()? {
+        _ if !(low..=high).contains(&at) => format!(
+            "the checkpoint ({at}) is outside the changelog's retained offsets {low}..{high}"
+        ),
+        Some(position) if position == at => return Ok(Start::Checkpoint(at)),
+        Some(position) => format!(
+            "the store reflects changelog offset {position} but its checkpoint says {at} \
+             (a store copy from another time?)"
+        ),
+        None => format!(
+            "the checkpoint says {at} but the store holds no changelog position (the store was \
+             deleted or replaced)"
+        ),
+    };
+    Ok(Start::Beginning(Some(why)))
 }
 
 /// Tail records read per step when looking for the last commit marker; doubled each step.
@@ -281,23 +317,29 @@ pub fn restore_with_progress(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
         .with_context(|| format!("cannot read the offsets of {topic}[{partition}]"))?;
-    let from = match store.checkpoint() {
-        Some(c) if (low..=high).contains(&c.changelog_offset) => c.changelog_offset,
-        _ => {
+    let mut stats = RestoreStats {
+        from_offset: low,
+        to_offset: high,
+        records: 0,
+        bytes: 0,
+        duration: Duration::ZERO,
+        unfinished_keys: Vec::new(),
+        full_restore_reason: None,
+    };
+    let from = match restore_start(store, low, high)? {
+        Start::Checkpoint(offset) => offset,
+        Start::Beginning(why) => {
+            if let Some(why) = why {
+                stats.full_restore_reason = Some(why);
+            }
             store.clear()?;
             low
         }
     };
     // Applied: everything up to and including the last marker.
     let applied_end = last_marker(&consumer, topic, partition, from, high)?.map_or(from, |m| m + 1);
-    let mut stats = RestoreStats {
-        from_offset: from,
-        to_offset: high,
-        records: 0,
-        bytes: 0,
-        duration: Duration::ZERO,
-        unfinished_keys: Vec::new(),
-    };
+    stats.from_offset = from;
+    stats.to_offset = high;
     let mut batch: Vec<Record> = Vec::with_capacity(RESTORE_BATCH_RECORDS_MAX);
     read_range(
         &consumer,
@@ -334,6 +376,46 @@ pub fn restore_with_progress(
     store.commit_records(&[], Some(checkpoint))?;
     stats.duration = started.elapsed();
     Ok(stats)
+}
+
+/// A store brought up to the changelog and read, ready for the engine.
+pub struct Restored {
+    pub store: TaskStore,
+    pub contents: Contents,
+    pub stats: RestoreStats,
+}
+
+/// Restores `store` from partition p of the changelog and loads it. A store whose contents
+/// cannot be read (a corrupt file RocksDB only notices on read) is rebuilt: wiped, restored from
+/// the beginning, loaded again, with the reason in `stats.full_restore_reason`.
+pub fn restore_and_load(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    store: TaskStore,
+    options: &StoreOptions,
+    progress: &dyn Fn(i64),
+) -> anyhow::Result<Restored> {
+    let stats = restore_with_progress(config, topic, partition, &store, progress)?;
+    match store.load() {
+        Ok(contents) => Ok(Restored {
+            store,
+            contents,
+            stats,
+        }),
+        Err(e) => {
+            let why = format!("the store's contents cannot be read ({e:#})");
+            let store = store.rebuild(options)?;
+            let mut stats = restore_with_progress(config, topic, partition, &store, progress)?;
+            stats.full_restore_reason = Some(why);
+            let contents = store.load()?;
+            Ok(Restored {
+                store,
+                contents,
+                stats,
+            })
+        }
+    }
 }
 
 /// Applies restored records; a record the store refuses (another format, a bad key) names the

@@ -112,6 +112,23 @@ pub async fn check_cluster(
     Ok((activation, lines))
 }
 
+/// The dead-letter topic's `max.message.bytes`, when the cluster says (a dead letter is held
+/// under it, so the broker never refuses one).
+pub async fn dead_letter_topic_max_bytes(settings: &Settings) -> Option<usize> {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = settings.kafka.client_config().create().ok()?;
+    let resource = ResourceSpecifier::Topic(&settings.topics.dead_letter);
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let configs = admin.describe_configs([&resource], &options).await.ok()?;
+    configs
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.entries)
+        .find(|e| e.name == "max.message.bytes")
+        .and_then(|e| e.value)
+        .and_then(|v| v.parse().ok())
+}
+
 /// Kafka Streams' `TopologyDescription` of ackwatch: sources, the processor, its store, sinks.
 pub fn describe(settings: &Settings) -> String {
     let t = &settings.topics;

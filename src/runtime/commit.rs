@@ -98,7 +98,7 @@ impl TaskManager {
     /// Step 1, at_least_once: outputs first. A changelog record may reach the broker before the
     /// crash that stops this commit, and a restored state must never hold a finding whose
     /// event was not delivered (re-processing would not emit it again).
-    fn flush_outputs(&self) -> anyhow::Result<()> {
+    fn flush_outputs(&mut self) -> anyhow::Result<()> {
         if self.collector.is_transactional() {
             return Ok(());
         }

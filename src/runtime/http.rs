@@ -89,6 +89,14 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
             }
         }
     }
+    for (seq, detected_at) in run.open_gaps() {
+        open.push(json!({
+            "kind": FindingKind::ActivationGap.as_str(),
+            "sequence": seq,
+            "phase": null,
+            "detected_at": format_rfc3339_ms(detected_at),
+        }));
+    }
     let episode = match run.episode_state {
         EpisodeState::Idle => json!({"state": "idle", "episode": run.episode}),
         EpisodeState::Paused { at, rollback } => json!({

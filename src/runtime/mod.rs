@@ -34,7 +34,7 @@ use std::time::Duration;
 use ackwatch_topology::Millis;
 use anyhow::Context as _;
 
-pub use cluster::{check_cluster, describe, ChangelogCheck};
+pub use cluster::{check_cluster, dead_letter_topic_max_bytes, describe, ChangelogCheck};
 pub use record_collector::COMMIT_TIMEOUT;
 pub use stream_thread::POLL_BATCH_RECORDS_MAX;
 pub use task::TASK_BUFFERED_RECORDS_MAX;
@@ -164,6 +164,10 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         ChangelogCheck::Ensure
     };
     let (input_partitions, lines) = runtime.block_on(check_cluster(&settings, changelog_check))?;
+    let dead_letter_max_bytes = match options.embedded_cluster {
+        true => None,
+        false => runtime.block_on(dead_letter_topic_max_bytes(&settings)),
+    };
     for line in lines {
         tracing::info!("{line}");
     }
@@ -186,6 +190,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                     metrics.clone(),
                     thread,
                     input_partitions,
+                    dead_letter_max_bytes,
                     alerts_dirty.clone(),
                 )?),
                 ready: AtomicBool::new(false),

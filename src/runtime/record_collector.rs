@@ -22,7 +22,7 @@ use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated};
 use crate::metrics::Metrics;
 use crate::runtime::changelog;
 use crate::settings::{Guarantee, Settings, Topics};
-use crate::sinks::records::{self as sink, Sink};
+use crate::sinks::records::{self as sink, DeadLetter, DeadLetterBudget, Sink};
 
 /// Longest a commit waits for the broker to acknowledge outputs and changelog records before
 /// the process gives up and exits (a restart recovers from the changelog).
@@ -35,6 +35,9 @@ const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
 /// Delivery reports of the producer.
 pub struct ProducerCtx {
     changelog_topic: String,
+    dead_letter_topic: String,
+    /// Dead letters the broker refused as too large: their stubs wait to be sent.
+    stubs: Mutex<Vec<OwnedStub>>,
     failures: AtomicU64,
     first_failure: Mutex<Option<String>>,
     /// Per changelog partition, the offset after the last record the broker acknowledged.
@@ -42,10 +45,19 @@ pub struct ProducerCtx {
     metrics: Arc<Metrics>,
 }
 
+/// A stub to send in place of a dead letter the broker refused (owned: built in the delivery
+/// callback from the refused record's headers).
+struct OwnedStub {
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, String)>,
+}
+
 impl ProducerCtx {
-    fn new(changelog_topic: String, metrics: Arc<Metrics>) -> Self {
+    fn new(changelog_topic: String, dead_letter_topic: String, metrics: Arc<Metrics>) -> Self {
         ProducerCtx {
             changelog_topic,
+            dead_letter_topic,
+            stubs: Mutex::new(Vec::new()),
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_end: Mutex::new(BTreeMap::new()),
@@ -74,6 +86,30 @@ impl ProducerContext for ProducerCtx {
                 *end = (*end).max(m.offset() + 1);
             }
             Ok(_) => {}
+            Err((e, m))
+                if m.topic() == self.dead_letter_topic
+                    && e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+            {
+                // Poison never stops processing: a dead letter the broker still refuses (its
+                // topic's limit lowered since the start) is replaced by a stub.
+                use rdkafka::message::Headers;
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                (h.key.to_string(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let key = m.key().map(|k| k[..k.len().min(64)].to_vec());
+                self.stubs
+                    .lock()
+                    .expect("not poisoned")
+                    .push(OwnedStub { key, headers });
+            }
             Err((e, m)) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 let mut first = self.first_failure.lock().expect("not poisoned");
@@ -91,6 +127,8 @@ pub struct RecordCollector {
     topics: Topics,
     input_topics: PerSide<String>,
     changelog_topic: String,
+    /// What a dead letter must stay under (the producer's and the topic's size limits).
+    dead_letter_budget: DeadLetterBudget,
     metrics: Arc<Metrics>,
     /// Set when an output may change the firing alerts, so the alert loop posts soon (shared
     /// by every stream thread).
@@ -104,6 +142,7 @@ impl RecordCollector {
         settings: &Settings,
         metrics: Arc<Metrics>,
         thread: usize,
+        dead_letter_max_bytes: Option<usize>,
         alerts_dirty: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
@@ -136,9 +175,20 @@ impl RecordCollector {
                 config.set("transaction.timeout.ms", "10000");
             }
         }
+        let ctx = ProducerCtx::new(
+            changelog_topic.clone(),
+            settings.topics.dead_letter.clone(),
+            metrics.clone(),
+        );
         let producer: BaseProducer<ProducerCtx> = config
-            .create_with_context(ProducerCtx::new(changelog_topic.clone(), metrics.clone()))
+            .create_with_context(ctx)
             .context("cannot create the producer")?;
+        let producer_max_bytes = settings
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DeadLetterBudget::PRODUCER_DEFAULT);
         if eos {
             producer
                 .init_transactions(INIT_TRANSACTIONS_TIMEOUT)
@@ -154,6 +204,7 @@ impl RecordCollector {
                 settings.topics.ack.clone(),
             ),
             changelog_topic,
+            dead_letter_budget: DeadLetterBudget::new(producer_max_bytes, dead_letter_max_bytes),
             metrics,
             alerts_dirty,
         })
@@ -256,40 +307,54 @@ impl RecordCollector {
         }
     }
 
-    /// Writes an invalid input record to the dead-letter topic with its reason and origin.
+    /// Writes an invalid input record to the dead-letter topic with its reason and origin, key,
+    /// headers and value held under the dead-letter budget; one the producer still refuses as
+    /// too large is replaced by a stub (reason and origin only). Poison never stops processing.
     pub fn dead_letter(&mut self, invalid: &Invalid, raw: &RawRecord<'_>) -> anyhow::Result<()> {
-        let value = raw.value.unwrap_or_default();
         let topic = &self.input_topics[raw.side];
         let origin = sink::Origin {
             topic,
             partition: raw.partition,
             offset: raw.offset,
         };
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in sink::dead_letter_headers(invalid, origin, value.len()) {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let cut = value.len() > sink::DEAD_LETTER_VALUE_BYTES_MAX;
+        let letter = DeadLetter::new(invalid, origin, raw.key, raw.value, self.dead_letter_budget);
         let dead_letter_topic = self.topics.dead_letter.clone();
-        self.send(
-            &dead_letter_topic,
-            None,
-            raw.key,
-            raw.value.map(|_| sink::dead_letter_value(value)),
-            Some(headers),
-        )?;
+        let stubbed = match self.send_dead_letter(&dead_letter_topic, &letter) {
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                self.send_dead_letter(&dead_letter_topic, &letter.stub())
+                    .context("cannot produce a dead letter's stub")?;
+                true
+            }
+            other => {
+                other.with_context(|| format!("cannot produce to {dead_letter_topic}"))?;
+                false
+            }
+        };
         RecordDeadLettered {
             topic: &self.input_topics[raw.side],
             partition: raw.partition,
             offset: raw.offset,
             reason: invalid.reason.label(),
-            cut,
+            cut: letter.cut,
+            stubbed,
         }
         .emit(&self.metrics);
         Ok(())
+    }
+
+    fn send_dead_letter(
+        &mut self,
+        topic: &str,
+        letter: &DeadLetter<'_>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in &letter.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        self.send_record(topic, None, letter.key, letter.value, Some(headers))
     }
 
     /// Produces one changelog record to `partition` of the changelog topic.
@@ -323,7 +388,23 @@ impl RecordCollector {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> anyhow::Result<()> {
-        self.begin_if_needed()?;
+        self.send_record(topic, partition, key, payload, headers)
+            .with_context(|| format!("cannot produce to {topic}"))
+    }
+
+    /// [`Self::send`], with the client's error.
+    fn send_record(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        if self.eos && !self.in_transaction {
+            self.producer.begin_transaction()?;
+            self.in_transaction = true;
+        }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic);
         if let Some(headers) = headers {
             record = record.headers(headers);
@@ -344,7 +425,7 @@ impl RecordCollector {
                     self.producer.poll(Duration::from_millis(10));
                     record = r;
                 }
-                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -371,10 +452,11 @@ impl RecordCollector {
     /// `COMMIT_TIMEOUT`). Not rdkafka's `flush`: it waits in `poll(100 ms)`, and `poll` returns
     /// only at its deadline, so every flush with anything in flight took at least 100 ms — two
     /// of them were half of a commit. Here the delivery reports are served in 1 ms steps.
-    pub fn flush(&self) -> anyhow::Result<()> {
+    pub fn flush(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         loop {
             self.producer.poll(Duration::ZERO);
+            self.send_stubs()?;
             if self.producer.in_flight_count() == 0 {
                 return Ok(());
             }
@@ -386,6 +468,29 @@ impl RecordCollector {
             }
             self.producer.poll(FLUSH_POLL_STEP);
         }
+    }
+
+    /// Sends the stubs of dead letters the broker refused as too large.
+    fn send_stubs(&mut self) -> anyhow::Result<()> {
+        let stubs =
+            std::mem::take(&mut *self.producer.context().stubs.lock().expect("not poisoned"));
+        let topic = self.topics.dead_letter.clone();
+        for stub in stubs {
+            let mut headers = OwnedHeaders::new();
+            for (name, value) in stub
+                .headers
+                .iter()
+                .chain([&("ackwatch.stub".to_string(), "true".to_string())])
+            {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            self.send(&topic, None, stub.key.as_deref(), None, Some(headers))?;
+            crate::events::DeadLetterStubbed { topic: &topic }.emit(&self.metrics);
+        }
+        Ok(())
     }
 
     /// Fails when the producer reported a record it could not deliver.
@@ -427,7 +532,7 @@ mod tests {
     #[test]
     fn producer_client_errors_are_reported() {
         let metrics = Arc::new(Metrics::new(["a", "b"]));
-        let ctx = ProducerCtx::new("c".into(), metrics.clone());
+        let ctx = ProducerCtx::new("c".into(), "d".into(), metrics.clone());
         let check = |code: RDKafkaErrorCode, down: i64| {
             ctx.error(rdkafka::error::KafkaError::Global(code), "test");
             assert_eq!(metrics.all_brokers_down.get(), down, "{code:?}");

@@ -12,7 +12,7 @@ use std::time::Instant;
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::partitioning::{Partitioner, Placements};
 use ackwatch_topology::stream_task::Step;
-use ackwatch_topology::{Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
+use ackwatch_topology::{FindingKind, Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
@@ -59,15 +59,23 @@ pub struct TaskManager {
 
 impl TaskManager {
     /// The task manager of stream thread `thread`; `input_partitions` is the input topics'
-    /// partition count; `alerts_dirty` is shared by every thread.
+    /// partition count, `dead_letter_max_bytes` the dead-letter topic's `max.message.bytes`;
+    /// `alerts_dirty` is shared by every thread.
     pub fn new(
         settings: Settings,
         metrics: Arc<Metrics>,
         thread: usize,
         input_partitions: i32,
+        dead_letter_max_bytes: Option<usize>,
         alerts_dirty: Arc<AtomicBool>,
     ) -> anyhow::Result<TaskManager> {
-        let collector = RecordCollector::new(&settings, metrics.clone(), thread, alerts_dirty)?;
+        let collector = RecordCollector::new(
+            &settings,
+            metrics.clone(),
+            thread,
+            dead_letter_max_bytes,
+            alerts_dirty,
+        )?;
         let topics = PerSide::new(
             settings.topics.activation.clone(),
             settings.topics.ack.clone(),
@@ -282,6 +290,7 @@ impl TaskManager {
             runs += engine.run_count() as i64;
             stream_time = stream_time.max(engine.meta().stream_time);
             for (_, run) in engine.runs() {
+                open[FindingKind::ActivationGap.index()] += run.open_gaps().count() as i64;
                 for seq in run.sequences.values() {
                     for (i, f) in seq.findings.iter().enumerate() {
                         open[i] += f.is_some_and(|f| f.is_open()) as i64;

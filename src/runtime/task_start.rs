@@ -11,11 +11,13 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::changelog::{self, RestoreStats};
+use super::changelog::{self, Restored};
 use super::stream_thread::Ctx;
 use super::task::{LiveTask, Offsets, TaskState};
 use super::task_manager::TaskManager;
-use crate::events::{StoreLockedWaiting, StoreWiped, TaskRestored, UnfinishedCommitLeftOut};
+use crate::events::{
+    StoreLockedWaiting, StoreRebuilt, StoreWiped, TaskRestored, UnfinishedCommitLeftOut,
+};
 
 /// Longest a task start waits for its store's lock (held by a stream thread of this process
 /// that has not closed the task yet, or by another process: then the start fails).
@@ -54,8 +56,8 @@ impl TaskManager {
         partition: i32,
     ) -> anyhow::Result<LiveTask> {
         let store = self.open_store(partition)?;
-        let stats = self.restore_store(partition, &store)?;
-        let (engine, reflected) = self.load_engine(partition, &store, &stats)?;
+        let mut restored = self.restore_store(partition, store)?;
+        let (engine, reflected) = self.load_engine(partition, &mut restored)?;
         let (start, committed) = self.start_offsets(consumer, partition, reflected)?;
         self.resume_and_seek(consumer, partition, start)?;
         Ok(LiveTask {
@@ -64,7 +66,7 @@ impl TaskManager {
                 engine,
                 self.settings.runtime.max_task_idle_ms as Millis,
             ),
-            store,
+            store: restored.store,
             offsets: Offsets {
                 fetched_next: start,
                 processed_next: start,
@@ -93,19 +95,24 @@ impl TaskManager {
         Ok(store)
     }
 
-    /// Step 2: the store brought up to the changelog's last complete commit.
-    fn restore_store(&self, partition: i32, store: &TaskStore) -> anyhow::Result<RestoreStats> {
+    /// Step 2: the store brought up to the changelog's last complete commit, and read (a store
+    /// that disagrees with its checkpoint, or cannot be read, is rebuilt from the beginning).
+    fn restore_store(&self, partition: i32, store: TaskStore) -> anyhow::Result<Restored> {
         let config = self.settings.kafka.client_config();
         let remaining = &self.metrics.restore_remaining_records;
-        let stats = changelog::restore_with_progress(
+        let restored = changelog::restore_and_load(
             &config,
             &self.changelog_topic,
             partition,
             store,
+            &StoreOptions::default(),
             &|left| remaining.set(self.thread, left),
         )?;
         remaining.set(self.thread, 0);
-        Ok(stats)
+        if let Some(why) = &restored.stats.full_restore_reason {
+            StoreRebuilt { partition, why }.emit(&self.metrics);
+        }
+        Ok(restored)
     }
 
     /// Step 3: the engine loaded from the store; returns it and the input offsets the stored
@@ -113,16 +120,15 @@ impl TaskManager {
     fn load_engine(
         &self,
         partition: i32,
-        store: &TaskStore,
-        stats: &RestoreStats,
+        restored: &mut Restored,
     ) -> anyhow::Result<(Task, Option<PerSide<i64>>)> {
-        let contents = store.load()?;
+        let (contents, stats, store) = (&mut restored.contents, &restored.stats, &restored.store);
         let mut engine = Task::new(self.settings.policy);
         if let Some(meta) = contents.meta {
             engine.restore_meta(meta);
         }
         let runs = contents.runs.len();
-        for (key, run) in contents.runs {
+        for (key, run) in contents.runs.drain(..) {
             engine.restore_run(key, run);
         }
         // Keys of a commit the previous owner did not finish: written again at the first commit.

@@ -96,6 +96,27 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                 }
             }
         }
+        for (seq, detected_at) in run.open_gaps() {
+            let alert = by_kind
+                .entry(FindingKind::ActivationGap)
+                .or_insert_with(|| Firing {
+                    key: AlertKey {
+                        world_id: key.world_id.to_string(),
+                        run_id: key.run_id.to_string(),
+                        kind: FindingKind::ActivationGap,
+                        episode: run.episode,
+                    },
+                    severity: if escalated { "critical" } else { "warning" },
+                    starts_at: detected_at,
+                    sequences: Vec::new(),
+                    open: 0,
+                });
+            alert.starts_at = alert.starts_at.min(detected_at);
+            alert.open += 1;
+            if alert.sequences.len() < ALERT_SEQUENCES_LISTED_MAX {
+                alert.sequences.push(seq);
+            }
+        }
         out.extend(by_kind.into_values());
     }
     out

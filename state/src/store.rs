@@ -17,6 +17,12 @@ use crate::codec::{self, CommitMarker, COMMIT_KEY, META_KEY};
 /// Identity of a store: which application wrote it, in which format.
 const IDENTITY_KEY: &[u8] = b"\xff\xffidentity";
 
+/// The changelog offset the store reflects, written in the same batch as the records it
+/// reflects (the checkpoint file is written after the batch). A restore trusts the checkpoint
+/// only when the store agrees with it: a deleted store, or an older copy of it put back beside
+/// a newer checkpoint, is rebuilt from the changelog instead of read as empty or stale state.
+const POSITION_KEY: &[u8] = b"\xff\xffchangelog-position";
+
 /// RocksDB sizing, chosen so one instance with many tasks stays small (see ARCHITECTURE.md).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -51,6 +57,7 @@ pub enum Opened {
 pub struct TaskStore {
     db: DB,
     dir: PathBuf,
+    identity: Vec<u8>,
 }
 
 /// What a store holds.
@@ -135,12 +142,28 @@ impl TaskStore {
                     .with_context(|| format!("cannot create store in {}", db_dir.display()))?
             }
         };
-        db.put(IDENTITY_KEY, identity)?;
-        Ok((TaskStore { db, dir }, opened))
+        db.put(IDENTITY_KEY, &identity)?;
+        Ok((TaskStore { db, dir, identity }, opened))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Deletes the store's files and its checkpoint and opens it empty: for a store whose
+    /// contents turn out unreadable (a corrupt file RocksDB only notices on read). Its lock is
+    /// released first (the store is consumed).
+    pub fn rebuild(self, options: &StoreOptions) -> anyhow::Result<TaskStore> {
+        let TaskStore { db, dir, identity } = self;
+        drop(db);
+        checkpoint::remove(&dir)?;
+        let db_dir = dir.join("rocksdb");
+        std::fs::remove_dir_all(&db_dir)
+            .with_context(|| format!("cannot wipe {}", db_dir.display()))?;
+        let db = open_db(&db_dir, options)
+            .with_context(|| format!("cannot create store in {}", db_dir.display()))?;
+        db.put(IDENTITY_KEY, &identity)?;
+        Ok(TaskStore { db, dir, identity })
     }
 
     pub fn checkpoint(&self) -> Option<Checkpoint> {
@@ -152,7 +175,7 @@ impl TaskStore {
         let mut contents = Contents::default();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
-            if &*key == IDENTITY_KEY {
+            if &*key == IDENTITY_KEY || &*key == POSITION_KEY {
                 continue;
             }
             if &*key == META_KEY {
@@ -197,6 +220,9 @@ impl TaskStore {
                 None => batch.delete(key),
             }
         }
+        if let Some(offset) = changelog_end {
+            batch.put(POSITION_KEY, offset.to_be_bytes());
+        }
         self.write(batch)?;
         if let Some(offset) = changelog_end {
             checkpoint::write(
@@ -207,6 +233,15 @@ impl TaskStore {
             )?;
         }
         Ok(())
+    }
+
+    /// The changelog offset the store's contents reflect (written with them), or `None` for a
+    /// store that never committed one (new, wiped, deleted under its checkpoint).
+    pub fn changelog_position(&self) -> anyhow::Result<Option<i64>> {
+        let value = self.db.get(POSITION_KEY)?;
+        Ok(value
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes))
     }
 
     /// Deletes everything but the store's identity, and the checkpoint: before a restore from

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ackwatch_state::checkpoint::{self, Checkpoint};
 use ackwatch_state::codec::{self, CodecError, FORMAT_VERSION};
-use ackwatch_state::{CommitMarker, Opened, StoreOptions, TaskStore};
+use ackwatch_state::{CommitMarker, Contents, Opened, StoreOptions, TaskStore};
 
 const MARKER: CommitMarker = CommitMarker {
     input_next: PerSide::new(7, 9),
@@ -352,4 +352,32 @@ proptest! {
             prop_assert_eq!(&codec::decode_run(&bytes).unwrap(), state, "{}", key);
         }
     }
+}
+
+/// The store records the changelog offset it reflects in the batch it reflects it with, so a
+/// restore can tell a store that agrees with its checkpoint from one deleted or replaced under
+/// it; a rebuilt store is empty, without checkpoint or position.
+#[test]
+fn the_store_records_the_changelog_position_it_reflects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = busy_task();
+    let store = commit_all(&mut task, dir.path(), "app", Some(17));
+    assert_eq!(store.changelog_position().unwrap(), Some(17));
+    assert_eq!(store.checkpoint().map(|c| c.changelog_offset), Some(17));
+    store.commit_records(&[], Some(23)).unwrap();
+    assert_eq!(store.changelog_position().unwrap(), Some(23));
+    drop(store);
+    let (store, opened) = open(dir.path(), "app");
+    assert_eq!(opened, Opened::Existing);
+    assert_eq!(store.changelog_position().unwrap(), Some(23), "durable");
+    assert!(
+        !store.load().unwrap().runs.is_empty(),
+        "the position is not a run"
+    );
+    store.clear().unwrap();
+    assert_eq!(store.changelog_position().unwrap(), None);
+    let rebuilt = store.rebuild(&StoreOptions::default()).unwrap();
+    assert_eq!(rebuilt.changelog_position().unwrap(), None);
+    assert_eq!(rebuilt.checkpoint(), None);
+    assert_eq!(rebuilt.load().unwrap(), Contents::default());
 }

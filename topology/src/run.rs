@@ -93,15 +93,50 @@ impl Blocked {
     }
 }
 
+/// Sequences of a run missing their activation, revealed together by one later activation:
+/// `[from, to)`, held as one range however wide (a jump from 1 to 1000 is one entry, not
+/// 998). Every sequence of it is pending (`detected_at` none, the gap deadline `gap_due` not
+/// passed) or open; a sequence whose activation arrives leaves the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    pub from: u64,
+    /// Exclusive.
+    pub to: u64,
+    pub gap_due: Millis,
+    /// When the gap deadline passed: every sequence of the range has an open finding.
+    pub detected_at: Option<Millis>,
+}
+
+impl Missing {
+    pub fn len(&self) -> u64 {
+        self.to - self.from
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.from >= self.to
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        (self.from..self.to).contains(&seq)
+    }
+
+    fn timer(&self) -> Option<Timer> {
+        self.detected_at.is_none().then_some(Timer {
+            due: self.gap_due,
+            kind: TimerKind::Finding(FindingKind::ActivationGap),
+            sequence: self.from,
+        })
+    }
+}
+
 /// Everything known about one sequence of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqState {
     pub activation: Option<ActivationSeen>,
     /// Event time of the first ACK (later ACKs, from any Gateway, are duplicates).
     pub ack_ms: Option<Millis>,
-    /// Set while the activation is missing but a later sequence was seen: the gap deadline.
-    pub gap_due: Option<Millis>,
-    /// Findings by [`FindingKind::index`].
+    /// Findings by [`FindingKind::index`]. A gap that is still missing lives in the run's
+    /// [`Missing`] ranges instead; once filled, its finding (if raised) is recorded here.
     pub findings: [Option<FindingState>; 4],
     /// Set when its `ack_missing` was raised behind a missing earlier sequence.
     pub blocked: Option<Blocked>,
@@ -140,16 +175,6 @@ impl SeqState {
         }
     }
 
-    /// Whether the sequence's `activation_gap` is pending (a later sequence seen, its deadline
-    /// not passed) or open: it holds back the ACKs of every later sequence.
-    pub fn gap_pending_or_open(&self) -> bool {
-        self.activation.is_none()
-            && (self.gap_due.is_some()
-                || self
-                    .finding(FindingKind::ActivationGap)
-                    .is_some_and(FindingState::is_open))
-    }
-
     /// Whether an open finding of `kind` counts towards an episode (pause, rollback, alert):
     /// every open finding does, but a still-blocked `ack_missing`.
     pub fn counts(&self, kind: FindingKind) -> bool {
@@ -170,14 +195,6 @@ impl SeqState {
             )),
             _ => None,
         };
-        let gap = match (
-            &self.activation,
-            self.gap_due,
-            self.finding(FindingKind::ActivationGap),
-        ) {
-            (None, Some(due), None) => Some((due, FindingKind::ActivationGap)),
-            _ => None,
-        };
         let orphan = match (
             &self.activation,
             self.ack_ms,
@@ -189,7 +206,7 @@ impl SeqState {
             )),
             _ => None,
         };
-        [ack, gap, orphan].into_iter().flatten()
+        [ack, orphan].into_iter().flatten()
     }
 
     /// When a blocked, still open `ack_missing` is released, if its blocker arrived.
@@ -285,6 +302,8 @@ pub struct RunState {
     /// Highest tracked sequence seen.
     pub max_sequence: Option<u64>,
     pub sequences: SeqMap,
+    /// Sequences missing their activation, as ranges sorted by `from`, disjoint.
+    pub missing: Vec<Missing>,
     /// Episodes started so far (the current one's number when paused).
     pub episode: u32,
     pub episode_state: EpisodeState,
@@ -307,6 +326,7 @@ impl PartialEq for RunState {
             && self.last_event_ms == other.last_event_ms
             && self.max_sequence == other.max_sequence
             && self.sequences == other.sequences
+            && self.missing == other.missing
             && self.episode == other.episode
             && self.episode_state == other.episode_state
             && self.cut == other.cut
@@ -330,6 +350,8 @@ impl RunState {
         for (&seq, state) in &self.sequences {
             self.timers.extend(state.all_timers(seq, policy));
         }
+        self.timers
+            .extend(self.missing.iter().filter_map(Missing::timer));
         if let Some(due) = self.rollback_due(policy) {
             self.timers.insert(Timer {
                 due,
@@ -400,34 +422,103 @@ impl RunState {
     }
 
     pub fn open_findings(&self) -> usize {
+        let in_ranges: u64 = self
+            .missing
+            .iter()
+            .filter(|m| m.detected_at.is_some())
+            .map(Missing::len)
+            .sum();
         self.sequences
             .values()
             .flat_map(|s| s.findings.iter().flatten())
             .filter(|f| f.is_open())
             .count()
+            + in_ranges as usize
+    }
+
+    /// Sequences with an open `activation_gap` (still missing, deadline passed), with its
+    /// `detected_at`, in order.
+    pub fn open_gaps(&self) -> impl Iterator<Item = (u64, Millis)> + '_ {
+        self.missing
+            .iter()
+            .filter_map(|m| m.detected_at.map(|at| (m.from..m.to, at)))
+            .flat_map(|(range, at)| range.map(move |seq| (seq, at)))
+    }
+
+    /// Makes `[from, to)` missing with its gap deadline `gap_due` (it lies above every
+    /// sequence seen so far, so above every range).
+    pub(crate) fn reveal_missing(&mut self, from: u64, to: u64, gap_due: Millis) {
+        debug_assert!(self.missing.last().is_none_or(|m| m.to <= from));
+        let range = Missing {
+            from,
+            to,
+            gap_due,
+            detected_at: None,
+        };
+        self.timers.extend(range.timer());
+        self.missing.push(range);
+    }
+
+    /// The activation of `seq` arrived: it leaves its missing range (split in two). Returns
+    /// the range's gap deadline and detection, when it was missing.
+    pub(crate) fn fill_missing(&mut self, seq: u64) -> Option<Missing> {
+        let i = self.missing.iter().position(|m| m.contains(seq))?;
+        let range = self.missing.remove(i);
+        if let Some(timer) = range.timer() {
+            self.timers.remove(&timer);
+        }
+        let below = Missing { to: seq, ..range };
+        let above = Missing {
+            from: seq + 1,
+            ..range
+        };
+        for (offset, part) in [below, above]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            self.timers.extend(part.timer());
+            self.missing.insert(i + offset, part);
+        }
+        Some(range)
+    }
+
+    /// The gap deadline `due` passed for the range starting at `from`: every sequence of it
+    /// has an open finding from now on. Returns the range.
+    pub(crate) fn detect_missing(&mut self, from: u64, due: Millis) -> Option<Missing> {
+        let range = self
+            .missing
+            .iter_mut()
+            .find(|m| m.from == from && m.detected_at.is_none() && m.gap_due == due)?;
+        range.detected_at = Some(due);
+        let detected = *range;
+        self.timers.remove(&Timer {
+            due,
+            kind: TimerKind::Finding(FindingKind::ActivationGap),
+            sequence: from,
+        });
+        Some(detected)
     }
 
     /// Whether an open finding counts towards the episode (see [`EpisodeState`]).
     pub fn has_counting_finding(&self) -> bool {
-        self.sequences.values().any(|s| {
-            [
-                FindingKind::AckMissing,
-                FindingKind::ActivationGap,
-                FindingKind::SequenceConflict,
-            ]
-            .into_iter()
-            .any(|kind| s.counts(kind))
-        })
+        self.missing.iter().any(|m| m.detected_at.is_some())
+            || self.sequences.values().any(|s| {
+                [
+                    FindingKind::AckMissing,
+                    FindingKind::ActivationGap,
+                    FindingKind::SequenceConflict,
+                ]
+                .into_iter()
+                .any(|kind| s.counts(kind))
+            })
     }
 
     /// The lowest sequence below `seq` whose activation is missing with its gap pending or
-    /// open: what holds back the ACK of `seq` (semantics §2 "Blocked ACKs").
+    /// open: what holds back the ACK of `seq` (semantics §2 "Blocked ACKs"). Every sequence
+    /// of a missing range is pending or open, and exempt sequences are in none.
     pub fn blocker_of(&self, seq: u64) -> Option<u64> {
-        self.sequences
-            .iter()
-            .take_while(|(&m, _)| m < seq)
-            .find(|(_, s)| s.gap_pending_or_open())
-            .map(|(&m, _)| m)
+        self.missing.first().map(|m| m.from).filter(|&m| m < seq)
     }
 
     /// Whether an activation that filled a gap during the current episode still waits for

@@ -227,8 +227,8 @@ mod tests {
                         prop_assert_eq!(map.insert(s, state(v)), model.insert(s, state(v)));
                     }
                     Op::GetOrDefault(s, v) => {
-                        map.get_or_default(s).gap_due = Some(v);
-                        model.entry(s).or_default().gap_due = Some(v);
+                        map.get_or_default(s).ack_ms = Some(v);
+                        model.entry(s).or_default().ack_ms = Some(v);
                     }
                     Op::InsertAbsent(new, v) => {
                         let new: Vec<u64> =

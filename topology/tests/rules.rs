@@ -673,3 +673,35 @@ fn records_over_the_size_bound_are_classified_by_their_envelope_type() {
     );
     assert_eq!(task.counters().untracked, 1);
 }
+
+#[test]
+fn a_missing_range_is_raised_as_one_event_and_resolved_sequence_by_sequence() {
+    // 1 arrives, then 5: 2, 3 and 4 are one missing range (one timer, one event); 3 arrives in
+    // the middle (the range splits), then 2 and 4.
+    // Another run's records move stream time past the gap deadline before the fills come.
+    let mut records = vec![
+        warm(),
+        act(0, "r", 1),
+        ack(10, "r", 1),
+        act(100, "r", 5),
+        ack(110, "r", 5),
+    ];
+    records.extend([act(3150, "o", 1), ack(3160, "o", 1)]);
+    records.push(act(200, "r", 3).stamped(3200));
+    records.extend([
+        act(210, "r", 2).stamped(3300),
+        act(220, "r", 4).stamped(3400),
+    ]);
+    check(
+        &records,
+        None,
+        "latency 10 freeze
+         latency 10 freeze
+         detected activation_gap w/r [2, 3, 4] phase=null blocked_by=- at=3100 key=ackwatch:gap:w:r:activation_gap:2:1772442003100:detected
+         pause w/r episode=1 at=3100 key=ackwatch:signal:w:r:pause:1:1772442003100
+         latency 10 freeze
+         resolved activation_gap w/r [3] at=200 key=ackwatch:gap:w:r:activation_gap:3:1772442003100:resolved
+         resolved activation_gap w/r [2] at=210 key=ackwatch:gap:w:r:activation_gap:2:1772442003100:resolved
+         resolved activation_gap w/r [4] at=220 key=ackwatch:gap:w:r:activation_gap:4:1772442003100:resolved",
+    );
+}

@@ -3,7 +3,7 @@
 use crate::decode::{Ack, Activation};
 use crate::limits::{GAP_SPAN_MAX, RUN_SEQUENCES_MAX};
 use crate::output::{Outcome, Output};
-use crate::run::{ActivationSeen, FindingKind, FindingState, SeqState};
+use crate::run::{ActivationSeen, FindingKind, FindingState};
 use crate::time::Millis;
 
 use super::episode::Raised;
@@ -81,41 +81,11 @@ impl Task {
                 run.cut += seq - from - GAP_SPAN_MAX;
                 from = seq - GAP_SPAN_MAX;
             }
-            let gap_due = act.event_ms.saturating_add(policy.gap_timeout_ms);
-            // Highest first, so a run near its limit keeps the sequences closest to this one.
-            let mut kept_from = from;
-            let mut len = run.sequences.len();
-            for missing in (from..seq).rev() {
-                if !run.sequences.contains_key(&missing) {
-                    if len + 1 >= RUN_SEQUENCES_MAX {
-                        let left = missing - from + 1;
-                        run.cut += left;
-                        self.counters.cut("run_sequences", left);
-                        kept_from = missing + 1;
-                        break;
-                    }
-                    len += 1;
-                }
-            }
-            let mut absent = Vec::new();
-            for missing in kept_from..seq {
-                let Some(state) = run.sequences.get(&missing) else {
-                    absent.push(missing);
-                    continue;
-                };
-                if state.activation.is_none() && state.gap_due.is_none() {
-                    run.untrack(missing, &policy);
-                    run.sequences.get_or_default(missing).gap_due = Some(gap_due);
-                    run.track(missing, &policy);
-                }
-            }
-            run.sequences.insert_absent(&absent, || SeqState {
-                gap_due: Some(gap_due),
-                ..SeqState::default()
-            });
-            for &missing in &absent {
-                run.track(missing, &policy);
-            }
+            run.reveal_missing(
+                from,
+                seq,
+                act.event_ms.saturating_add(policy.gap_timeout_ms),
+            );
         }
         run.max_sequence = Some(run.max_sequence.map_or(seq, |m| m.max(seq)));
 
@@ -133,12 +103,17 @@ impl Task {
         if let Some(raw) = latency {
             self.observe_latency(act.phase, raw, out);
         }
+        // A filled gap that was raised: its open finding moves from the range to the sequence
+        // (resolved just below), and the episode waits for this sequence's ACK.
         let run = self.runs.get_mut(&key).expect("run exists");
-        if let Some(state) = run.sequences.get_mut(&seq).filter(|s| {
-            s.finding(FindingKind::ActivationGap)
-                .is_some_and(FindingState::is_open)
-        }) {
-            state.filled_in_episode = Some(run.episode);
+        if let Some(detected_at) = run.fill_missing(seq).and_then(|m| m.detected_at) {
+            let episode = run.episode;
+            let state = run.sequences.get_mut(&seq).expect("just recorded");
+            state.findings[FindingKind::ActivationGap.index()] = Some(FindingState {
+                detected_at,
+                resolved_at: None,
+            });
+            state.filled_in_episode = Some(episode);
         }
         for kind in [FindingKind::ActivationGap, FindingKind::OrphanAck] {
             self.resolve(&key, seq, kind, act.event_ms, out);

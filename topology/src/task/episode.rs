@@ -245,6 +245,20 @@ pub(super) fn record_findings(
     due: Millis,
     policy: &Policy,
 ) -> Vec<Raised> {
+    if kind == FindingKind::ActivationGap {
+        // Gap timers are one per missing range, under its first sequence.
+        let sequences = group
+            .iter()
+            .filter_map(|&from| run.detect_missing(from, due))
+            .flat_map(|m| m.from..m.to)
+            .collect();
+        return vec![Raised {
+            kind,
+            phase: None,
+            blocked_by: None,
+            sequences,
+        }];
+    }
     let mut raised: Vec<Raised> = Vec::new();
     for &seq in group {
         // The blocker is judged before any of the group is recorded: an `ack_missing` group

@@ -415,7 +415,8 @@ impl Task {
             .runs
             .iter()
             .flat_map(|(run, state)| {
-                state.pending_timers().filter_map(move |t| match t.kind {
+                let per_sequence = state.pending_timers().filter_map(move |t| match t.kind {
+                    TimerKind::Finding(FindingKind::ActivationGap) => None,
                     TimerKind::Finding(kind) => Some(Pending {
                         kind,
                         run: run.clone(),
@@ -423,7 +424,21 @@ impl Task {
                         due: t.due,
                     }),
                     TimerKind::Release | TimerKind::Rollback => None,
-                })
+                });
+                // A pending gap is one timer for its whole range: one entry per sequence.
+                let gaps = state
+                    .missing
+                    .iter()
+                    .filter(|m| m.detected_at.is_none())
+                    .flat_map(move |m| {
+                        (m.from..m.to).map(move |sequence| Pending {
+                            kind: FindingKind::ActivationGap,
+                            run: run.clone(),
+                            sequence,
+                            due: m.gap_due,
+                        })
+                    });
+                per_sequence.chain(gaps)
             })
             .collect();
         pending.sort();
