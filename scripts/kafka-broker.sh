@@ -4,12 +4,14 @@
 #   scripts/kafka-broker.sh start DIR   starts it with its log dir in DIR, waits until it answers
 #                                       metadata requests, prints the bootstrap address
 #   scripts/kafka-broker.sh stop DIR    stops it (and removes nothing; DIR is the caller's)
+#   scripts/kafka-broker.sh kill DIR    kills it with SIGKILL (no shutdown, no flush: a crash or a
+#                                       lost host, as an outage test wants it)
 #   scripts/kafka-broker.sh restart DIR starts a stopped broker again: same ports, same data
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
-cmd="${1:?usage: kafka-broker.sh start|stop|restart DIR}"
-dir="${2:?usage: kafka-broker.sh start|stop|restart DIR}"
+cmd="${1:?usage: kafka-broker.sh start|stop|kill|restart DIR}"
+dir="${2:?usage: kafka-broker.sh start|stop|kill|restart DIR}"
 java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
            -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*")
 
@@ -83,10 +85,17 @@ stop)
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
   kill -9 "$pid" 2>/dev/null || true
   ;;
+kill)
+  [ -f "$dir/pid" ] || { echo "no broker was started in $dir" >&2; exit 1; }
+  pid=$(cat "$dir/pid")
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.1; done
+  echo "broker $pid in $dir survived SIGKILL" >&2; exit 1
+  ;;
 restart)
   [ -f "$dir/server.properties" ] || { echo "no broker was started in $dir" >&2; exit 1; }
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then echo "broker in $dir is running" >&2; exit 1; fi
   launch
   ;;
-*) echo "usage: kafka-broker.sh start|stop|restart DIR" >&2; exit 2 ;;
+*) echo "usage: kafka-broker.sh start|stop|kill|restart DIR" >&2; exit 2 ;;
 esac

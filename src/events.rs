@@ -177,7 +177,7 @@ impl<'a> KafkaClientError<'a> {
         );
         metrics.kafka_errors.with_label_values(&[&self.code]).inc();
         if self.all_brokers_down {
-            metrics.all_brokers_down.set(1);
+            metrics.brokers.mark_down();
         }
     }
 }
@@ -495,5 +495,143 @@ impl StoreRebuilt<'_> {
             "local store disagrees with its checkpoint; restoring it from the changelog's beginning"
         );
         metrics.stores_rebuilt.inc();
+    }
+}
+
+/// exactly_once_v2: the broker refused the open transaction (an outage, a rebalance that fenced
+/// its offsets); it is aborted and the thread's tasks restart from their last commit.
+pub struct TransactionAborted {
+    pub thread: usize,
+    pub tasks: usize,
+}
+
+impl TransactionAborted {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            thread = self.thread,
+            tasks = self.tasks,
+            "transaction refused by the broker; aborting it, the tasks restart from their last commit"
+        );
+        metrics.transactions_aborted.inc();
+    }
+}
+
+/// A task could not start because the broker did not answer (its restore, offsets or seek);
+/// it is started again once the brokers answer.
+pub struct TaskStartDeferred<'a> {
+    pub partition: i32,
+    pub error: &'a anyhow::Error,
+}
+
+impl TaskStartDeferred<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            partition = self.partition,
+            error = format!("{:#}", self.error),
+            "task start deferred until the brokers answer"
+        );
+        metrics.task_starts_deferred.inc();
+    }
+}
+
+/// The consumer lost its assignment (its session expired, e.g. in a broker outage): the tasks
+/// close without a commit (another member may own the partitions already) and restart from the
+/// changelog and the committed offsets when assigned again.
+pub struct AssignmentLost<'a> {
+    pub thread: usize,
+    pub partitions: &'a [i32],
+}
+
+impl AssignmentLost<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            thread = self.thread,
+            partitions = ?self.partitions,
+            "assignment lost (group session expired); tasks closed without a commit"
+        );
+        metrics.assignments_lost.inc();
+    }
+}
+
+/// A revocation's commit did not finish within `COMMIT_TIMEOUT`: the revoked tasks close
+/// without it (their next owner re-processes from the last commit).
+pub struct RevocationCommitUnfinished {
+    pub thread: usize,
+}
+
+impl RevocationCommitUnfinished {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            thread = self.thread,
+            "commit on revocation not acknowledged in time; revoked tasks close without it"
+        );
+        metrics.commit_failures.inc();
+    }
+}
+
+/// exactly_once_v2: the producer was fenced (its transaction timed out on the coordinator, as in
+/// a broker outage longer than `transaction.timeout.ms`): it is replaced by a new one and the
+/// thread's tasks restart from their last commit.
+pub struct ProducerReplaced<'a> {
+    pub thread: usize,
+    pub error: &'a anyhow::Error,
+}
+
+impl ProducerReplaced<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            thread = self.thread,
+            error = format!("{:#}", self.error),
+            "producer fenced; replacing it, the tasks restart from their last commit"
+        );
+        metrics.producers_replaced.inc();
+    }
+}
+
+/// An input partition makes no progress although the broker holds records after its position
+/// (`src/runtime/stalls.rs`): its deadlines cannot fire and its records are not judged.
+pub struct PartitionStalled<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub position: i64,
+    pub high: i64,
+    pub for_: std::time::Duration,
+}
+
+impl PartitionStalled<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let reason = format!(
+            "no progress for {} s at offset {} while the broker's high watermark is {}: a \
+             transaction another producer left open (read_committed readers stop at it until it \
+             ends or times out), a record this client cannot read, or a stuck client; findings of \
+             this partition are not raised meanwhile",
+            self.for_.as_secs(),
+            self.position,
+            self.high
+        );
+        tracing::error!(
+            topic = self.topic,
+            partition = self.partition,
+            reason = reason.as_str(),
+            "input partition stalled"
+        );
+        metrics.stalls.set(self.topic, self.partition, reason);
+    }
+}
+
+/// A stalled input partition progresses again.
+pub struct PartitionProgressing<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+}
+
+impl PartitionProgressing<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(
+            topic = self.topic,
+            partition = self.partition,
+            "input partition progressing again"
+        );
+        metrics.stalls.clear(self.topic, self.partition);
     }
 }

@@ -11,12 +11,15 @@
 //! - [`sinks`]: what leaves the processor besides Kafka records' bytes: output encoding, alerts
 //!   to Alertmanager, signals to WorldService over HTTP;
 //! - [`settings`], [`metrics`], [`events`]: configuration, Prometheus metrics, and one struct per
-//!   internal occurrence whose `emit` logs and counts together.
+//!   internal occurrence whose `emit` logs and counts together;
+//! - [`secrets`]: configuration values scrubbed from everything written, URLs shown without
+//!   their credentials.
 
 pub mod audit;
 pub mod events;
 pub mod metrics;
 pub mod runtime;
+pub mod secrets;
 pub mod settings;
 pub mod sim;
 pub mod sinks;

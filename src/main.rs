@@ -120,7 +120,7 @@ fn init_logging() {
         .unwrap_or_else(|_| "info,librdkafka=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(ackwatch::secrets::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -134,7 +134,7 @@ fn init_logging_quiet() {
         .unwrap_or_else(|_| "warn,librdkafka=error".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(ackwatch::secrets::stderr)
         .init();
 }
 
@@ -149,7 +149,7 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
         ackwatch::runtime::ChangelogCheck::Report,
     ))?;
     for line in lines {
-        println!("{line}");
+        println!("{}", ackwatch::secrets::scrub(&line));
     }
     Ok(())
 }
@@ -482,7 +482,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ackwatch::secrets::scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -50,7 +50,8 @@ pub struct Metrics {
     pub kafka_errors: IntCounterVec,
     pub alerts_firing: IntGauge,
     pub alert_posts: IntCounterVec,
-    pub all_brokers_down: IntGauge,
+    /// Whether the brokers can be reached; owns `ackwatch_kafka_all_brokers_down`.
+    pub brokers: crate::runtime::brokers::BrokerHealth,
     pub worldservice_posts: IntCounterVec,
     pub worldservice_signals: IntCounterVec,
     pub stores_wiped: IntCounter,
@@ -59,6 +60,12 @@ pub struct Metrics {
     pub misplaced_records: IntCounterVec,
     pub partitioners_disagree: ThreadGauge,
     pub clamped_records: IntCounterVec,
+    pub transactions_aborted: IntCounter,
+    pub task_starts_deferred: IntCounter,
+    pub assignments_lost: IntCounter,
+    pub producers_replaced: IntCounter,
+    /// Input partitions that cannot make progress; owns `ackwatch_partition_stalled`.
+    pub stalls: crate::runtime::stalls::Stalls,
 }
 
 /// How a [`ThreadGauge`] combines the stream threads' parts.
@@ -339,11 +346,11 @@ impl Metrics {
                 "Posts to Alertmanager by URL and result",
                 &["url", "result"],
             ),
-            all_brokers_down: gauge(
+            brokers: crate::runtime::brokers::BrokerHealth::new(gauge(
                 &r,
                 "ackwatch_kafka_all_brokers_down",
-                "1 while the Kafka client reaches no broker",
-            ),
+                "1 from a client's report that it reaches no broker until a broker answers a request",
+            )),
             worldservice_posts: counter_vec(
                 &r,
                 "ackwatch_worldservice_posts_total",
@@ -392,6 +399,35 @@ impl Metrics {
                 "Records whose event time was clamped to record timestamp (or wall clock) + \
                  max_clock_lead_ms, by topic",
                 &["topic"],
+            ),
+            transactions_aborted: counter(
+                &r,
+                "ackwatch_transactions_aborted_total",
+                "exactly_once_v2 transactions the broker refused and ackwatch aborted (the tasks \
+                 restarted from their last commit)",
+            ),
+            task_starts_deferred: counter(
+                &r,
+                "ackwatch_task_starts_deferred_total",
+                "Task starts put off because the broker did not answer",
+            ),
+            assignments_lost: counter(
+                &r,
+                "ackwatch_assignments_lost_total",
+                "Assignments lost by an expired group session (tasks closed without a commit)",
+            ),
+            stalls: crate::runtime::stalls::Stalls::new(gauge_vec(
+                &r,
+                "ackwatch_partition_stalled",
+                "1 while an input partition makes no progress although the broker holds records \
+                 after its position (see /healthz for the reason)",
+                &["topic", "partition"],
+            )),
+            producers_replaced: counter(
+                &r,
+                "ackwatch_producers_replaced_total",
+                "exactly_once_v2 producers replaced after a fencing (the tasks restarted from \
+                 their last commit)",
             ),
             registry: r,
         };

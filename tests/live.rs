@@ -436,3 +436,64 @@ fn instances_join_and_die_and_partitions_move() {
     assert!(b.terminate(Duration::from_secs(30)).success());
     assert!(c.terminate(Duration::from_secs(30)).success());
 }
+
+/// Static membership is the default, and a SIGTERM still leaves the group: the survivor owns
+/// every partition long before the stopped member's session (30 s here) would have expired.
+/// (librdkafka sends no LeaveGroup for a static member that merely closes.)
+#[test]
+fn a_stopped_static_member_leaves_the_group_at_once() {
+    const SESSION_TIMEOUT_MS: u64 = 30_000;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = rt.block_on(LiveTopics::create("live-leave", 4));
+    let app = support::unique("app-leave");
+    let start = |instance: &str| {
+        let (config, http) =
+            support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let longer = text.replace(
+            "\"session.timeout.ms\" = \"6000\"",
+            &format!("\"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\""),
+        );
+        assert_ne!(text, longer, "the session timeout is set where expected");
+        std::fs::write(&config, longer).unwrap();
+        Processor::start(&config, &http)
+    };
+    let owned = |p: &Processor| -> Vec<i64> {
+        support::http_get(&p.http, "/runs/no_such_world")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| {
+                v["owned_partitions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            })
+            .unwrap_or_default()
+    };
+    let mut a = start("a");
+    a.wait_ready(READY_TIMEOUT);
+    let mut b = start("b");
+    b.wait_ready(READY_TIMEOUT);
+    wait_for(|| (!owned(&a).is_empty() && !owned(&b).is_empty()).then_some(()));
+    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    assert!(log.contains("\"partitions assigned\""), "{log}");
+    assert!(
+        a.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        a.log_text()
+    );
+    let stopped = std::time::Instant::now();
+    while owned(&b) != [0, 1, 2, 3] {
+        assert!(
+            stopped.elapsed() < Duration::from_millis(SESSION_TIMEOUT_MS / 3),
+            "the survivor did not get the stopped member's partitions within a third of its \
+             session timeout: it did not leave the group\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "partitions moved {:?} after the SIGTERM'd member exited",
+        stopped.elapsed()
+    );
+    assert!(b.terminate(Duration::from_secs(30)).success());
+}

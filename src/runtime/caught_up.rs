@@ -1,19 +1,40 @@
-//! Whether a task has read its partitions to their ends (semantics §4 "caught up"): the client's
-//! cached high watermarks (no request) decide what the partition group waits for; a request to
-//! the broker confirms it before the wall clock fires anything.
+//! Whether a task has read its partitions to their ends (semantics §4 "caught up"). The
+//! client's cached high watermarks (no request) are trusted only once the task's position has
+//! been confirmed against the broker since the task started and since the last broker outage
+//! ([`Confirmations`]); until then the partition group treats no partition as empty. Before the
+//! wall clock fires anything, the position is confirmed again, every time.
 
 use std::ffi::CString;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ackwatch_topology::{PerSide, Side};
 use anyhow::Context as _;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::consumer::BaseConsumer;
 
+use super::brokers::BrokerHealth;
 use super::task::LiveTask;
 
 /// Longest a watermark request confirming a task is caught up may take (it blocks processing).
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shortest time between two confirmation requests of one side of a task that is not
+/// confirmed yet (bounds the requests while a task catches up).
+const CONFIRM_SPACING: Duration = Duration::from_millis(100);
+
+/// What a task knows of its position against the broker, per side: the outage number at which
+/// it was last confirmed caught up (a newer outage makes it stale), and when it last asked.
+#[derive(Clone, Debug, Default)]
+pub struct Confirmations {
+    confirmed_in_outage: PerSide<Option<u64>>,
+    asked_at: PerSide<Option<Instant>>,
+}
+
+impl Confirmations {
+    /// Whether `side` was confirmed since the task started and since the last outage.
+    pub fn holds(&self, side: Side, brokers: &BrokerHealth) -> bool {
+        !brokers.is_down() && self.confirmed_in_outage[side] == Some(brokers.outages())
+    }
+}
 
 /// The two input topics, as the watermark calls need them.
 pub struct Watermarks {
@@ -77,31 +98,103 @@ impl Watermarks {
             .is_some_and(|high| task.offsets.fetched_next[side] >= high)
     }
 
+    /// Whether the partition group may treat `side` of the task as read to its end: the cached
+    /// watermark says so, and the position was confirmed against the broker since the task
+    /// started and since the last outage (asked here, at most every `CONFIRM_SPACING`, never
+    /// while the brokers are down).
+    #[allow(clippy::too_many_arguments)]
+    pub fn caught_up_for_merge<C: rdkafka::consumer::ConsumerContext, P: ClientContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        client: &Client<P>,
+        brokers: &BrokerHealth,
+        partition: i32,
+        fetched_next: i64,
+        side: Side,
+        confirmations: &mut Confirmations,
+    ) -> bool {
+        let cached = self
+            .cached_high(consumer, side, partition)
+            .is_some_and(|high| fetched_next >= high);
+        if !cached || brokers.is_down() {
+            return false;
+        }
+        if confirmations.holds(side, brokers) {
+            return true;
+        }
+        if confirmations.asked_at[side].is_some_and(|at| at.elapsed() < CONFIRM_SPACING) {
+            return false;
+        }
+        confirmations.asked_at[side] = Some(Instant::now());
+        self.confirm_side(
+            client,
+            brokers,
+            partition,
+            fetched_next,
+            side,
+            confirmations,
+        )
+    }
+
+    /// Asks the broker for `side`'s high watermark; records a confirmation when the task has
+    /// fetched up to it. A failed request means "not caught up".
+    fn confirm_side<P: ClientContext>(
+        &self,
+        client: &Client<P>,
+        brokers: &BrokerHealth,
+        partition: i32,
+        fetched_next: i64,
+        side: Side,
+        confirmations: &mut Confirmations,
+    ) -> bool {
+        // The outage number before the request: an outage that starts during it outdates it.
+        let outage = brokers.outages();
+        match client.fetch_watermarks(&self.topics[side], partition, WATERMARK_TIMEOUT) {
+            Ok((_, high)) => {
+                brokers.mark_up();
+                let caught_up = fetched_next >= high;
+                if caught_up {
+                    confirmations.confirmed_in_outage[side] = Some(outage);
+                }
+                caught_up
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Whether both sides of the task have been fetched to their high watermarks: first by the
     /// client's cached watermarks (no request), then, since a cached watermark can be stale
-    /// (a slow fetch, a busy broker) and wall-clock stream time would then pass deadlines of
-    /// records already on the broker, confirmed by asking the broker through `client`. Only
-    /// asked when a deadline is about to fire by the wall clock; a failed request means "not
-    /// caught up".
+    /// (a slow fetch, a busy broker, an outage) and wall-clock stream time would then pass
+    /// deadlines of records already on the broker, confirmed by asking the broker through
+    /// `client`. Only asked when a deadline is about to fire by the wall clock; never while the
+    /// brokers are down; a failed request means "not caught up".
     pub fn confirmed<C: rdkafka::consumer::ConsumerContext, P: ClientContext>(
         &self,
         consumer: &BaseConsumer<C>,
         client: &Client<P>,
-        task: &LiveTask,
+        brokers: &BrokerHealth,
+        task: &mut LiveTask,
     ) -> bool {
-        if !Side::BOTH
-            .iter()
-            .all(|&s| self.caught_up_cached(consumer, task, s))
+        if brokers.is_down()
+            || !Side::BOTH
+                .iter()
+                .all(|&s| self.caught_up_cached(consumer, task, s))
         {
             return false;
         }
         // Asked through the producer's client: the broker answers a connection's requests in
         // order, and the consumer's connection usually has a long-poll fetch in flight
         // (`fetch.wait.max.ms`, 500 ms), which held each confirmation for up to that long.
+        let (partition, fetched_next) = (task.partition(), task.offsets.fetched_next);
         Side::BOTH.iter().all(|&s| {
-            client
-                .fetch_watermarks(&self.topics[s], task.partition(), WATERMARK_TIMEOUT)
-                .is_ok_and(|(_, high)| task.offsets.fetched_next[s] >= high)
+            self.confirm_side(
+                client,
+                brokers,
+                partition,
+                fetched_next[s],
+                s,
+                &mut task.confirmations,
+            )
         })
     }
 }

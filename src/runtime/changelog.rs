@@ -261,7 +261,12 @@ fn read_range(
                     each(m.offset(), key, m.payload())?;
                 }
             }
-            Some(Err(e)) => bail!("cannot read changelog {topic}[{partition}]: {e}"),
+            Some(Err(e)) => {
+                // The client's error kept as the source: a task start tells a broker that did
+                // not answer (tried again) from a broken store.
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot read changelog {topic}[{partition}]")));
+            }
             // The last offsets may hold no record (transaction markers): the position says.
             None => next = next.max(position(consumer, topic, partition)?.unwrap_or(next)),
         }

@@ -159,7 +159,7 @@ pub fn describe(settings: &Settings) -> String {
                  Sink: worldservice-http-sink (POST {url})\n      <-- signal-source\n",
                 app = settings.runtime.application_id,
                 signal = t.signal,
-                url = settings.worldservice.url,
+                url = crate::secrets::display_url(&settings.worldservice.url),
             )
         },
         app = settings.runtime.application_id,

@@ -15,20 +15,27 @@
 //! idempotency keys) or were aborted (exactly_once_v2); the store never gets ahead of the
 //! changelog, nor the changelog ahead of the outputs, and a restore stops at the last marker,
 //! so a restored state is always one commit's, whole.
+//!
+//! The broker may not answer (an outage): the loop's commits wait at most `COMMIT_WAIT` at a
+//! step, and a commit not acknowledged by then is [`Committed::Pending`] and goes on at the next
+//! pass, the consumer polled in between. Under exactly_once_v2 a transaction the broker refuses
+//! is aborted and every task restarts from its last commit ([`Committed::Aborted`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ackwatch_state::{encode_changes, CommitMarker};
-use ackwatch_topology::Side;
+use ackwatch_topology::{PerSide, Side};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::stream_thread::Ctx;
 use super::task_manager::TaskManager;
-use crate::events::OffsetCommitFailed;
+use super::transaction::TxnProgress;
+use crate::events::{OffsetCommitFailed, TransactionAborted};
 
 /// Points of the commit protocol where a crash test may kill the process (`ACKWATCH_CRASH_AT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,52 +67,133 @@ impl CrashPoint {
     }
 }
 
+/// What a commit came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Every step done (or nothing to commit).
+    Done,
+    /// Waiting for the broker (outputs, changelog records or the transaction not acknowledged
+    /// within the wait): the commit goes on at the next pass of the loop, never fails for it.
+    Pending,
+    /// exactly_once_v2: the transaction must be aborted; every task restarts from its last
+    /// commit once it is (nothing it held is ever visible, so nothing is emitted twice).
+    Aborted,
+}
+
+/// A commit whose changelog records were sent (steps 1 and 2 done) and whose acknowledgement
+/// (step 3) may take several passes of the loop: the input offsets it commits, by task.
+pub struct Acknowledging {
+    offsets: BTreeMap<i32, PerSide<i64>>,
+    changelog_sent: bool,
+    started: Instant,
+}
+
 impl TaskManager {
-    /// Runs the commit protocol (module docs). An error is fatal: the process exits and a
-    /// restart recovers from the changelog.
-    pub fn commit(&mut self, consumer: &BaseConsumer<Ctx>) -> anyhow::Result<()> {
-        let started = Instant::now();
-        self.crash_point(CrashPoint::Start);
-        self.flush_outputs()?;
-        let changelog_sent = self.write_changelog()?;
-        let (offsets, offsets_moved) = self.processed_offsets()?;
-        self.acknowledge(consumer, &offsets, offsets_moved)?;
-        if changelog_sent {
+    /// Runs the commit protocol (module docs), waiting at most `wait` for the broker at each
+    /// step; a commit that waited longer goes on at the next call (`Pending`). An error is
+    /// fatal (the process exits and a restart recovers from the changelog); a broker that does
+    /// not answer is not an error.
+    pub fn commit(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        wait: Duration,
+    ) -> anyhow::Result<Committed> {
+        if self.acknowledging.is_none() {
+            if self.collector.is_aborting() {
+                return Ok(Committed::Pending);
+            }
+            let started = Instant::now();
+            self.crash_point(CrashPoint::Start);
+            if !self.flush_outputs(wait)? {
+                return Ok(Committed::Pending); // nothing taken yet: the next commit starts over
+            }
+            let changelog_sent = self.write_changelog()?;
+            self.acknowledging = Some(Acknowledging {
+                offsets: self
+                    .running()
+                    .map(|t| (t.partition(), t.offsets.processed_next))
+                    .collect(),
+                changelog_sent,
+                started,
+            });
+        }
+        self.finish_commit(consumer, wait)
+    }
+
+    /// Steps 3 to 5 of the commit under way.
+    fn finish_commit(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        wait: Duration,
+    ) -> anyhow::Result<Committed> {
+        let acknowledging = self.acknowledging.as_ref().expect("a commit is under way");
+        let (offsets, offsets_moved) = self.offsets_list(&acknowledging.offsets)?;
+        match self.acknowledge(consumer, &offsets, offsets_moved, wait)? {
+            TxnProgress::Retry => return Ok(Committed::Pending),
+            TxnProgress::MustAbort => {
+                self.acknowledging = None;
+                TransactionAborted {
+                    thread: self.thread,
+                    tasks: self.tasks.len(),
+                }
+                .emit(&self.metrics);
+                self.reset_tasks(consumer, "transaction aborted");
+                return Ok(Committed::Aborted);
+            }
+            TxnProgress::Done => {}
+        }
+        let acknowledging = self.acknowledging.take().expect("a commit is under way");
+        if acknowledging.changelog_sent {
             // The broker acknowledged this commit: whatever outage was reported is over.
-            self.metrics.all_brokers_down.set(0);
+            self.metrics.brokers.mark_up();
         }
         self.crash_point(CrashPoint::ChangelogAcknowledged);
         self.write_stores()?;
         self.crash_point(CrashPoint::StoreWritten);
-        if !self.commit_offsets(consumer, &offsets, offsets_moved) {
-            drop(offsets);
-            self.last_commit = Instant::now();
-            return Ok(());
+        if offsets_moved {
+            self.commit_offsets(consumer, &offsets);
         }
         drop(offsets);
         self.crash_point(CrashPoint::OffsetsCommitted);
         for task in self.running_mut() {
-            task.offsets.committed_next = task.offsets.processed_next;
+            if let Some(next) = acknowledging.offsets.get(&task.partition()) {
+                task.offsets.committed_next = *next;
+            }
         }
         self.metrics.commits.inc();
         self.metrics
             .commit_duration_ms
-            .observe(started.elapsed().as_secs_f64() * 1000.0);
+            .observe(acknowledging.started.elapsed().as_secs_f64() * 1000.0);
         self.last_commit = Instant::now();
-        Ok(())
+        Ok(Committed::Done)
+    }
+
+    /// A task of the commit under way was closed without it (revoked, lost): at_least_once,
+    /// its offsets are left out (they are no longer this member's to commit; its changelog
+    /// records still land, and its next owner starts after what they reflect). Under
+    /// exactly_once_v2 they stay: the transaction holds its records, and commits them with
+    /// their offsets or not at all.
+    pub(super) fn leave_out_of_commit(&mut self, partition: i32) {
+        if !self.collector.is_transactional() {
+            if let Some(a) = self.acknowledging.as_mut() {
+                a.offsets.remove(&partition);
+            }
+        }
     }
 
     /// Step 1, at_least_once: outputs first. A changelog record may reach the broker before the
     /// crash that stops this commit, and a restored state must never hold a finding whose
-    /// event was not delivered (re-processing would not emit it again).
-    fn flush_outputs(&mut self) -> anyhow::Result<()> {
+    /// event was not delivered (re-processing would not emit it again). Returns whether they
+    /// were acknowledged within `wait`.
+    fn flush_outputs(&mut self, wait: Duration) -> anyhow::Result<bool> {
         if self.collector.is_transactional() {
-            return Ok(());
+            return Ok(true);
         }
-        self.collector
-            .flush()
-            .context("outputs not acknowledged in time")?;
-        self.collector.check_deliveries()
+        if !self.collector.flush(wait)? {
+            return Ok(false);
+        }
+        self.collector.check_deliveries()?;
+        Ok(true)
     }
 
     /// Step 2: each task's changes, encoded once (kept for its store), produced to its
@@ -156,22 +244,31 @@ impl TaskManager {
         Ok(sent)
     }
 
-    /// The input offsets after the last processed record of every running task, and whether
-    /// any moved since the last commit.
-    fn processed_offsets(&self) -> anyhow::Result<(TopicPartitionList, bool)> {
-        let mut offsets = TopicPartitionList::new();
+    /// The input offsets of the commit under way as the client takes them, and whether any
+    /// moved since the last commit (a task closed since counts as moved under
+    /// exactly_once_v2, whose transaction holds its offsets).
+    fn offsets_list(
+        &self,
+        offsets: &BTreeMap<i32, PerSide<i64>>,
+    ) -> anyhow::Result<(TopicPartitionList, bool)> {
+        let mut list = TopicPartitionList::new();
         let mut moved = false;
-        for task in self.running() {
+        for (&partition, next) in offsets {
+            let committed = self
+                .tasks
+                .get(&partition)
+                .and_then(|t| t.running())
+                .map(|t| t.offsets.committed_next);
             for side in Side::BOTH {
-                offsets.add_partition_offset(
+                list.add_partition_offset(
                     self.watermarks.topic(side),
-                    task.partition(),
-                    Offset::Offset(task.offsets.processed_next[side]),
+                    partition,
+                    Offset::Offset(next[side]),
                 )?;
-                moved |= task.offsets.processed_next[side] != task.offsets.committed_next[side];
+                moved |= committed.is_none_or(|c| c[side] != next[side]);
             }
         }
-        Ok((offsets, moved))
+        Ok((list, moved))
     }
 
     /// Step 3: the broker has everything of this commit. at_least_once: every changelog record
@@ -182,20 +279,26 @@ impl TaskManager {
         consumer: &BaseConsumer<Ctx>,
         offsets: &TopicPartitionList,
         offsets_moved: bool,
-    ) -> anyhow::Result<()> {
-        if self.collector.is_transactional() {
+        wait: Duration,
+    ) -> anyhow::Result<TxnProgress> {
+        let progress = if self.collector.is_transactional() {
             if offsets_moved || self.collector.in_transaction() {
                 let group = consumer
                     .group_metadata()
                     .context("no consumer group metadata")?;
-                self.collector.commit_transaction(offsets, &group)?;
+                self.collector.commit_transaction(offsets, &group, wait)?
+            } else {
+                TxnProgress::Done
             }
+        } else if self.collector.flush(wait)? {
+            TxnProgress::Done
         } else {
-            self.collector
-                .flush()
-                .context("outputs and changelog records not acknowledged in time")?;
+            TxnProgress::Retry
+        };
+        if progress == TxnProgress::Done {
+            self.collector.check_deliveries()?;
         }
-        self.collector.check_deliveries()
+        Ok(progress)
     }
 
     /// Step 4: each store writes the records its changelog partition acknowledged, as one
@@ -212,26 +315,19 @@ impl TaskManager {
         Ok(())
     }
 
-    /// Step 5, at_least_once: the input offsets. A failure here is retried at the next commit
-    /// (everything else is durable); returns whether they were committed.
-    fn commit_offsets(
-        &self,
-        consumer: &BaseConsumer<Ctx>,
-        offsets: &TopicPartitionList,
-        offsets_moved: bool,
-    ) -> bool {
-        if self.collector.is_transactional() || !offsets_moved {
-            return true;
+    /// Step 5, at_least_once: the input offsets, committed asynchronously (a commit request
+    /// that outlives the broker must not hold the loop). A failure is reported by the
+    /// consumer's commit callback; the offsets move again at the next commit, and until then a
+    /// restart re-processes a few records (at_least_once: the same idempotency keys).
+    fn commit_offsets(&self, consumer: &BaseConsumer<Ctx>, offsets: &TopicPartitionList) {
+        if self.collector.is_transactional() {
+            return;
         }
-        match consumer.commit(offsets, CommitMode::Sync) {
-            Ok(()) => true,
-            Err(e) => {
-                OffsetCommitFailed {
-                    error: &e.to_string(),
-                }
-                .emit(&self.metrics);
-                false
+        if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
+            OffsetCommitFailed {
+                error: &e.to_string(),
             }
+            .emit(&self.metrics);
         }
     }
 

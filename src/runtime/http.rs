@@ -44,11 +44,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// 200 while the processor runs and sees every partition it owns; 500 after a fatal error;
+/// 503 while an input partition is stalled (docs/semantics.md §4), with the reason.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.fatal() {
-        None => (StatusCode::OK, "ok\n").into_response(),
-        Some(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed: {e}\n")).into_response(),
+    if let Some(e) = shared.fatal() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("failed: {e}\n")).into_response();
     }
+    let stalled = shared.metrics.stalls.describe();
+    if !stalled.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: {}\n", stalled.join("; ")),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

@@ -7,7 +7,10 @@
 //! - `task_manager.rs`: a thread's tasks (assignment, records in, processing, metrics);
 //! - `task.rs`: a task's states and transitions; `task_start.rs`: restore and start as steps;
 //! - `commit.rs`: the commit protocol as steps; `record_collector.rs`: the producer and
-//!   everything it writes; `caught_up.rs`: whether a task has read its partitions to the end;
+//!   everything it writes; `transaction.rs`: its transaction through broker errors
+//!   (exactly_once_v2); `caught_up.rs`: whether a task has read its partitions to the end;
+//! - `brokers.rs`: whether the brokers can be reached, and since when;
+//! - `stalls.rs`: input partitions that make no progress although behind;
 //! - `changelog.rs`: the changelog topic (creation, restore); `cluster.rs`: checks before
 //!   start and the topology description; `http.rs`: metrics, health and run queries.
 //!
@@ -16,16 +19,19 @@
 //! reads metrics without those mutexes; only `/runs` queries and the alert loop's scan take
 //! them, one thread's at a time.
 
+pub mod brokers;
 pub mod caught_up;
 pub mod changelog;
 pub mod cluster;
 pub mod commit;
 pub mod http;
 pub mod record_collector;
+pub mod stalls;
 pub mod stream_thread;
 pub mod task;
 pub mod task_manager;
 pub mod task_start;
+pub mod transaction;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,7 +156,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(
         application_id = settings.runtime.application_id.as_str(),
         bootstrap_servers = settings.kafka.bootstrap_servers.as_str(),
-        properties = ?settings.kafka.redacted_properties(),
+        properties = ?settings.kafka.property_names(),
         guarantee = ?settings.runtime.processing_guarantee,
         "starting"
     );

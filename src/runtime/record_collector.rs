@@ -21,12 +21,17 @@ use rdkafka::{ClientContext, Message, TopicPartitionList};
 use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated};
 use crate::metrics::Metrics;
 use crate::runtime::changelog;
+use crate::runtime::transaction::{Transaction, TxnProgress, TxnState};
 use crate::settings::{Guarantee, Settings, Topics};
 use crate::sinks::records::{self as sink, DeadLetter, DeadLetterBudget, Sink};
 
-/// Longest a commit waits for the broker to acknowledge outputs and changelog records before
-/// the process gives up and exits (a restart recovers from the changelog).
+/// Longest a revocation's or a shutdown's commit waits for the broker (the partitions move, or
+/// the process stops, without it after that: a restart recovers from the changelog).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a commit of the processing loop waits for the broker at once: one that is not
+/// acknowledged by then goes on at the next passes of the loop, which keeps polling (a
+/// broker outage never stops the loop, and never fails the commit).
+pub const COMMIT_WAIT: Duration = Duration::from_secs(1);
 /// Longest `init_transactions` may take when the producer starts.
 const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one wait of [`RecordCollector::flush`] serves delivery reports.
@@ -86,6 +91,12 @@ impl ProducerContext for ProducerCtx {
                 *end = (*end).max(m.offset() + 1);
             }
             Ok(_) => {}
+            // Records of an aborted transaction, purged by the abort: produced again after it.
+            Err((e, _))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) => {}
             Err((e, m))
                 if m.topic() == self.dead_letter_topic
                     && e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
@@ -123,7 +134,8 @@ impl ProducerContext for ProducerCtx {
 pub struct RecordCollector {
     producer: BaseProducer<ProducerCtx>,
     eos: bool,
-    in_transaction: bool,
+    /// Under exactly_once_v2, the producer's transaction (idle under at_least_once).
+    txn: Transaction,
     topics: Topics,
     input_topics: PerSide<String>,
     changelog_topic: String,
@@ -133,6 +145,10 @@ pub struct RecordCollector {
     /// Set when an output may change the firing alerts, so the alert loop posts soon (shared
     /// by every stream thread).
     alerts_dirty: Arc<AtomicBool>,
+    /// What the producer was made from, to make it again ([`Self::replace_producer`]).
+    settings: Settings,
+    thread: usize,
+    dead_letter_max_bytes: Option<usize>,
 }
 
 impl RecordCollector {
@@ -157,6 +173,12 @@ impl RecordCollector {
         // (murmur2), so consumers that join them with other world-keyed topics co-partition.
         if !settings.kafka.properties.contains_key("partitioner") {
             config.set("partitioner", "murmur2_random");
+        }
+        // at_least_once: a record is retried until the broker takes it, however long an outage
+        // lasts (librdkafka's default gives up after 5 minutes, and an output given up is an
+        // output lost). exactly_once_v2 bounds it by the transaction instead.
+        if !eos && !settings.kafka.properties.contains_key("message.timeout.ms") {
+            config.set("message.timeout.ms", "0");
         }
         if eos {
             let id = format!(
@@ -197,7 +219,7 @@ impl RecordCollector {
         Ok(RecordCollector {
             producer,
             eos,
-            in_transaction: false,
+            txn: Transaction::new(),
             topics: settings.topics.clone(),
             input_topics: PerSide::new(
                 settings.topics.activation.clone(),
@@ -207,15 +229,84 @@ impl RecordCollector {
             dead_letter_budget: DeadLetterBudget::new(producer_max_bytes, dead_letter_max_bytes),
             metrics,
             alerts_dirty,
+            settings: settings.clone(),
+            thread,
+            dead_letter_max_bytes,
         })
+    }
+
+    /// The producer has a fatal error (under exactly_once_v2: fenced, e.g. its transaction
+    /// timed out on the coordinator during a broker outage): it can produce nothing more.
+    pub fn producer_failed(&self) -> bool {
+        self.producer.client().fatal_error().is_some()
+    }
+
+    /// Replaces a failed producer with a new one of the same transactional id (its
+    /// `init_transactions` bumps the epoch and aborts what the old one left open), as Kafka
+    /// Streams does after a fencing. The old one's records are purged.
+    pub fn replace_producer(&mut self) -> anyhow::Result<()> {
+        let new = RecordCollector::new(
+            &self.settings,
+            self.metrics.clone(),
+            self.thread,
+            self.dead_letter_max_bytes,
+            self.alerts_dirty.clone(),
+        )?;
+        *self = new;
+        Ok(())
     }
 
     pub fn is_transactional(&self) -> bool {
         self.eos
     }
 
+    /// A transaction is open or being committed.
     pub fn in_transaction(&self) -> bool {
-        self.in_transaction
+        !matches!(self.txn.state, TxnState::Idle | TxnState::Aborting)
+    }
+
+    /// Whether processing may produce records now (not while a transaction is being committed
+    /// or aborted).
+    pub fn accepts_records(&self) -> bool {
+        self.txn.accepts_records()
+    }
+
+    /// Whether a task may start now: at_least_once, every record produced so far acknowledged
+    /// (a restore must see the changelog records of a commit that was still under way);
+    /// exactly_once_v2, no transaction waiting to be aborted.
+    pub fn can_start_tasks(&self) -> bool {
+        if self.eos {
+            self.txn.accepts_records()
+        } else {
+            self.producer.poll(Duration::ZERO);
+            self.producer.in_flight_count() == 0
+        }
+    }
+
+    /// Whether a transaction waits to be aborted ([`Self::abort`]).
+    pub fn is_aborting(&self) -> bool {
+        self.txn.state == TxnState::Aborting
+    }
+
+    /// The open transaction will be aborted (the assignment was lost, or the tasks restart).
+    pub fn abandon(&mut self) {
+        self.txn.abandon();
+    }
+
+    /// Aborts the transaction waiting to be aborted, waiting at most `wait`; `Retry` while
+    /// the broker does not answer. The records it held were purged; their delivery failures
+    /// are forgotten (the records are produced again when the tasks re-process them).
+    pub fn abort(&mut self, wait: Duration) -> anyhow::Result<TxnProgress> {
+        let progress = self.txn.abort(&self.producer, wait)?;
+        if progress == TxnProgress::Done {
+            self.producer.poll(Duration::ZERO);
+            let ctx = self.producer.context();
+            ctx.failures.store(0, Ordering::Relaxed);
+            *ctx.first_failure.lock().expect("not poisoned") = None;
+            ctx.stubs.lock().expect("not poisoned").clear();
+            self.take_changelog_ends();
+        }
+        Ok(progress)
     }
 
     /// The producer's client, for requests that must not queue behind the consumer's fetch
@@ -369,16 +460,6 @@ impl RecordCollector {
         self.send(&topic, Some(partition), Some(key), value, None)
     }
 
-    fn begin_if_needed(&mut self) -> anyhow::Result<()> {
-        if self.eos && !self.in_transaction {
-            self.producer
-                .begin_transaction()
-                .context("cannot begin a transaction")?;
-            self.in_transaction = true;
-        }
-        Ok(())
-    }
-
     /// Produces one record, waiting for queue space rather than failing.
     fn send(
         &mut self,
@@ -401,9 +482,8 @@ impl RecordCollector {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), rdkafka::error::KafkaError> {
-        if self.eos && !self.in_transaction {
-            self.producer.begin_transaction()?;
-            self.in_transaction = true;
+        if self.eos {
+            self.txn.begin_if_idle(&self.producer)?;
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic);
         if let Some(headers) = headers {
@@ -430,41 +510,32 @@ impl RecordCollector {
         }
     }
 
-    /// Adds the input offsets to the open transaction (one is begun if needed, so offsets move
-    /// even when nothing was produced) and commits it (exactly_once_v2).
+    /// Adds the input offsets to the transaction (one is begun if needed, so offsets move even
+    /// when nothing was produced) and commits it (exactly_once_v2), each step waiting at most
+    /// `wait`: `Retry` calls again later, `MustAbort` aborts ([`Self::abort`]).
     pub fn commit_transaction(
         &mut self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> anyhow::Result<()> {
-        self.begin_if_needed()?;
-        self.producer
-            .send_offsets_to_transaction(offsets, group, COMMIT_TIMEOUT)
-            .context("cannot add offsets to the transaction")?;
-        self.producer
-            .commit_transaction(COMMIT_TIMEOUT)
-            .context("cannot commit the transaction")?;
-        self.in_transaction = false;
-        Ok(())
+        wait: Duration,
+    ) -> anyhow::Result<TxnProgress> {
+        self.txn.commit(&self.producer, offsets, group, wait)
     }
 
-    /// Waits until the broker acknowledged every record produced so far (at most
-    /// `COMMIT_TIMEOUT`). Not rdkafka's `flush`: it waits in `poll(100 ms)`, and `poll` returns
+    /// Waits at most `wait` until the broker acknowledged every record produced so far; returns
+    /// whether it did. Not rdkafka's `flush`: it waits in `poll(100 ms)`, and `poll` returns
     /// only at its deadline, so every flush with anything in flight took at least 100 ms — two
     /// of them were half of a commit. Here the delivery reports are served in 1 ms steps.
-    pub fn flush(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
+    pub fn flush(&mut self, wait: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + wait;
         loop {
             self.producer.poll(Duration::ZERO);
             self.send_stubs()?;
             if self.producer.in_flight_count() == 0 {
-                return Ok(());
+                return Ok(true);
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} records still unacknowledged after {COMMIT_TIMEOUT:?}",
-                    self.producer.in_flight_count()
-                );
+                return Ok(false);
             }
             self.producer.poll(FLUSH_POLL_STEP);
         }
@@ -533,9 +604,9 @@ mod tests {
     fn producer_client_errors_are_reported() {
         let metrics = Arc::new(Metrics::new(["a", "b"]));
         let ctx = ProducerCtx::new("c".into(), "d".into(), metrics.clone());
-        let check = |code: RDKafkaErrorCode, down: i64| {
+        let check = |code: RDKafkaErrorCode, down: bool| {
             ctx.error(rdkafka::error::KafkaError::Global(code), "test");
-            assert_eq!(metrics.all_brokers_down.get(), down, "{code:?}");
+            assert_eq!(metrics.brokers.is_down(), down, "{code:?}");
             assert!(
                 metrics.render().contains(&format!(
                     "ackwatch_kafka_errors_total{{code=\"{code:?}\"}} 1"
@@ -543,7 +614,7 @@ mod tests {
                 "{code:?} counted"
             );
         };
-        check(RDKafkaErrorCode::BrokerTransportFailure, 0);
-        check(RDKafkaErrorCode::AllBrokersDown, 1);
+        check(RDKafkaErrorCode::BrokerTransportFailure, false);
+        check(RDKafkaErrorCode::AllBrokersDown, true);
     }
 }

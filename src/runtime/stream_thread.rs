@@ -25,9 +25,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::brokers::{PROBE_INTERVAL, PROBE_TIMEOUT};
+use super::commit::Committed;
+use super::record_collector::{COMMIT_TIMEOUT, COMMIT_WAIT};
 use super::task_manager::TaskManager;
 use super::{wall_ms, Shared, StreamThread};
-use crate::events::{CommitFailed, KafkaClientError, PartitionsAssigned, RebalanceFailed};
+use crate::events::{
+    AssignmentLost, CommitFailed, KafkaClientError, OffsetCommitFailed, PartitionsAssigned,
+    RebalanceFailed, RevocationCommitUnfinished,
+};
 use crate::settings::Settings;
 
 /// Longest a `poll` blocks when nothing arrives: bounds how late a punctuation or commit runs.
@@ -39,6 +45,10 @@ const PUNCTUATE_INTERVAL: Duration = Duration::from_millis(50);
 const DUE_PUNCTUATE_SPACING: Duration = Duration::from_millis(5);
 /// How often the state-summarising gauges are recomputed (a scan of every run held).
 const METRICS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a shutdown polls after unsubscribing, for the revocation and the LeaveGroup.
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+/// Shortest such polling (the LeaveGroup request is sent after the revocation completes).
+const LEAVE_SEND: Duration = Duration::from_millis(200);
 /// Records taken from the consumer per pass of the loop (one lock, one processing pass per
 /// task). Cost: as many librdkafka messages held at once.
 pub const POLL_BATCH_RECORDS_MAX: usize = 512;
@@ -70,6 +80,17 @@ fn partitions_by_topic(list: &TopicPartitionList, topic: &str) -> BTreeSet<i32> 
 }
 
 impl ConsumerContext for Ctx {
+    /// The result of an asynchronous offset commit (`commit.rs` step 5): a failure is retried
+    /// by the next commit.
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            OffsetCommitFailed {
+                error: &e.to_string(),
+            }
+            .emit(&self.shared.metrics);
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.thread().generation.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(list) = rebalance {
@@ -79,12 +100,37 @@ impl ConsumerContext for Ctx {
             self.thread().ready.store(false, Ordering::SeqCst);
             let mut tasks = self.thread().tasks();
             tasks.assigned = false;
-            if let Err(e) = tasks.commit(consumer) {
-                CommitFailed { error: &e }.emit(&self.shared.metrics);
-                self.shared
-                    .set_fatal(format!("commit on revocation failed: {e:#}"));
-            }
-            tasks.close_tasks(&revoked, "revoked");
+            let reason = if consumer.assignment_lost() {
+                // Kafka Streams' "lost" partitions: no commit (another member may own them and
+                // have processed past us already); the tasks close as they are.
+                AssignmentLost {
+                    thread: self.thread,
+                    partitions: &tasks.partitions(),
+                }
+                .emit(&self.shared.metrics);
+                tasks.abandon_transaction();
+                "lost"
+            } else {
+                match tasks.commit(consumer, COMMIT_TIMEOUT) {
+                    Ok(Committed::Done) => {}
+                    Ok(Committed::Pending | Committed::Aborted) => {
+                        RevocationCommitUnfinished {
+                            thread: self.thread,
+                        }
+                        .emit(&self.shared.metrics);
+                        tasks.abandon_transaction();
+                    }
+                    Err(e) => {
+                        if let Err(e) = tasks.recover_from_fencing(consumer, e) {
+                            CommitFailed { error: &e }.emit(&self.shared.metrics);
+                            self.shared
+                                .set_fatal(format!("commit on revocation failed: {e:#}"));
+                        }
+                    }
+                }
+                "revoked"
+            };
+            tasks.close_tasks(&revoked, reason);
             PartitionsAssigned {
                 thread: self.thread,
                 partitions: &tasks.partitions(),
@@ -183,6 +229,7 @@ pub fn run(shared: &Arc<Shared>, index: usize) -> anyhow::Result<()> {
         poll_clock: Duration::ZERO,
         last_punctuate: Instant::now(),
         last_refresh: Instant::now(),
+        last_probe: None,
         wall_fire_ms: None,
     };
     let result = loop {
@@ -198,19 +245,41 @@ pub fn run(shared: &Arc<Shared>, index: usize) -> anyhow::Result<()> {
     thread.ready.store(false, Ordering::SeqCst);
     if result.is_ok() {
         let mut tasks = thread.tasks();
-        tasks
-            .commit(&consumer)
+        let committed = tasks
+            .commit(&consumer, COMMIT_TIMEOUT)
             .inspect_err(|e| CommitFailed { error: e }.emit(&shared.metrics))?;
+        if committed != Committed::Done {
+            let e = anyhow::anyhow!(
+                "the last commit was not acknowledged within {COMMIT_TIMEOUT:?}; a restart \
+                 recovers from the changelog"
+            );
+            CommitFailed { error: &e }.emit(&shared.metrics);
+            return Err(e);
+        }
         let all: BTreeSet<i32> = tasks.partitions().into_iter().collect();
         tasks.close_tasks(&all, "shutdown");
+        drop(tasks);
+        leave_group(&consumer);
     }
-    // Leaving the group: the consumer's close runs the revocation callback (nothing left to
-    // commit) and tells the coordinator, so the partitions move at once.
     drop(consumer);
     if result.is_ok() {
         tracing::info!(thread = index, "stream thread stopped cleanly");
     }
     result
+}
+
+/// Leaves the group so the partitions move at once, static member or not: librdkafka sends no
+/// LeaveGroup for a static member that closes (KIP-345), but does for one that unsubscribes.
+/// The revocation callback runs in the polls (nothing left to commit).
+fn leave_group(consumer: &BaseConsumer<Ctx>) {
+    consumer.unsubscribe();
+    let started = Instant::now();
+    while started.elapsed() < LEAVE_WAIT {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if consumer.assignment().is_ok_and(|a| a.count() == 0) && started.elapsed() >= LEAVE_SEND {
+            break;
+        }
+    }
 }
 
 /// The loop's own state between passes.
@@ -226,34 +295,44 @@ struct StreamThreadLoop<'a> {
     poll_clock: Duration,
     last_punctuate: Instant,
     last_refresh: Instant,
+    /// When the brokers were last probed during an outage.
+    last_probe: Option<Instant>,
     /// When the earliest deadline of any task can fire by the wall clock (docs/semantics.md §4): the loop
     /// punctuates then, so a finding waits `lateness_ms`, not also a punctuation interval.
     wall_fire_ms: Option<Millis>,
 }
 
 impl StreamThreadLoop<'_> {
-    /// One pass: poll → start new tasks → add records to tasks → process → punctuate → maybe
-    /// commit → refresh metrics → publish readiness.
+    /// One pass: poll → (while the brokers are down, probe them; abort a refused transaction)
+    /// → start new tasks → add records to tasks → process → punctuate → maybe commit →
+    /// refresh metrics → publish readiness.
     fn run_once(&mut self) -> anyhow::Result<()> {
         let polled = self.poll();
         let tick = Instant::now();
         let now = wall_ms();
         let mut tasks = self.thread.tasks();
-        self.poll_clock += polled;
+        let brokers = &self.shared.metrics.brokers;
+        if !brokers.is_down() {
+            // No record can arrive while no broker answers: a lagging partition's wait
+            // (`max_task_idle_ms`) does not run out in an outage.
+            self.poll_clock += polled;
+        }
         tasks.poll_clock_ms = self.poll_clock.as_millis() as Millis;
         if let Some(fatal) = self.shared.fatal() {
             bail!(fatal);
         }
-        self.start_new_tasks(&mut tasks)?;
-        self.report_client_errors()?;
-        self.add_records_to_tasks(&mut tasks)?;
-        self.maybe_punctuate(&tasks, tick, now);
-        while let Some(p) = self.touched.pop_first() {
-            tasks.process_task(self.consumer, p, now)?;
+        self.probe_brokers(&tasks, tick);
+        if let Err(e) = self.process(&mut tasks, tick, now) {
+            self.touched.clear();
+            tasks.recover_from_fencing(self.consumer, e)?;
         }
-        tasks.poll_producer();
-        self.maybe_commit(&mut tasks, tick)?;
-        self.wall_fire_ms = tasks.next_wall_clock_fire_ms();
+        let grace = Duration::from_millis(self.shared.settings.runtime.outage_grace_ms);
+        // Until the brokers are settled nothing fires by the wall clock: the regular
+        // punctuations find the deadlines once they are.
+        self.wall_fire_ms = brokers
+            .settled(grace)
+            .then(|| tasks.next_wall_clock_fire_ms())
+            .flatten();
         if tick.duration_since(self.last_refresh) >= METRICS_REFRESH_INTERVAL {
             self.last_refresh = tick;
             tasks.refresh_metrics(self.consumer);
@@ -267,16 +346,39 @@ impl StreamThreadLoop<'_> {
         Ok(())
     }
 
+    /// The passes's work on the tasks: abort a refused transaction → start new tasks → add
+    /// records to tasks → process → punctuate → maybe commit.
+    fn process(
+        &mut self,
+        tasks: &mut TaskManager,
+        tick: Instant,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        tasks.abort_refused_transaction()?;
+        self.start_new_tasks(tasks)?;
+        self.report_client_errors()?;
+        self.add_records_to_tasks(tasks)?;
+        self.maybe_punctuate(tasks, tick, now);
+        while let Some(p) = self.touched.pop_first() {
+            tasks.process_task(self.consumer, p, now)?;
+        }
+        tasks.poll_producer();
+        self.maybe_commit(tasks, tick)
+    }
+
     /// Takes up to `POLL_BATCH_RECORDS_MAX` records without the task manager's lock (rebalance
     /// callbacks take it); records polled across a rebalance are dropped (their tasks were
     /// closed; the new tasks read from the committed offsets). Returns the time spent waiting.
     fn poll(&mut self) -> Duration {
         let polling = Instant::now();
         let generation = self.thread.generation.load(Ordering::SeqCst);
+        // A deadline due but not fired (its task not confirmed caught up yet) is looked at again
+        // every DUE_PUNCTUATE_SPACING, not in a busy loop.
         let mut timeout = match self.wall_fire_ms {
-            Some(at) => POLL_TIMEOUT.min(Duration::from_millis(
-                at.saturating_sub(wall_ms()).max(0) as u64,
-            )),
+            Some(at) => POLL_TIMEOUT.min(
+                Duration::from_millis(at.saturating_sub(wall_ms()).max(0) as u64)
+                    .max(DUE_PUNCTUATE_SPACING),
+            ),
             None => POLL_TIMEOUT,
         };
         while self.batch.len() < POLL_BATCH_RECORDS_MAX {
@@ -293,15 +395,37 @@ impl StreamThreadLoop<'_> {
         polling.elapsed()
     }
 
-    /// Restores and starts the tasks the last assignment created.
+    /// Restores and starts the tasks the last assignment (or a reset) created, once the
+    /// brokers answer and the producer has nothing a restore must wait for.
     fn start_new_tasks(&self, tasks: &mut TaskManager) -> anyhow::Result<()> {
         if tasks.starting() > 0 {
             self.thread.ready.store(false, Ordering::SeqCst);
-            tasks
-                .start_tasks(self.consumer)
-                .context("cannot start a task")?;
+            if tasks.may_start_tasks() {
+                tasks
+                    .start_tasks(self.consumer)
+                    .context("cannot start a task")?;
+            }
         }
         Ok(())
+    }
+
+    /// While the brokers are down, asks one for metadata every `PROBE_INTERVAL` (through the
+    /// producer's client, whose connection has no long-poll fetch in flight): an answer ends
+    /// the outage. Records fetched meanwhile prove nothing (they may have been prefetched).
+    fn probe_brokers(&mut self, tasks: &TaskManager, tick: Instant) {
+        let brokers = &self.shared.metrics.brokers;
+        if !brokers.is_down() || self.last_probe.is_some_and(|at| tick - at < PROBE_INTERVAL) {
+            return;
+        }
+        self.last_probe = Some(tick);
+        let topic = self.shared.settings.topics.activation.as_str();
+        if tasks
+            .collector_client()
+            .fetch_metadata(Some(topic), PROBE_TIMEOUT)
+            .is_ok()
+        {
+            brokers.mark_up();
+        }
     }
 
     /// Client errors (all brokers down, ...) come through `poll` as well as the context.
@@ -316,9 +440,6 @@ impl StreamThreadLoop<'_> {
     }
 
     fn add_records_to_tasks(&mut self, tasks: &mut TaskManager) -> anyhow::Result<()> {
-        if !self.batch.is_empty() {
-            self.shared.metrics.all_brokers_down.set(0);
-        }
         for m in self.batch.drain(..) {
             if let Some(p) = tasks.add_record(self.consumer, &m)? {
                 self.touched.insert(p);
@@ -338,11 +459,17 @@ impl StreamThreadLoop<'_> {
         }
     }
 
+    /// Commits every `commit_interval_ms`, and goes on with a commit the broker has not
+    /// acknowledged yet at every pass; nothing while the brokers are down (nothing could be
+    /// acknowledged, and the loop must keep polling).
     fn maybe_commit(&self, tasks: &mut TaskManager, tick: Instant) -> anyhow::Result<()> {
+        if self.shared.metrics.brokers.is_down() {
+            return Ok(());
+        }
         let interval = Duration::from_millis(self.shared.settings.runtime.commit_interval_ms);
-        if tick.duration_since(tasks.last_commit) >= interval {
+        if tasks.commit_under_way() || tick.duration_since(tasks.last_commit) >= interval {
             tasks
-                .commit(self.consumer)
+                .commit(self.consumer, COMMIT_WAIT)
                 .inspect_err(|e| CommitFailed { error: e }.emit(&self.shared.metrics))?;
         }
         Ok(())

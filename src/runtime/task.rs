@@ -23,6 +23,9 @@ use ackwatch_state::{Record, TaskStore};
 use ackwatch_topology::stream_task::StreamTask;
 use ackwatch_topology::PerSide;
 
+use super::caught_up::Confirmations;
+use super::stalls::Progress;
+
 /// Records a task buffers per input partition before that partition is paused (the buffer
 /// fills only while the other partition lags, semantics §4). Cost: up to this many records (at most
 /// a record value each, `RECORD_VALUE_BYTES_MAX` for tracked ones) in memory per partition.
@@ -127,6 +130,10 @@ pub struct LiveTask {
     pub offsets: Offsets,
     /// Sides whose partition is paused because its buffer is full.
     pub paused: PerSide<bool>,
+    /// Its position confirmed against the broker (semantics §4 "caught up").
+    pub confirmations: Confirmations,
+    /// Whether each side makes progress (`stalls.rs`).
+    pub progress: PerSide<Progress>,
     /// Encoded changes produced to the changelog in the running commit, for the store.
     pub pending_store: Vec<Record>,
     /// What the engine's cumulative counters said at the last metrics refresh.

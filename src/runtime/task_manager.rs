@@ -7,21 +7,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::partitioning::{Partitioner, Placements};
 use ackwatch_topology::stream_task::Step;
 use ackwatch_topology::{FindingKind, Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
+use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
 
 use super::caught_up::Watermarks;
+use super::commit::Acknowledging;
 use super::record_collector::RecordCollector;
+use super::stalls::{Change, Observed, STALL_TIMEOUT};
 use super::stream_thread::Ctx;
 use super::task::{AssignedTask, LiveTask, TaskState, TASK_BUFFERED_RECORDS_MAX};
-use crate::events::{PartitionersDisagree, TaskClosed, TaskIdleExceeded};
+use crate::events::{
+    PartitionProgressing, PartitionStalled, PartitionersDisagree, ProducerReplaced, TaskClosed,
+    TaskIdleExceeded,
+};
 use crate::metrics::Metrics;
 use crate::runtime::changelog;
 use crate::settings::Settings;
@@ -55,6 +61,10 @@ pub struct TaskManager {
     misplaced_counters: PerSide<[prometheus::IntCounter; 2]>,
     /// The topics were found to follow different partitioners (reported once).
     partitioners_disagree: bool,
+    /// The commit under way, while the broker has not acknowledged it (`commit.rs`).
+    pub(super) acknowledging: Option<Acknowledging>,
+    /// A task start failed because the broker did not answer: no start before this.
+    pub(super) start_retry_at: Option<Instant>,
 }
 
 impl TaskManager {
@@ -111,6 +121,8 @@ impl TaskManager {
             outputs: Vec::new(),
             last_commit: Instant::now(),
             poll_clock_ms: 0,
+            acknowledging: None,
+            start_retry_at: None,
         })
     }
 
@@ -155,6 +167,14 @@ impl TaskManager {
     pub fn close_tasks(&mut self, partitions: &BTreeSet<i32>, reason: &'static str) {
         for p in partitions {
             if let Some(mut task) = self.tasks.remove(p) {
+                if let Some(live) = task.running() {
+                    let paused = Side::BOTH.iter().filter(|&&s| live.paused[s]).count();
+                    self.metrics.buffer_paused_partitions.sub(paused as i64);
+                }
+                self.leave_out_of_commit(*p);
+                for side in Side::BOTH {
+                    self.metrics.stalls.clear(self.watermarks.topic(side), *p);
+                }
                 task.transition(TaskState::Closed);
                 TaskClosed {
                     partition: *p,
@@ -163,6 +183,24 @@ impl TaskManager {
                 .emit(&self.metrics);
             }
         }
+    }
+
+    /// Closes every task without a commit and creates it again (`Created`, its partitions
+    /// paused until it restarts): its state goes back to its last commit, restored from the
+    /// store and the changelog, and it re-processes from the committed offsets.
+    pub fn reset_tasks(&mut self, consumer: &BaseConsumer<Ctx>, reason: &'static str) {
+        let all: BTreeSet<i32> = self.tasks.keys().copied().collect();
+        self.close_tasks(&all, reason);
+        let mut list = TopicPartitionList::new();
+        for &p in &all {
+            for side in Side::BOTH {
+                list.add_partition(self.watermarks.topic(side), p);
+            }
+        }
+        // Only saves fetching: records of a task that is not running are dropped, and its start
+        // resumes and seeks its partitions.
+        let _ = consumer.pause(&list);
+        self.add_assigned(all);
     }
 
     /// Buffers one fetched record in its task; returns the task's partition when it took it.
@@ -230,6 +268,10 @@ impl TaskManager {
             return Ok(());
         };
         task.core.group.hold_after = Some(to);
+        if !self.collector.accepts_records() {
+            // A transaction being committed or aborted takes no records: processing waits.
+            return Ok(());
+        }
         let mut placed = Placed {
             placements: &mut self.placements,
             counters: &self.misplaced_counters,
@@ -262,12 +304,17 @@ impl TaskManager {
         // Records held by the live merge are all newer than `to` (that is what held means), so
         // they cannot pass a deadline before `to`: punctuate past them rather than wait for
         // their release, which would delay wall-clock findings by up to `lateness_ms` more.
+        let grace = Duration::from_millis(self.settings.runtime.outage_grace_ms);
         if result.is_ok()
             && task.core.engine.next_due().is_some_and(|due| due < to)
             && task.core.group.all_after(to)
-            && self
-                .watermarks
-                .confirmed(consumer, self.collector.client(), task)
+            && self.metrics.brokers.settled(grace)
+            && self.watermarks.confirmed(
+                consumer,
+                self.collector.client(),
+                &self.metrics.brokers,
+                task,
+            )
         {
             task.core.engine.punctuate(to, &mut self.outputs);
         }
@@ -358,6 +405,58 @@ impl TaskManager {
                 }
             }
         }
+        self.watch_progress(consumer);
+    }
+
+    /// Looks for input partitions that make no progress although behind (`stalls.rs`).
+    fn watch_progress(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let positions: BTreeMap<(String, i32), i64> = consumer
+            .position()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let offset = e.offset().to_raw().filter(|o| *o >= 0)?;
+                        Some(((e.topic().to_string(), e.partition()), offset))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let brokers_up = !self.metrics.brokers.is_down();
+        let now = Instant::now();
+        let (watermarks, metrics) = (&self.watermarks, &self.metrics);
+        for task in self
+            .tasks
+            .values_mut()
+            .filter_map(AssignedTask::running_mut)
+        {
+            let partition = task.partition();
+            for side in Side::BOTH {
+                let topic = watermarks.topic(side);
+                let fetched = task.offsets.fetched_next[side];
+                let position = positions
+                    .get(&(topic.to_string(), partition))
+                    .map_or(fetched, |p| fetched.max(*p));
+                let high = watermarks.cached_high(consumer, side, partition);
+                let seen = Observed {
+                    position,
+                    high,
+                    expected: brokers_up && !task.paused[side],
+                };
+                match task.progress[side].observe(seen, now, STALL_TIMEOUT) {
+                    Change::None => {}
+                    Change::Stalled { for_ } => PartitionStalled {
+                        topic,
+                        partition,
+                        position,
+                        high: high.unwrap_or(position),
+                        for_,
+                    }
+                    .emit(metrics),
+                    Change::Recovered => PartitionProgressing { topic, partition }.emit(metrics),
+                }
+            }
+        }
     }
 
     /// The wall-clock time at which the earliest task deadline can fire by the wall clock
@@ -375,6 +474,59 @@ impl TaskManager {
     /// Serves the producer's delivery reports.
     pub fn poll_producer(&self) {
         self.collector.poll();
+    }
+
+    /// The producer's client (requests that must not queue behind the consumer's fetch).
+    pub fn collector_client(
+        &self,
+    ) -> &rdkafka::client::Client<super::record_collector::ProducerCtx> {
+        self.collector.client()
+    }
+
+    /// A commit waits for the broker's acknowledgement (`commit.rs`).
+    pub fn commit_under_way(&self) -> bool {
+        self.acknowledging.is_some()
+    }
+
+    /// exactly_once_v2, the assignment lost or a revocation's commit unfinished: the open
+    /// transaction will be aborted (the tasks that produced into it are closing).
+    pub fn abandon_transaction(&mut self) {
+        self.collector.abandon();
+    }
+
+    /// Recovers from `error` when it comes from a producer fenced under exactly_once_v2 (its
+    /// transaction timed out on the coordinator, typically in a broker outage): every task
+    /// restarts from its last commit, with a new producer, as Kafka Streams does. Any other
+    /// error is returned as it is.
+    pub fn recover_from_fencing(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        error: anyhow::Error,
+    ) -> anyhow::Result<()> {
+        if !self.collector.is_transactional() || !self.collector.producer_failed() {
+            return Err(error);
+        }
+        ProducerReplaced {
+            thread: self.thread,
+            error: &error,
+        }
+        .emit(&self.metrics);
+        self.acknowledging = None;
+        self.reset_tasks(consumer, "producer fenced");
+        self.collector
+            .replace_producer()
+            .context("cannot replace the fenced producer")
+    }
+
+    /// Aborts a transaction waiting to be aborted (the broker refused it, or its tasks were
+    /// lost), unless the brokers are down; the tasks start again once it is aborted.
+    pub fn abort_refused_transaction(&mut self) -> anyhow::Result<()> {
+        if self.collector.is_aborting() && !self.metrics.brokers.is_down() {
+            self.collector
+                .abort(super::record_collector::COMMIT_WAIT)
+                .context("cannot abort the refused transaction")?;
+        }
+        Ok(())
     }
 }
 
@@ -414,10 +566,18 @@ fn drain(
 ) -> anyhow::Result<()> {
     loop {
         let (partition, fetched_next) = (task.partition(), task.offsets.fetched_next);
+        let client = collector.client();
+        let confirmations = &mut task.confirmations;
         let caught_up = |side: Side| {
-            watermarks
-                .cached_high(consumer, side, partition)
-                .is_some_and(|high| fetched_next[side] >= high)
+            watermarks.caught_up_for_merge(
+                consumer,
+                client,
+                &metrics.brokers,
+                partition,
+                fetched_next[side],
+                side,
+                confirmations,
+            )
         };
         let step = task
             .core

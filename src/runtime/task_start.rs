@@ -12,11 +12,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::{self, Restored};
+use super::stalls::Progress;
 use super::stream_thread::Ctx;
-use super::task::{LiveTask, Offsets, TaskState};
+use super::task::{AssignedTask, LiveTask, Offsets, TaskState};
 use super::task_manager::TaskManager;
 use crate::events::{
-    StoreLockedWaiting, StoreRebuilt, StoreWiped, TaskRestored, UnfinishedCommitLeftOut,
+    StoreLockedWaiting, StoreRebuilt, StoreWiped, TaskRestored, TaskStartDeferred,
+    UnfinishedCommitLeftOut,
 };
 
 /// Longest a task start waits for its store's lock (held by a stream thread of this process
@@ -25,6 +27,16 @@ pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(30);
 const STORE_LOCK_RETRY: Duration = Duration::from_millis(200);
 /// Longest a metadata or offsets request at task start may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a task start the broker did not answer the next start is tried.
+const START_RETRY_SPACING: Duration = Duration::from_secs(1);
+
+/// Whether a task start failed because a Kafka request failed (the broker did not answer, a
+/// leader moved), rather than for its store or its state: the former is tried again.
+fn broker_did_not_answer(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.downcast_ref::<rdkafka::error::KafkaError>().is_some())
+}
 
 impl TaskManager {
     /// Restores and starts every task still `Created` (their partitions were paused at
@@ -42,12 +54,40 @@ impl TaskManager {
                 .set(self.thread, (created.len() - i) as i64);
             let task = self.tasks.get_mut(partition).expect("listed");
             task.transition(TaskState::Restoring);
-            let live = self.start_task(consumer, *partition)?;
+            let live = match self.start_task(consumer, *partition) {
+                Ok(live) => live,
+                Err(e) if broker_did_not_answer(&e) => {
+                    TaskStartDeferred {
+                        partition: *partition,
+                        error: &e,
+                    }
+                    .emit(&self.metrics);
+                    let task = self.tasks.get_mut(partition).expect("listed");
+                    task.transition(TaskState::Closed);
+                    *task = AssignedTask::new(*partition);
+                    self.start_retry_at = Some(Instant::now() + START_RETRY_SPACING);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             let task = self.tasks.get_mut(partition).expect("listed");
             task.transition(TaskState::Running(Box::new(live)));
         }
         self.metrics.restoring_tasks.set(self.thread, 0);
         Ok(())
+    }
+
+    /// Whether the tasks still `Created` may start now: the brokers answer, no earlier start
+    /// failed less than `START_RETRY_SPACING` ago, and the producer has nothing a restore
+    /// must wait for (`RecordCollector::can_start_tasks`).
+    pub fn may_start_tasks(&mut self) -> bool {
+        if self.metrics.brokers.is_down()
+            || self.start_retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return false;
+        }
+        self.start_retry_at = None;
+        self.collector.can_start_tasks()
     }
 
     fn start_task(
@@ -73,6 +113,8 @@ impl TaskManager {
                 committed_next: committed,
             },
             paused: PerSide::both(false),
+            confirmations: Default::default(),
+            progress: PerSide::from_fn(|side| Progress::new(start[side], Instant::now())),
             pending_store: Vec::new(),
             seen_limit_cut: Default::default(),
             seen_idle_exceeded: 0,

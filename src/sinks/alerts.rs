@@ -227,6 +227,12 @@ pub async fn post_loop(
         .build()
         .expect("an HTTP client without TLS builds");
     let current = Arc::new(current);
+    // Labels and logs show the URLs without credentials.
+    let shown_urls: Vec<String> = settings
+        .alertmanager_urls
+        .iter()
+        .map(|u| crate::secrets::display_url(u))
+        .collect();
     let mut book = AlertBook::default();
     let mut last_post: Option<Instant> = None;
     let mut failed = false;
@@ -248,18 +254,23 @@ pub async fn post_loop(
         metrics.alerts_firing.set(book.firing_count() as i64);
         let payload = book.payload(now, &settings);
         failed = false;
-        for url in &settings.alertmanager_urls {
+        for (url, shown) in settings.alertmanager_urls.iter().zip(&shown_urls) {
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
             let result = match client.post(&endpoint).json(&payload).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("status {}", r.status())),
-                Err(e) => Err(e.to_string()),
+                // Without the URL: it may carry credentials.
+                Err(e) => Err(e.without_url().to_string()),
             };
             match result {
-                Ok(()) => metrics.alert_posts.with_label_values(&[url, "ok"]).inc(),
+                Ok(()) => metrics.alert_posts.with_label_values(&[shown, "ok"]).inc(),
                 Err(why) => {
                     failed = true;
-                    AlertPostFailed { url, error: &why }.emit(&metrics);
+                    AlertPostFailed {
+                        url: shown,
+                        error: &why,
+                    }
+                    .emit(&metrics);
                 }
             }
         }

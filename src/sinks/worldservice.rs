@@ -111,7 +111,10 @@ async fn deliver_loop_inner(
         .timeout(Duration::from_millis(ws.timeout_ms))
         .build()
         .context("cannot build the HTTP client")?;
-    tracing::info!(url = ws.url.as_str(), "delivering signals to WorldService");
+    tracing::info!(
+        url = crate::secrets::display_url(&ws.url).as_str(),
+        "delivering signals to WorldService"
+    );
     let mut draws = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
@@ -148,7 +151,8 @@ async fn deliver_loop_inner(
                         break Delivery::Rejected(r.status().as_u16())
                     }
                     Ok(r) => format!("status {}", r.status()),
-                    Err(e) => e.to_string(),
+                    // Without the URL: it may carry credentials.
+                    Err(e) => e.without_url().to_string(),
                 };
                 draws += 1;
                 let wait = backoff(

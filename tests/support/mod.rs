@@ -163,9 +163,12 @@ impl LiveTopics {
 /// Produces kcat records to the test's input topics, keeping partition, key, value and timestamp.
 pub async fn produce_kcat(records: &[ackwatch::audit::kcat::KcatRecord], topics: &LiveTopics) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
+    // A Gateway's producer during a broker outage: it buffers and delivers when the broker is
+    // back, reconnecting within a second (the outage tests time ackwatch, not this producer).
     let producer: FutureProducer = client_config()
         .set("linger.ms", "5")
         .set("message.max.bytes", "2000000")
+        .set("reconnect.backoff.max.ms", "500")
         .create()
         .unwrap();
     let mut pending = Vec::new();
@@ -205,6 +208,23 @@ pub async fn produce_value(topic: &str, key: &str, value: &str) {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+}
+
+/// Produces one record (key and value) to `partition` of `topic`.
+pub async fn produce_value_to(topic: &str, partition: i32, key: &str, value: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = client_config().create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(value),
             Duration::from_secs(30),
         )
         .await
@@ -344,15 +364,16 @@ impl Processor {
         Self::start_with_env(config, http, &[])
     }
 
-    /// [`Self::start`] with extra environment variables (e.g. the crash-test hook).
+    /// [`Self::start`] with extra environment variables (e.g. the crash-test hook, or a
+    /// `RUST_LOG` of its own).
     pub fn start_with_env(config: &std::path::Path, http: &str, env: &[(&str, &str)]) -> Processor {
         let log = config.with_extension(format!("{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ackwatch"))
             .args(["run", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

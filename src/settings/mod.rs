@@ -1,17 +1,24 @@
 //! ackwatch's configuration: a TOML file plus `ACKWATCH__SECTION__KEY` environment overrides,
-//! read with the `config` crate. Every key has a default; an unknown key is an error naming it.
+//! read with the `config` crate (`load.rs`). Every key has a default; an unknown key is an
+//! error naming it; no configuration value is ever shown (`crate::secrets`).
+
+mod load;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ackwatch_topology::Policy;
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// Most processing threads one instance may run (`runtime.num_stream_threads`). Cost per thread:
 /// a consumer and a producer (librdkafka threads, prefetch and producer queues) and a group
 /// member; beyond the cores of a machine more threads only add rebalancing.
 pub const STREAM_THREADS_MAX: u64 = 64;
+
+/// Every client's `reconnect.backoff.max.ms` unless `[kafka.properties]` sets it: a client
+/// retries an unreachable broker at least this often (cost: one connection attempt per broker
+/// per client per second during an outage).
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// Names of the topics ackwatch reads and writes (semantics §1, §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,11 +45,14 @@ impl Default for Topics {
 
 /// How ackwatch reaches Kafka. `properties` are passed to librdkafka as they are (security.protocol,
 /// sasl.*, ssl.* ...), for every client ackwatch creates; values of secret keys are never logged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kafka {
     pub bootstrap_servers: String,
     pub properties: BTreeMap<String, String>,
+    /// Properties whose values are read from files (e.g. a mounted Kubernetes Secret): property
+    /// name → path. The file's content, without a final line break, is the value.
+    pub property_files: BTreeMap<String, PathBuf>,
 }
 
 impl Default for Kafka {
@@ -50,44 +60,62 @@ impl Default for Kafka {
         Kafka {
             bootstrap_servers: "127.0.0.1:9092".into(),
             properties: BTreeMap::new(),
+            property_files: BTreeMap::new(),
         }
     }
 }
 
 impl Kafka {
-    /// The librdkafka configuration every client starts from.
+    /// The configuration every client starts from: the bootstrap servers, ackwatch's client
+    /// defaults, then `[kafka.properties]` (which override the defaults).
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
+        // librdkafka backs off reconnects up to 10 s: a client would then see a returned broker
+        // up to 10 s late, and processing must resume within seconds of an outage's end.
+        config.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
         for (key, value) in &self.properties {
             config.set(key, value);
         }
         config
     }
 
-    /// The properties as they may be logged: secret values replaced.
-    pub fn redacted_properties(&self) -> BTreeMap<String, String> {
-        self.properties
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    if is_secret(k) {
-                        "[redacted]".to_string()
-                    } else {
-                        v.clone()
-                    },
-                )
-            })
-            .collect()
+    /// Each property as librdkafka takes it, checked one by one, so that an unknown key or a
+    /// refused value is reported by name: librdkafka's own message quotes the value.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use rdkafka::types::RDKafkaConfRes;
+        for (key, value) in &self.properties {
+            let mut one = rdkafka::ClientConfig::new();
+            one.set(key, value);
+            if let Err(e) = one.create_native_config() {
+                let why = match e {
+                    rdkafka::error::KafkaError::ClientConfig(
+                        RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+                        ..
+                    ) => "librdkafka does not know this property (misspelt, or a feature this build lacks)",
+                    _ => "librdkafka refused its value",
+                };
+                anyhow::bail!("kafka.properties.\"{key}\": {why} (the value is not shown)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the properties, as they may be logged (values never are).
+    pub fn property_names(&self) -> Vec<&str> {
+        self.properties.keys().map(String::as_str).collect()
     }
 }
 
-/// librdkafka keys whose values are credentials.
-pub fn is_secret(key: &str) -> bool {
-    ["password", "secret", "jaas", "token", "key.pem", "private"]
-        .iter()
-        .any(|s| key.contains(s))
+/// Property values never appear in a debug print either.
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.property_names())
+            .field("property_files", &self.property_files)
+            .finish()
+    }
 }
 
 /// `processing.guarantee`, as Kafka Streams names it.
@@ -124,10 +152,16 @@ pub struct Runtime {
     pub changelog_replication_factor: i32,
     /// Longest a shutdown (drain, commit, leave the group) may take before the process exits.
     pub shutdown_timeout_ms: u64,
-    /// Kafka static group membership: the consumer's `group.instance.id` is the instance id, so
-    /// an instance restarted within `session.timeout.ms` gets its partitions back without a
-    /// rebalance (and a shutdown does not leave the group: its partitions wait for it).
+    /// Kafka static group membership (the default): the consumer's `group.instance.id` is the
+    /// member id, so an instance restarted within `session.timeout.ms` gets its partitions back
+    /// without a rebalance, and a member whose session expired in a broker outage rejoins at
+    /// once when the broker is back (a dynamic member waits `session.timeout.ms` for its old
+    /// self to expire). A shutdown still leaves the group. Instance ids must be unique.
     pub static_membership: bool,
+    /// After a broker outage, how long the wall clock fires nothing (records are processed):
+    /// the producers that buffered ACKs through the outage deliver them first (librdkafka's
+    /// `reconnect.backoff.max.ms` is 10 s), so their lateness is not mistaken for a missing ACK.
+    pub outage_grace_ms: u64,
     /// Processing threads of this instance, like Kafka Streams' `num.stream.threads`: each has
     /// its own consumer (a member of the group), producer and tasks, so partitions spread over
     /// threads as over instances. More threads than partitions leave some idle.
@@ -146,7 +180,8 @@ impl Default for Runtime {
             lateness_ms: 500,
             changelog_replication_factor: -1,
             shutdown_timeout_ms: 30_000,
-            static_membership: false,
+            static_membership: true,
+            outage_grace_ms: 15_000,
             num_stream_threads: 1,
         }
     }
@@ -264,39 +299,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Loads `path` (TOML) with environment overrides, and validates the result.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = path {
-            anyhow::ensure!(
-                path.exists(),
-                "config file {} does not exist",
-                path.display()
-            );
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("ACKWATCH")
-                .prefix_separator("__")
-                .separator("__"),
-        );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .with_context(|| match path {
-                Some(p) => format!(
-                    "invalid configuration in {} (or ACKWATCH__* environment)",
-                    p.display()
-                ),
-                None => "invalid configuration in ACKWATCH__* environment".to_string(),
-            })?;
-        settings.validate().context("invalid configuration")?;
-        Ok(settings)
-    }
-
-    /// Checks what the types alone cannot; the error names the key.
+    /// Checks what the types alone cannot; the error names the key (never a value).
     pub fn validate(&self) -> anyhow::Result<()> {
         self.policy.validate()?;
+        self.kafka.validate()?;
         let r = &self.runtime;
         for (key, value, min, max) in [
             (
@@ -307,6 +313,7 @@ impl Settings {
             ),
             ("runtime.max_task_idle_ms", r.max_task_idle_ms, 0, 600_000),
             ("runtime.lateness_ms", r.lateness_ms, 0, 3_600_000),
+            ("runtime.outage_grace_ms", r.outage_grace_ms, 0, 600_000),
             (
                 "runtime.num_stream_threads",
                 r.num_stream_threads,
@@ -427,7 +434,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_every_default() {
-        let example = include_str!("../deploy/ackwatch.example.toml");
+        let example = include_str!("../../deploy/ackwatch.example.toml");
         check(example, Ok(Settings::default()));
         // And it names every key the settings have.
         let keys = serde_json::to_value(Settings::default()).unwrap();
@@ -447,24 +454,21 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted() {
+    fn only_property_names_are_shown() {
         let kafka = Kafka {
-            properties: [
-                ("sasl.password", "hunter2"),
-                ("sasl.username", "me"),
-                ("ssl.key.password", "x"),
-                ("sasl.oauthbearer.client.secret", "y"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+            properties: [("sasl.password", "hunter2"), ("sasl.username", "me")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Kafka::default()
         };
-        let shown = format!("{:?}", kafka.redacted_properties());
-        for secret in ["hunter2", "\"x\"", "\"y\""] {
-            assert!(!shown.contains(secret), "{shown}");
-        }
-        assert!(shown.contains("\"me\""), "{shown}");
+        assert_eq!(kafka.property_names(), ["sasl.password", "sasl.username"]);
+        let shown = format!("{kafka:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("\"me\""),
+            "{shown}"
+        );
+        assert!(shown.contains("sasl.password"), "{shown}");
     }
 
     #[test]
