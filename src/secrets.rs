@@ -50,11 +50,14 @@ pub fn scrub(text: &str) -> String {
 /// a string that is not a URL is shown as `[unparsable url]` (it may hold anything).
 pub fn display_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
+        // Without userinfo the URL is shown as configured (the operator's spelling is what
+        // they grep for in metrics labels); with it, the parsed form without it.
+        Ok(parsed) if parsed.username().is_empty() && parsed.password().is_none() => {
+            url.to_string()
+        }
         Ok(mut parsed) => {
-            if !parsed.username().is_empty() || parsed.password().is_some() {
-                let _ = parsed.set_username("");
-                let _ = parsed.set_password(None);
-            }
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
             parsed.to_string()
         }
         Err(_) => "[unparsable url]".to_string(),
@@ -117,7 +120,7 @@ mod tests {
             display_url("http://alice:pa55word@alertmanager:9093/api"),
             "http://alertmanager:9093/api"
         );
-        assert_eq!(display_url("http://am:9093"), "http://am:9093/");
+        assert_eq!(display_url("http://am:9093"), "http://am:9093");
         assert_eq!(display_url("not a url pa55word"), "[unparsable url]");
     }
 }
