@@ -8,6 +8,9 @@
 //! 3. detection delay while caught up: 30 s of paced traffic with faults, then emitted_at minus
 //!    detected_at of every `ActivationGapDetected`.
 //!
+//! With `ACKWATCH_BENCH_TRAFFIC=distinct|jumps` only the memory figure, on traffic of
+//! RECORDS / 2 runs made for it (see `memory_traffic_of`).
+//!
 //! `scripts/bench-live.sh` builds the binary, starts a broker and runs this:
 //!
 //! ```text
@@ -271,6 +274,84 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
     sorted[((p * sorted.len()).div_ceil(100)).max(1) - 1]
 }
 
+/// `ACKWATCH_BENCH_TRAFFIC` (issue #15 item 6): `distinct` = RUNS runs of one activation and
+/// its ACK 50 ms later; `jumps` = RUNS runs whose sequence jumps from 1 to 2^31 (neither ACKed).
+/// 10,000 worlds, each on partition `world % 2`; event times from two hours ago, 1 ms apart.
+fn memory_traffic_of(kind: &str, runs: usize) -> anyhow::Result<Vec<KcatRecord>> {
+    let t0 = now_ms() - 7_200_000;
+    let record = |topic: &str, world: usize, ts: i64, payload: String| KcatRecord {
+        topic: topic.into(),
+        partition: (world % 2) as i32,
+        offset: 0,
+        tstype: None,
+        ts: Some(ts),
+        broker: None,
+        key: Some(format!("world_{world}")),
+        payload: Some(payload),
+        headers: None,
+    };
+    let activation = |world: usize, run: usize, seq: u64, ts: i64| {
+        let time = ackwatch_topology::time::format_rfc3339_ms(ts);
+        record(
+            "activation",
+            world,
+            ts,
+            format!(
+                r#"{{"type":"ActivationUpdated","version":1,"world_id":"world_{world}","run_id":"run{run}","requires_ack":true,"sequence":{seq},"phase":"freeze","etag":"e{seq}","ts":"{time}"}}"#
+            ),
+        )
+    };
+    let mut out = Vec::with_capacity(runs * 2);
+    for run in 0..runs {
+        let (world, ts) = (run % 10_000, t0 + run as i64);
+        match kind {
+            "distinct" => {
+                out.push(activation(world, run, 1, ts));
+                let time = ackwatch_topology::time::format_rfc3339_ms(ts + 50);
+                out.push(record("control.activation.ack", world, ts + 50, format!(
+                    r#"{{"type":"ActivationAck","version":1,"world_id":"world_{world}","run_id":"run{run}","sequence":1,"phase":"freeze","ack_ts":"{time}"}}"#
+                )));
+            }
+            "jumps" => {
+                out.push(activation(world, run, 1, ts));
+                out.push(activation(world, run, 1 << 31, ts + 1));
+            }
+            other => anyhow::bail!("ACKWATCH_BENCH_TRAFFIC={other}: expected distinct or jumps"),
+        }
+    }
+    // Each partition in event-time order, as producers write them.
+    out.sort_by_key(|r| (r.partition, r.ts));
+    Ok(out)
+}
+
+/// The memory figure alone: ackwatch processes every record, settles for 5 s, and its RSS is read.
+async fn memory_only(
+    bootstrap: &str,
+    topics: &Topics,
+    kind: &str,
+    records: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, http) = start_ackwatch(bootstrap, topics, dir.path(), 1)?;
+    let (total, elapsed) = throughput(&http, records, dir.path())?;
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics = http_get(&http, "/metrics").unwrap_or_default();
+    let (rss, hwm) = rss_kb(&child);
+    println!(
+        "memory ({kind}): {total} records in {elapsed:.1} s; {} runs known, {} in memory, {} evicted; RSS {} MiB, peak {} MiB",
+        metric_sum(&metrics, "ackwatch_runs "),
+        metric_sum(&metrics, "ackwatch_runs_resident "),
+        metric_sum(&metrics, "ackwatch_runs_evicted_total "),
+        rss / 1024,
+        hwm / 1024
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let records: usize = std::env::args()
@@ -298,7 +379,12 @@ async fn main() -> anyhow::Result<()> {
         start_ms: now_ms() - 7_200_000,
         world_prefix: "world_",
     };
-    let traffic = generate(&spec);
+    let memory_traffic = std::env::var("ACKWATCH_BENCH_TRAFFIC").ok();
+    let traffic = match memory_traffic.as_deref() {
+        None => generate(&spec),
+        Some(kind) => memory_traffic_of(kind, records / 2)?,
+    };
+    let records = traffic.len();
     let produced = Instant::now();
     produce(&bootstrap, &topics, &traffic).await?;
     eprintln!(
@@ -307,6 +393,10 @@ async fn main() -> anyhow::Result<()> {
         produced.elapsed().as_secs_f64()
     );
     drop(traffic);
+
+    if let Some(kind) = memory_traffic {
+        return memory_only(&bootstrap, &topics, &kind, records).await;
+    }
 
     // The bare consumer reads twice, before and after ackwatch (its rate swings with the
     // broker's warm-up and page cache); ratios are against the faster of the two reads.

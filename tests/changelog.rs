@@ -407,13 +407,16 @@ async fn every_damage_to_a_store_or_its_checkpoint_ends_in_the_changelogs_state(
 
         let (store, _) = TaskStore::open(state_dir.path(), &app, 0, &options).unwrap();
         let restored =
-            changelog::restore_and_load(&config, &topic, 0, store, &options, &|_| {}).unwrap();
+            changelog::restore_and_load(&config, &topic, 0, store, &options, &|_| {}, |s, _| {
+                s.load()
+            })
+            .unwrap();
         assert_eq!(
-            sorted_state(restored.contents.runs),
+            sorted_state(restored.loaded.runs),
             expected,
             "{damage:?}: the restored state is the changelog's"
         );
-        assert_eq!(restored.contents.meta, Some(task.meta()), "{damage:?}");
+        assert_eq!(restored.loaded.meta, Some(task.meta()), "{damage:?}");
         match damage {
             Damage::None => assert_eq!(restored.stats.records, 0, "nothing missing to read"),
             Damage::StoreDeleted | Damage::StoreRolledBack => {

@@ -136,7 +136,10 @@ fn a_running_processor_shows_no_secret_anywhere() {
     // with credentials failing: its warning and its label are written.
     let metrics = wait_for(|| {
         let (_, text) = support::http_get(&http, "/metrics")?;
-        (text.contains("result=\"error\"") && text.contains("result=\"ok\"")).then_some(text)
+        let posted = |result: &str| {
+            text.contains(&format!("ackwatch_alert_posts_total{{result=\"{result}\""))
+        };
+        (posted("error") && posted("ok")).then_some(text)
     });
     assert!(
         metrics.contains(&format!("url=\"http://127.0.0.1:{closed_port}/\"")),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ackwatch_state::{codec, Contents, Record, StoreOptions, TaskStore};
+use ackwatch_state::{codec, Record, StoreOptions, TaskStore};
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -383,29 +383,32 @@ pub fn restore_with_progress(
     Ok(stats)
 }
 
-/// A store brought up to the changelog and read, ready for the engine.
-pub struct Restored {
+/// A store brought up to the changelog and read, ready for the engine: `loaded` is what the
+/// caller's loader made of its contents (the engine, or for tests `ackwatch_state::Contents`).
+pub struct Restored<L> {
     pub store: TaskStore,
-    pub contents: Contents,
+    pub loaded: L,
     pub stats: RestoreStats,
 }
 
-/// Restores `store` from partition p of the changelog and loads it. A store whose contents
-/// cannot be read (a corrupt file RocksDB only notices on read) is rebuilt: wiped, restored from
-/// the beginning, loaded again, with the reason in `stats.full_restore_reason`.
-pub fn restore_and_load(
+/// Restores `store` from partition p of the changelog and reads it with `load` (which sees the
+/// restore's stats). A store whose contents cannot be read (a corrupt file RocksDB only notices
+/// on read) is rebuilt: wiped, restored from the beginning, read again by a new call of `load`,
+/// with the reason in `stats.full_restore_reason`.
+pub fn restore_and_load<L>(
     config: &ClientConfig,
     topic: &str,
     partition: i32,
     store: TaskStore,
     options: &StoreOptions,
     progress: &dyn Fn(i64),
-) -> anyhow::Result<Restored> {
+    mut load: impl FnMut(&TaskStore, &RestoreStats) -> anyhow::Result<L>,
+) -> anyhow::Result<Restored<L>> {
     let stats = restore_with_progress(config, topic, partition, &store, progress)?;
-    match store.load() {
-        Ok(contents) => Ok(Restored {
+    match load(&store, &stats) {
+        Ok(loaded) => Ok(Restored {
             store,
-            contents,
+            loaded,
             stats,
         }),
         Err(e) => {
@@ -413,10 +416,10 @@ pub fn restore_and_load(
             let store = store.rebuild(options)?;
             let mut stats = restore_with_progress(config, topic, partition, &store, progress)?;
             stats.full_restore_reason = Some(why);
-            let contents = store.load()?;
+            let loaded = load(&store, &stats)?;
             Ok(Restored {
                 store,
-                contents,
+                loaded,
                 stats,
             })
         }

@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ackwatch_state::{encode_changes, CommitMarker};
-use ackwatch_topology::{PerSide, Side};
+use ackwatch_topology::{PerSide, RunKey, RunState, Side};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -222,6 +222,11 @@ impl TaskManager {
             }
             let records =
                 encode_changes(changes.iter().map(|(k, s)| (k, *s)), meta.as_ref(), &marker);
+            let settled: Vec<RunKey> = changes
+                .iter()
+                .filter(|(_, state)| state.is_some_and(RunState::is_settled))
+                .map(|(key, _)| key.clone())
+                .collect();
             drop(changes);
             let mut result = Ok(());
             for (key, value) in &records {
@@ -237,6 +242,7 @@ impl TaskManager {
                 .and_then(|t| t.running_mut())
                 .expect("listed");
             task.pending_store = records;
+            task.evict_after_store = settled;
             result?;
             sent = true;
             self.crash_point(CrashPoint::ChangelogSent);
@@ -302,16 +308,21 @@ impl TaskManager {
     }
 
     /// Step 4: each store writes the records its changelog partition acknowledged, as one
-    /// synced batch (marker included), and its checkpoint.
+    /// synced batch (marker included), and its checkpoint; then the runs of the batch that are
+    /// still settled leave memory (the store has them; a later record loads them back).
     fn write_stores(&mut self) -> anyhow::Result<()> {
         let ends = self.collector.take_changelog_ends();
+        let mut evicted = 0;
         for task in self.running_mut() {
             if !task.pending_store.is_empty() {
                 task.store
                     .commit_records(&task.pending_store, ends.get(&task.partition()).copied())?;
                 task.pending_store.clear();
+                let keys = std::mem::take(&mut task.evict_after_store);
+                evicted += task.core.engine.evict_settled(keys);
             }
         }
+        self.metrics.runs_evicted.inc_by(evicted as u64);
         Ok(())
     }
 

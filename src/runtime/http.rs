@@ -133,6 +133,14 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
     })
 }
 
+fn store_error(e: anyhow::Error) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot read the task's store: {e:#}\n"),
+    )
+        .into_response()
+}
+
 fn not_here(shared: &Shared, what: String) -> Response {
     let partitions = shared.partitions();
     (
@@ -153,12 +161,29 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
         for thread in &shared.threads {
             let tasks = thread.tasks();
             for task in tasks.running() {
-                for (key, run) in task.core.engine.runs() {
+                let engine = &task.core.engine;
+                for (key, run) in engine.runs() {
                     if *key.world_id == *world_id {
                         total += 1;
                         if runs.len() < RUNS_PER_WORLD_LISTED_MAX {
                             runs.push(run_view(key, run, task.partition()));
                         }
+                    }
+                }
+                // Settled runs evicted to the store (those also in memory are listed above).
+                // Counted by key; one past retention whose tombstone is not written yet counts
+                // until it is, but is not listed.
+                let stored = task.store.runs_of_world(&world_id, RUNS_PER_WORLD_LISTED_MAX, |key| {
+                    engine.run(key).is_none()
+                });
+                let (stored, stored_total) = match stored {
+                    Ok(found) => found,
+                    Err(e) => return store_error(e),
+                };
+                total += stored_total;
+                for (key, run) in stored {
+                    if runs.len() < RUNS_PER_WORLD_LISTED_MAX && engine.retains(&run) {
+                        runs.push(run_view(&key, &run, task.partition()));
                     }
                 }
             }
@@ -180,16 +205,29 @@ async fn run(
 ) -> Response {
     tokio::task::spawn_blocking(move || {
         let key = RunKey::new(&world_id, &run_id);
-        let found = shared.threads.iter().find_map(|thread| {
+        let mut found = None;
+        for thread in &shared.threads {
             let tasks = thread.tasks();
-            let view = tasks.running().find_map(|task| {
-                task.core
-                    .engine
-                    .run(&key)
-                    .map(|run| run_view(&key, run, task.partition()))
-            });
-            view
-        });
+            for task in tasks.running() {
+                let engine = &task.core.engine;
+                if let Some(run) = engine.run(&key) {
+                    found = Some(run_view(&key, run, task.partition()));
+                    break;
+                }
+                // A settled run evicted to the store.
+                match task.store.get_run(&key) {
+                    Ok(Some(run)) if engine.retains(&run) => {
+                        found = Some(run_view(&key, &run, task.partition()));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return store_error(e),
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
         match found {
             Some(view) => Json(view).into_response(),
             None => not_here(&shared, format!("run {world_id:?}/{run_id:?}")),

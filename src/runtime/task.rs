@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use ackwatch_state::{Record, TaskStore};
 use ackwatch_topology::stream_task::StreamTask;
-use ackwatch_topology::PerSide;
+use ackwatch_topology::{PerSide, RunKey};
 
 use super::caught_up::Confirmations;
 use super::stalls::Progress;
@@ -136,6 +136,9 @@ pub struct LiveTask {
     pub progress: PerSide<Progress>,
     /// Encoded changes produced to the changelog in the running commit, for the store.
     pub pending_store: Vec<Record>,
+    /// Runs whose state is in `pending_store`: evicted from memory once the store has it, if
+    /// still settled then (docs/semantics.md §5 "Memory").
+    pub evict_after_store: Vec<RunKey>,
     /// What the engine's cumulative counters said at the last metrics refresh.
     pub seen_limit_cut: BTreeMap<&'static str, u64>,
     pub seen_idle_exceeded: u64,

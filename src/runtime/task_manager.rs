@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::partitioning::{Partitioner, Placements};
 use ackwatch_topology::stream_task::Step;
-use ackwatch_topology::{FindingKind, Millis, Outcome, OutcomeLabel, Output, PerSide, Side};
+use ackwatch_topology::{
+    FindingKind, Millis, Outcome, OutcomeLabel, Output, PerSide, RunKey, Side,
+};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::BorrowedMessage;
@@ -388,6 +390,12 @@ impl TaskManager {
             },
         );
         metrics.runs.set(thread, runs);
+        metrics.runs_resident.set(
+            thread,
+            self.running()
+                .map(|t| t.core.engine.resident_count() as i64)
+                .sum(),
+        );
         metrics.retention_tombstones_deferred.set(
             thread,
             self.running()
@@ -588,8 +596,9 @@ fn drain(
                 record,
                 outcome,
             } => (side, record, outcome),
-            Step::NeedsRun(_) => {
-                panic!("invariant: the live runtime never evicts runs, so no run needs loading")
+            Step::NeedsRun(key) => {
+                load_evicted(task, key, metrics)?;
+                continue;
             }
             Step::Wait | Step::Empty => return Ok(()),
         };
@@ -613,6 +622,22 @@ fn drain(
             set_paused(consumer, metrics, watermarks.topic(side), partition, false)?;
         }
     }
+}
+
+/// A record of a run evicted to the store: the run is loaded back (or, when the store lacks
+/// it, the key only shared a hash with an evicted run and is new), and the record stepped again.
+fn load_evicted(task: &mut LiveTask, key: RunKey, metrics: &Metrics) -> anyhow::Result<()> {
+    let partition = task.partition();
+    match task.store.get_run(&key).with_context(|| {
+        format!("cannot load an evicted run of partition {partition} from its store")
+    })? {
+        Some(run) => {
+            task.core.engine.restore_run(key, run);
+            metrics.runs_loaded.inc();
+        }
+        None => task.core.engine.run_not_stored(key),
+    }
+    Ok(())
 }
 
 /// Pauses or resumes one input partition whose task buffer filled or drained.

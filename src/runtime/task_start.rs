@@ -2,6 +2,7 @@
 //! the changelog, load it into the engine, compute where processing starts, then resume the
 //! partitions (paused since the assignment) and seek them there.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ackwatch_state::{codec, Opened, StoreOptions, TaskStore};
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::changelog::{self, Restored};
+use super::changelog::{self, RestoreStats, Restored};
 use super::stalls::Progress;
 use super::stream_thread::Ctx;
 use super::task::{AssignedTask, LiveTask, Offsets, TaskState};
@@ -20,6 +21,16 @@ use crate::events::{
     StoreLockedWaiting, StoreRebuilt, StoreWiped, TaskRestored, TaskStartDeferred,
     UnfinishedCommitLeftOut,
 };
+
+/// A store loaded into the engine (task start step 3).
+pub(super) struct Loaded {
+    engine: Task,
+    /// The input offsets the stored state reflects (its last commit marker).
+    reflected: Option<PerSide<i64>>,
+    /// Runs read from the store, and how many of them were evicted again at once.
+    runs: usize,
+    evicted: usize,
+}
 
 /// Longest a task start waits for its store's lock (held by a stream thread of this process
 /// that has not closed the task yet, or by another process: then the start fails).
@@ -96,8 +107,10 @@ impl TaskManager {
         partition: i32,
     ) -> anyhow::Result<LiveTask> {
         let store = self.open_store(partition)?;
-        let mut restored = self.restore_store(partition, store)?;
-        let (engine, reflected) = self.load_engine(partition, &mut restored)?;
+        let restored = self.restore_store(partition, store)?;
+        let Loaded {
+            engine, reflected, ..
+        } = restored.loaded;
         let (start, committed) = self.start_offsets(consumer, partition, reflected)?;
         self.resume_and_seek(consumer, partition, start)?;
         Ok(LiveTask {
@@ -116,6 +129,7 @@ impl TaskManager {
             confirmations: Default::default(),
             progress: PerSide::from_fn(|side| Progress::new(start[side], Instant::now())),
             pending_store: Vec::new(),
+            evict_after_store: Vec::new(),
             seen_limit_cut: Default::default(),
             seen_idle_exceeded: 0,
             seen_clamped: PerSide::default(),
@@ -137,9 +151,10 @@ impl TaskManager {
         Ok(store)
     }
 
-    /// Step 2: the store brought up to the changelog's last complete commit, and read (a store
-    /// that disagrees with its checkpoint, or cannot be read, is rebuilt from the beginning).
-    fn restore_store(&self, partition: i32, store: TaskStore) -> anyhow::Result<Restored> {
+    /// Step 2: the store brought up to the changelog's last complete commit, and loaded into
+    /// the engine by step 3 (a store that disagrees with its checkpoint, or cannot be read, is
+    /// rebuilt from the beginning).
+    fn restore_store(&self, partition: i32, store: TaskStore) -> anyhow::Result<Restored<Loaded>> {
         let config = self.settings.kafka.client_config();
         let remaining = &self.metrics.restore_remaining_records;
         let restored = changelog::restore_and_load(
@@ -149,38 +164,13 @@ impl TaskManager {
             store,
             &StoreOptions::default(),
             &|left| remaining.set(self.thread, left),
+            |store, stats| self.load_engine(store, stats),
         )?;
         remaining.set(self.thread, 0);
         if let Some(why) = &restored.stats.full_restore_reason {
             StoreRebuilt { partition, why }.emit(&self.metrics);
         }
-        Ok(restored)
-    }
-
-    /// Step 3: the engine loaded from the store; returns it and the input offsets the stored
-    /// state reflects (its last commit marker).
-    fn load_engine(
-        &self,
-        partition: i32,
-        restored: &mut Restored,
-    ) -> anyhow::Result<(Task, Option<PerSide<i64>>)> {
-        let (contents, stats, store) = (&mut restored.contents, &restored.stats, &restored.store);
-        let mut engine = Task::new(self.settings.policy);
-        if let Some(meta) = contents.meta {
-            engine.restore_meta(meta);
-        }
-        let runs = contents.runs.len();
-        for (key, run) in contents.runs.drain(..) {
-            engine.restore_run(key, run);
-        }
-        // Keys of a commit the previous owner did not finish: written again at the first commit.
-        for key in &stats.unfinished_keys {
-            if codec::is_task_key(key) {
-                engine.rewrite_at_next_commit(None, true);
-            } else {
-                engine.rewrite_at_next_commit(Some(codec::decode_key(key)?), false);
-            }
-        }
+        let (stats, store) = (&restored.stats, &restored.store);
         if !stats.unfinished_keys.is_empty() {
             UnfinishedCommitLeftOut {
                 partition,
@@ -188,6 +178,9 @@ impl TaskManager {
             }
             .emit(&self.metrics);
         }
+        self.metrics
+            .runs_evicted
+            .inc_by(restored.loaded.evicted as u64);
         TaskRestored {
             partition,
             changelog: &self.changelog_topic,
@@ -195,12 +188,52 @@ impl TaskManager {
             to_offset: stats.to_offset,
             records: stats.records,
             bytes: stats.bytes,
-            runs,
+            runs: restored.loaded.runs,
             duration: stats.duration,
             store: &store.dir().display().to_string(),
         }
         .emit(&self.metrics);
-        Ok((engine, contents.marker.map(|m| m.input_next)))
+        Ok(restored)
+    }
+
+    /// Step 3: the engine loaded from the store run by run, each settled run evicted again as
+    /// soon as it is read (the store has it), so a store of a million runs never sits in memory
+    /// whole; with the input offsets the stored state reflects (its last commit marker).
+    fn load_engine(&self, store: &TaskStore, stats: &RestoreStats) -> anyhow::Result<Loaded> {
+        let task = store.load_task()?;
+        let mut engine = Task::new(self.settings.policy);
+        if let Some(meta) = task.meta {
+            engine.restore_meta(meta);
+        }
+        // Keys of a commit the previous owner did not finish stay in memory: they are written
+        // again at the first commit (an evicted one would be written as a tombstone).
+        let mut unfinished = BTreeSet::new();
+        let mut meta_unfinished = false;
+        for key in &stats.unfinished_keys {
+            if codec::is_task_key(key) {
+                meta_unfinished = true;
+            } else {
+                unfinished.insert(codec::decode_key(key)?);
+            }
+        }
+        let (mut runs, mut evicted) = (0, 0);
+        store.for_each_run(|key, run| {
+            runs += 1;
+            engine.restore_run(key.clone(), run);
+            if !unfinished.contains(&key) {
+                evicted += engine.evict_settled([key]);
+            }
+        })?;
+        engine.rewrite_at_next_commit(None, meta_unfinished);
+        for key in unfinished {
+            engine.rewrite_at_next_commit(Some(key), false);
+        }
+        Ok(Loaded {
+            engine,
+            reflected: task.marker.map(|m| m.input_next),
+            runs,
+            evicted,
+        })
     }
 
     /// Step 4: where processing starts on each side, and what the group has committed: the

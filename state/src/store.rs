@@ -172,25 +172,75 @@ impl TaskStore {
 
     /// Everything in the store; a value of another format is an error that names the fix.
     pub fn load(&self) -> anyhow::Result<Contents> {
-        let mut contents = Contents::default();
+        let mut contents = self.load_task()?;
+        self.for_each_run(|key, run| contents.runs.push((key, run)))?;
+        Ok(contents)
+    }
+
+    /// The task's own records (meta and last commit marker), `runs` left empty: read before
+    /// the runs, since restoring a run needs the task's stream time.
+    pub fn load_task(&self) -> anyhow::Result<Contents> {
+        let meta = self.db.get(META_KEY)?;
+        let marker = self.db.get(COMMIT_KEY)?;
+        Ok(Contents {
+            meta: meta.map(|v| codec::decode_meta(&v)).transpose()?,
+            marker: marker.map(|v| codec::decode_marker(&v)).transpose()?,
+            runs: Vec::new(),
+        })
+    }
+
+    /// Hands every stored run to `on_run` as it is read, in key order, without collecting them:
+    /// a task start loads a store of a million runs without holding them all at once (it
+    /// evicts the settled ones as they come).
+    pub fn for_each_run(&self, mut on_run: impl FnMut(RunKey, RunState)) -> anyhow::Result<()> {
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
-            if &*key == IDENTITY_KEY || &*key == POSITION_KEY {
+            if [IDENTITY_KEY, POSITION_KEY, META_KEY, COMMIT_KEY].contains(&&*key) {
                 continue;
             }
-            if &*key == META_KEY {
-                contents.meta = Some(codec::decode_meta(&value)?);
-                continue;
-            }
-            if &*key == COMMIT_KEY {
-                contents.marker = Some(codec::decode_marker(&value)?);
-                continue;
-            }
-            contents
-                .runs
-                .push((codec::decode_key(&key)?, codec::decode_run(&value)?));
+            on_run(codec::decode_key(&key)?, codec::decode_run(&value)?);
         }
-        Ok(contents)
+        Ok(())
+    }
+
+    /// One run's stored state: for a run the engine evicted (`Outcome::NeedsRun`) and for
+    /// queries of runs not in memory.
+    pub fn get_run(&self, key: &RunKey) -> anyhow::Result<Option<RunState>> {
+        let value = self
+            .db
+            .get(codec::encode_key(key))
+            .with_context(|| format!("cannot read the store in {}", self.dir.display()))?;
+        Ok(value.map(|v| codec::decode_run(&v)).transpose()?)
+    }
+
+    /// The stored runs of one world that `keep` accepts, in run id order: the first `max` of
+    /// them decoded, and how many there are in all (run keys start with the world id, so this
+    /// reads one key range; values past the first `max` are not decoded).
+    pub fn runs_of_world(
+        &self,
+        world_id: &str,
+        max: usize,
+        mut keep: impl FnMut(&RunKey) -> bool,
+    ) -> anyhow::Result<(Vec<(RunKey, RunState)>, usize)> {
+        let prefix = codec::encode_key(&RunKey::new(world_id, ""));
+        let mut runs = Vec::new();
+        let mut total = 0;
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let key = codec::decode_key(&key)?;
+            if !keep(&key) {
+                continue;
+            }
+            total += 1;
+            if runs.len() < max {
+                runs.push((key, codec::decode_run(&value)?));
+            }
+        }
+        Ok((runs, total))
     }
 
     /// Applies one commit's changes as one synced `WriteBatch`, then records the changelog

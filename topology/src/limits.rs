@@ -30,6 +30,22 @@ pub const ETAG_BYTES_MAX: usize = 512;
 /// Cost: about 100 bytes per sequence in memory and in the run's stored value.
 pub const RUN_SEQUENCES_MAX: usize = 4096;
 
+/// Runs one task knows at once, in memory or evicted to the store (each held until
+/// `run_retention_ms` after its last event). A record that would start a new run beyond it is
+/// cut (counted as `task_runs`, alerted by `AckwatchLimitCut`): the task no longer sees new
+/// runs until retention drops old ones. Counted the same live and in a replay, so the cut is
+/// reproducible. Cost: a settled run evicted to the store keeps about 100 bytes in memory (its
+/// retention index entry); an unsettled one stays resident, about 1.7 KiB plus its sequences.
+pub const TASK_RUNS_MAX: usize = 2_000_000;
+
+/// Sequences all runs of one task hold at once (in memory or evicted; counted the same live
+/// and in a replay). A record for a new sequence beyond it is cut (counted as
+/// `task_sequences`, alerted by `AckwatchLimitCut`) and its run marked truncated, until
+/// retention drops old runs. With `TASK_RUNS_MAX` it bounds a task's memory whatever the input:
+/// about 100 bytes per sequence of an unsettled run, so at most about 400 MiB per task even if
+/// no run ever settles.
+pub const TASK_SEQUENCES_MAX: usize = 4_000_000;
+
 /// Widest sequence jump turned into missing sequences at once. A jump from 2 to 2^63 would
 /// otherwise ask for 2^63 entries; only the `GAP_SPAN_MAX` sequences just below the new one
 /// are tracked, the rest counted as `gap_span`.
@@ -53,6 +69,7 @@ pub const WORLDS_INTERNED_MAX: usize = 100_000;
 pub const RETENTION_TOMBSTONES_PER_COMMIT_MAX: usize = 10_000;
 
 const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
+const _: () = assert!(RUN_SEQUENCES_MAX <= TASK_SEQUENCES_MAX);
 const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);
 const _: () = assert!(ID_BYTES_MAX * 2 + ETAG_BYTES_MAX < RECORD_VALUE_BYTES_MIN);
 const _: () = assert!(RECORD_VALUE_BYTES_MIN <= RECORD_VALUE_BYTES_DEFAULT);

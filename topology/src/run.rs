@@ -421,6 +421,15 @@ impl RunState {
             .map_or(retention, |t| t.due.min(retention))
     }
 
+    /// Nothing of the run is pending, open or paused: what the live runtime may evict to the
+    /// store after a commit. Every operator view (alerts, gauges, `/runs`' open findings) reads
+    /// only unsettled runs from memory, so evicting settled ones changes none of them.
+    pub fn is_settled(&self) -> bool {
+        self.timers.is_empty()
+            && !matches!(self.episode_state, EpisodeState::Paused { .. })
+            && self.open_findings() == 0
+    }
+
     pub fn open_findings(&self) -> usize {
         let in_ranges: u64 = self
             .missing

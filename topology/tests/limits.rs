@@ -146,3 +146,81 @@ fn retention_tombstones_are_bounded_per_commit_and_a_restore_drops_what_they_mis
     assert_eq!(restored.run_count(), 0);
     assert_eq!(restored.deferred_tombstones(), runs - MAX);
 }
+
+#[test]
+fn runs_beyond_the_task_cap_are_cut_and_counted_evicted_ones_included() {
+    let policy = Policy {
+        run_retention_ms: 60_000,
+        ..Policy::default()
+    };
+    let mut task = Task::new(policy).limit_runs(3, usize::MAX);
+    let mut out = vec![];
+    // Three runs, each activation ACKed at once: settled, so evicted after the "commit".
+    for run in ["r0", "r1", "r2"] {
+        let ts = ackwatch_topology::time::format_rfc3339_ms(T0);
+        let value = format!(
+            r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"{run}","sequence":1,"requires_ack":true,"ts":"{ts}"}}"#
+        );
+        assert_eq!(
+            process(&mut task, Side::Activation, &value, T0, &mut out),
+            Outcome::Tracked
+        );
+        assert_eq!(ack_of(&mut task, run, 1, T0 + 10, &mut out), Outcome::Ack);
+    }
+    let keys: Vec<RunKey> = task.take_changes().0.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(task.evict_settled(keys), 3, "all three are settled");
+    assert_eq!((task.resident_count(), task.run_count()), (0, 3));
+
+    // A fourth run is cut (the evicted ones count); a record of a known run is not.
+    assert_eq!(ack_of(&mut task, "r3", 1, T0 + 20, &mut out), Outcome::Cut);
+    assert_eq!(task.counters().limit_cut.get("task_runs"), Some(&1));
+    assert!(
+        task.run(&RunKey::new("w", "r3")).is_none(),
+        "nothing kept of it"
+    );
+    assert!(matches!(
+        ack_of(&mut task, "r1", 1, T0 + 30, &mut out),
+        Outcome::NeedsRun(_)
+    ));
+
+    // Once retention drops the three, new runs are admitted again.
+    assert_eq!(
+        ack_of(&mut task, "r4", 1, T0 + 3_600_000, &mut out),
+        Outcome::Ack
+    );
+    assert_eq!(task.run_count(), 1);
+    assert_eq!(task.counters().limit_cut.get("task_runs"), Some(&1));
+}
+
+#[test]
+fn sequences_beyond_the_task_cap_are_cut_and_counted_and_retention_frees_them() {
+    let policy = Policy {
+        run_retention_ms: 60_000,
+        ..Policy::default()
+    };
+    let mut task = Task::new(policy).limit_runs(usize::MAX, 5);
+    let mut out = vec![];
+    // Five sequences over two runs fill the task; the sixth is cut, in either run.
+    for seq in 1..=3 {
+        assert_eq!(ack_of(&mut task, "a", seq, T0, &mut out), Outcome::Ack);
+    }
+    for seq in 1..=2 {
+        assert_eq!(ack_of(&mut task, "b", seq, T0, &mut out), Outcome::Ack);
+    }
+    assert_eq!(task.sequence_count(), 5);
+    assert_eq!(ack_of(&mut task, "a", 4, T0 + 1, &mut out), Outcome::Cut);
+    assert_eq!(ack_of(&mut task, "c", 1, T0 + 1, &mut out), Outcome::Cut);
+    assert_eq!(task.counters().limit_cut.get("task_sequences"), Some(&2));
+    assert_eq!(task.run(&RunKey::new("w", "a")).unwrap().cut, 1);
+    // A record of a sequence already held is not a new one.
+    assert_eq!(
+        ack_of(&mut task, "a", 1, T0 + 2, &mut out),
+        Outcome::Duplicate
+    );
+    // Retention drops the runs (and their sequences): room again.
+    assert_eq!(
+        ack_of(&mut task, "d", 1, T0 + 3_600_000, &mut out),
+        Outcome::Ack
+    );
+    assert_eq!(task.sequence_count(), 1);
+}

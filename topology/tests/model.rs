@@ -942,6 +942,10 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
             &mut plain_out,
         );
     }
+    // The task's count of sequences held (what `TASK_SEQUENCES_MAX` caps) is their sum.
+    let plain_sequences = plain.sequence_count();
+    let held: usize = plain.runs().map(|(_, r)| r.sequences.len()).sum();
+    assert_eq!(plain_sequences, held as u64, "seed {seed}");
     // A far punctuation at the end, so retention drops happen.
     plain.punctuate(2_000_000_000_000, &mut plain_out);
 
@@ -991,7 +995,13 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
         }
     }
     commit(&mut task, &mut store);
+    assert_eq!(
+        task.sequence_count(),
+        plain_sequences,
+        "seed {seed}: evicted runs' sequences still count"
+    );
     task.punctuate(2_000_000_000_000, &mut out);
+    assert_eq!(task.sequence_count(), plain.sequence_count(), "seed {seed}");
     // Dropped-run summaries are absent for runs dropped while evicted; all else is equal.
     let evicted_drops = out
         .iter()

@@ -5,11 +5,38 @@ use crate::limits::{GAP_SPAN_MAX, RUN_SEQUENCES_MAX};
 use crate::output::{Outcome, Output};
 use crate::run::{ActivationSeen, FindingKind, FindingState};
 use crate::time::Millis;
+use crate::RunKey;
 
 use super::episode::Raised;
 use super::{touch_run, Task};
 
 impl Task {
+    /// Whether a record of `key` may be applied: its run exists, or the task knows fewer than
+    /// `runs_max` (`TASK_RUNS_MAX`) runs (in memory or evicted; the same count live and in a replay). A
+    /// record of a new run beyond it is cut, counted as `task_runs`.
+    fn admits(&mut self, key: &RunKey) -> bool {
+        if self.runs.contains_key(key) || self.run_count() < self.runs_max {
+            return true;
+        }
+        self.counters.cut("task_runs", 1);
+        false
+    }
+
+    /// Which limit, if any, cuts a record for a new sequence of a run holding `run_len`:
+    /// `RUN_SEQUENCES_MAX` per run, or `sequences_max` (`TASK_SEQUENCES_MAX`) over every run
+    /// the task knows (in memory or evicted; the same count live and in a replay).
+    fn sequence_limit(&self, new_sequence: bool, run_len: usize) -> Option<&'static str> {
+        if !new_sequence {
+            None
+        } else if run_len >= RUN_SEQUENCES_MAX {
+            Some("run_sequences")
+        } else if self.sequences_known >= self.sequences_max {
+            Some("task_sequences")
+        } else {
+            None
+        }
+    }
+
     pub(super) fn apply_activation(
         &mut self,
         act: Activation<'_>,
@@ -19,6 +46,9 @@ impl Task {
         let policy = self.policy;
         let exempt_from = self.meta.first_record_ms.unwrap_or(record_ms);
         let key = self.key_of(&act.run);
+        if !self.admits(&key) {
+            return Outcome::Cut;
+        }
         touch_run(&mut self.runs, &key, record_ms, act.event_ms);
         self.mark_dirty(&key);
         let run = self.runs.get_mut(&key).expect("just touched");
@@ -54,14 +84,17 @@ impl Task {
             return Outcome::Duplicate;
         }
 
-        if !run.sequences.contains_key(&seq) && run.sequences.len() >= RUN_SEQUENCES_MAX {
+        let (new_sequence, run_len) = (!run.sequences.contains_key(&seq), run.sequences.len());
+        if let Some(limit) = self.sequence_limit(new_sequence, run_len) {
+            let run = self.runs.get_mut(&key).expect("run exists");
             run.cut += 1;
-            self.counters.cut("run_sequences", 1);
+            self.counters.cut(limit, 1);
             self.mark_dirty(&key);
             self.reindex(&key);
             return Outcome::Cut;
         }
         self.counters.tracked += 1;
+        let run = self.runs.get_mut(&key).expect("run exists");
 
         // Sequences this activation reveals as missing: between the highest seen and this one,
         // or, for the run's first activation, from `sequence_start` (unless the run may have
@@ -90,6 +123,8 @@ impl Task {
         run.max_sequence = Some(run.max_sequence.map_or(seq, |m| m.max(seq)));
 
         run.untrack(seq, &policy);
+        self.sequences_known += u64::from(new_sequence);
+        let run = self.runs.get_mut(&key).expect("run exists");
         let state = run.sequences.get_or_default(seq);
         state.activation = Some(ActivationSeen {
             event_ms: act.event_ms,
@@ -133,6 +168,9 @@ impl Task {
     ) -> Outcome {
         let policy = self.policy;
         let key = self.key_of(&ack.run);
+        if !self.admits(&key) {
+            return Outcome::Cut;
+        }
         touch_run(&mut self.runs, &key, record_ms, ack.event_ms);
         self.mark_dirty(&key);
         let run = self.runs.get_mut(&key).expect("just touched");
@@ -143,12 +181,16 @@ impl Task {
             self.reindex(&key);
             return Outcome::Duplicate;
         }
-        if !run.sequences.contains_key(&seq) && run.sequences.len() >= RUN_SEQUENCES_MAX {
+        let (new_sequence, run_len) = (!run.sequences.contains_key(&seq), run.sequences.len());
+        if let Some(limit) = self.sequence_limit(new_sequence, run_len) {
+            let run = self.runs.get_mut(&key).expect("run exists");
             run.cut += 1;
-            self.counters.cut("run_sequences", 1);
+            self.counters.cut(limit, 1);
             self.reindex(&key);
             return Outcome::Cut;
         }
+        self.sequences_known += u64::from(new_sequence);
+        let run = self.runs.get_mut(&key).expect("run exists");
         self.counters.acks += 1;
         run.untrack(seq, &policy);
         let state = run.sequences.get_or_default(seq);

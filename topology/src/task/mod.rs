@@ -22,6 +22,8 @@ use rustc_hash::FxBuildHasher;
 
 type RunMap = hashbrown::HashMap<RunKey, RunState, FxBuildHasher>;
 /// Evicted runs by a 64-bit hash of their key: how many evicted runs have that hash.
+/// Evicted runs by key hash, with the number of sequences each holds (at most one evicted run
+/// per hash: a run whose hash an evicted one already has stays in memory).
 type EvictedMap = hashbrown::HashMap<u64, u32, FxBuildHasher>;
 
 use serde::{Deserialize, Serialize};
@@ -133,6 +135,12 @@ pub struct Task {
     dirty: Vec<RunKey>,
     meta_dirty: bool,
     counters: Counters,
+    /// Runs the task may know at once (`TASK_RUNS_MAX` unless lowered by [`Self::limit_runs`]).
+    runs_max: usize,
+    /// Sequences held by every run the task knows, in memory or evicted.
+    sequences_known: u64,
+    /// `TASK_SEQUENCES_MAX` unless lowered by [`Self::limit_runs`].
+    sequences_max: u64,
 }
 
 /// A change for the state store: the run's new state, or `None` when retention dropped it.
@@ -152,7 +160,24 @@ impl Task {
             dirty: Vec::new(),
             meta_dirty: false,
             counters: Counters::default(),
+            runs_max: crate::limits::TASK_RUNS_MAX,
+            sequences_known: 0,
+            sequences_max: crate::limits::TASK_SEQUENCES_MAX as u64,
         }
+    }
+
+    /// Lowers the caps on runs and on their sequences known at once below `TASK_RUNS_MAX` and
+    /// `TASK_SEQUENCES_MAX` (tests reach them with a few runs instead of millions). Never
+    /// raises them.
+    pub fn limit_runs(mut self, runs_max: usize, sequences_max: usize) -> Self {
+        self.runs_max = runs_max.min(crate::limits::TASK_RUNS_MAX);
+        self.sequences_max = sequences_max.min(crate::limits::TASK_SEQUENCES_MAX) as u64;
+        self
+    }
+
+    /// Sequences held by the runs the task knows (in memory or evicted).
+    pub fn sequence_count(&self) -> u64 {
+        self.sequences_known
     }
 
     pub fn meta(&self) -> TaskMeta {
@@ -192,31 +217,43 @@ impl Task {
             .count()
     }
 
+    /// Whether a stored state read outside the engine (a query of an evicted run) is still a
+    /// run of the task: retention has not dropped it (its tombstone may not be written yet).
+    pub fn retains(&self, run: &RunState) -> bool {
+        self.meta
+            .stream_time
+            .is_none_or(|now| run.retention_due(&self.policy) >= now)
+    }
+
     /// Runs held in memory.
     pub fn resident_count(&self) -> usize {
         self.runs.len()
     }
 
-    /// Evicts from memory those of `keys` that have nothing pending and no uncommitted change
-    /// (call it after the store has the task's changes); returns how many it evicted. Their
-    /// state must be in the store: a later record of one of them returns `NeedsRun`.
+    /// Evicts from memory those of `keys` that are settled ([`RunState::is_settled`]) and have
+    /// no uncommitted change (call it after the store has the task's changes); returns how many
+    /// it evicted. Their state must be in the store: a later record of one of them returns
+    /// `NeedsRun`.
     pub fn evict_settled(&mut self, keys: impl IntoIterator<Item = RunKey>) -> usize {
         let mut evicted = 0;
         for key in keys {
+            let hash = key_hash(&key);
             let Some(run) = self
                 .runs
                 .get(&key)
-                .filter(|r| !r.dirty && r.timers.is_empty())
+                .filter(|r| !r.dirty && r.is_settled() && !self.evicted.contains_key(&hash))
             else {
                 continue;
             };
+            let sequences =
+                u32::try_from(run.sequences.len()).expect("bounded by RUN_SEQUENCES_MAX");
             let due = run.retention_due(&self.policy);
             if let Some(old) = run.indexed_due {
                 self.due.remove(&(old, key.clone()));
             }
             self.runs.remove(&key);
             self.absent.remove(&key);
-            *self.evicted.entry(key_hash(&key)).or_default() += 1;
+            self.evicted.insert(hash, sequences);
             self.evicted_count += 1;
             self.due.insert((due, key));
             evicted += 1;
@@ -249,8 +286,11 @@ impl Task {
                 .due
                 .remove(&(state.retention_due(&self.policy), key.clone()))
         {
-            // It was evicted: its index entry was its retention deadline (same policy, same facts).
+            // It was evicted: its index entry was its retention deadline (same policy, same
+            // facts). Its sequences were counted all along.
             self.forget_evicted(&key);
+        } else if !self.runs.contains_key(&key) {
+            self.sequences_known += state.sequences.len() as u64;
         }
         self.runs.insert(key.clone(), state);
         self.reindex(&key);
@@ -485,23 +525,20 @@ impl Task {
         self.absent.insert(key);
     }
 
-    pub(super) fn forget_evicted(&mut self, key: &RunKey) {
-        let hash = key_hash(key);
-        let count = self
+    /// Forgets an evicted run (loaded back or dropped); returns how many sequences it holds.
+    pub(super) fn forget_evicted(&mut self, key: &RunKey) -> u64 {
+        let sequences = self
             .evicted
-            .get_mut(&hash)
-            .expect("an evicted run is counted under its hash");
-        *count -= 1;
-        if *count == 0 {
-            self.evicted.remove(&hash);
-        }
+            .remove(&key_hash(key))
+            .expect("an evicted run is listed under its hash");
         self.evicted_count -= 1;
+        u64::from(sequences)
     }
 
     /// An evicted run has only its retention deadline (its index entry, exact since eviction):
     /// drop it then, a tombstone for the store.
     pub(super) fn drop_evicted(&mut self, key: RunKey, out: &mut Vec<Output>) {
-        self.forget_evicted(&key);
+        self.sequences_known -= self.forget_evicted(&key);
         self.dirty.push(key.clone());
         self.counters.runs_dropped += 1;
         out.push(Output::RunDropped {

@@ -76,6 +76,7 @@ impl Task {
                 "retention is never before a pending deadline"
             );
             let run = self.runs.remove(key).expect("run exists");
+            self.sequences_known -= run.sequences.len() as u64;
             if !run.dirty {
                 self.dirty.push(key.clone());
             }
