@@ -138,18 +138,33 @@ fn init_logging_quiet() {
         .init();
 }
 
+/// `ackwatch check`: every problem of the configuration's world in one run (the configuration
+/// itself first: without it nothing else can be checked).
 fn check(args: ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
     println!("ok: configuration is valid");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (_, lines) = runtime.block_on(ackwatch::runtime::check_cluster(
+    let (mut lines, mut problems) = runtime.block_on(ackwatch::runtime::inspect_local(&settings));
+    match runtime.block_on(ackwatch::runtime::inspect_cluster(
         &settings,
         ackwatch::runtime::ChangelogCheck::Report,
-    ))?;
-    for line in lines {
-        println!("{}", ackwatch::secrets::scrub(&line));
+    )) {
+        Ok(found) => {
+            lines.extend(found.lines);
+            problems.extend(found.problems);
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    for line in &lines {
+        println!("{}", ackwatch::secrets::scrub(line));
+    }
+    for problem in &problems {
+        println!("problem: {}", ackwatch::secrets::scrub(problem));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{} problem(s) found (listed above)", problems.len());
     }
     Ok(())
 }

@@ -127,3 +127,63 @@ fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
         processor.log_text()
     );
 }
+
+/// semantics §3: an escalation (rollback_after_ms passed, auto_rollback off) ends the warning
+/// alert at once; Alertmanager then lists exactly one alert for the run, the critical one, and
+/// never shows the warning copy active beside it (it would later be reported "resolved" for a
+/// finding that got worse).
+#[test]
+fn an_escalation_replaces_the_warning_alert_instead_of_adding_one() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let am = support::Scripted {
+        script: "alertmanager.sh",
+        dir: dir.path().join("alertmanager"),
+    };
+    let url = am.run("start");
+    let address = url.strip_prefix("http://").unwrap().to_string();
+    let topics = rt.block_on(LiveTopics::create("escalation", 1));
+    let (config, http) = support::live_config(
+        dir.path(),
+        &topics,
+        &support::unique("app-escalation"),
+        "i1",
+        "at_least_once",
+        "",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!(
+        "[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\n\
+         [policy]\nrollback_after_ms = 4000\nauto_rollback = false\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut processor = Processor::start(&config, &http);
+    processor.wait_ready(Duration::from_secs(60));
+
+    rt.block_on(support::produce_kcat(&[activation("esc_w1")], &topics));
+    let warning = wait_for(|| listed(&address, "esc_w1").filter(|a| !a.is_empty()));
+    assert_eq!(warning.len(), 1, "{warning:?}");
+    assert_eq!(warning[0]["labels"]["severity"], "warning");
+    // Escalated 4 s after the pause: from then on only the critical copy is listed.
+    let critical = wait_for(|| {
+        listed(&address, "esc_w1")
+            .filter(|a| a.iter().any(|x| x["labels"]["severity"] == "critical"))
+    });
+    assert_eq!(
+        critical.len(),
+        1,
+        "the warning copy ended at once: {critical:?}"
+    );
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = listed(&address, "esc_w1").unwrap();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0]["labels"]["severity"], "critical", "{now:?}");
+        assert_eq!(now[0]["status"]["state"], "active");
+    }
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
+}

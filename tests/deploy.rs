@@ -38,7 +38,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Metric families exposed on /metrics, with a histogram's `_bucket`, `_sum` and `_count`
 /// series. Vectors whose labels are only known at run time (lag by partition, posts by URL, cuts
-/// by limit, client errors by code) are touched first: they exist, but render only once observed.
+/// by limit, client errors by code, stalled partitions) are touched first: they exist, but render only once observed.
 fn exposed_names() -> BTreeSet<String> {
     let metrics = Metrics::new(["activation", "control.activation.ack"]);
     metrics.consumer_lag.with_label_values(&["activation", "0"]);
@@ -46,6 +46,7 @@ fn exposed_names() -> BTreeSet<String> {
         .alert_posts
         .with_label_values(&["http://am:9093", "ok"]);
     metrics.limit_cut.with_label_values(&["run_sequences"]);
+    metrics.stalls.set("activation", 0, "a stall".into());
     metrics.kafka_errors.with_label_values(&["other"]);
     let mut names = BTreeSet::new();
     for line in metrics.render().lines() {

@@ -7,6 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer as _;
+
 use ackwatch::audit::kcat::KcatRecord;
 use ackwatch_topology::Policy;
 use serde_json::{json, Value};
@@ -496,4 +498,67 @@ fn a_stopped_static_member_leaves_the_group_at_once() {
         stopped.elapsed()
     );
     assert!(b.terminate(Duration::from_secs(30)).success());
+}
+
+/// Ready means "in the group and not restoring" (Kafka Streams' RUNNING): with more instances
+/// than partitions the idle member is ready too, so a StatefulSet rollout or a node drain never
+/// waits for it; it takes the partition over when the owner stops.
+#[test]
+fn an_idle_member_is_ready_and_takes_over() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = rt.block_on(LiveTopics::create("live-idle", 1));
+    let app = support::unique("app-idle");
+    let start = |instance: &str| {
+        let (config, http) =
+            support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
+        Processor::start(&config, &http)
+    };
+    let owned = |p: &Processor| -> Vec<i64> {
+        support::http_get(&p.http, "/runs/no_such_world")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| {
+                v["owned_partitions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            })
+            .unwrap_or_default()
+    };
+    let mut a = start("a");
+    a.wait_ready(READY_TIMEOUT);
+    let mut b = start("b");
+    b.wait_ready(READY_TIMEOUT);
+    // Both in the group: one owns the partition, the other nothing, and both are ready.
+    let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
+        ([0], []) => Some(true),
+        ([], [0]) => Some(false),
+        _ => None,
+    });
+    let (owner, idle) = if a_owns {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let ready = |p: &Processor| support::http_get(&p.http, "/readyz").map(|(s, _)| s);
+    assert_eq!(ready(idle), Some(200), "the idle member is ready");
+    // Each member says in the group which instance, thread and role it is.
+    let looker: rdkafka::consumer::BaseConsumer = support::client_config().create().unwrap();
+    let groups = looker
+        .fetch_group_list(Some(&app), Duration::from_secs(10))
+        .unwrap();
+    let mut clients: Vec<String> = groups.groups()[0]
+        .members()
+        .iter()
+        .map(|m| m.client_id().to_string())
+        .collect();
+    clients.sort();
+    assert_eq!(
+        clients,
+        ["ackwatch-a-t0-consumer", "ackwatch-b-t0-consumer"]
+    );
+    assert_eq!(ready(owner), Some(200));
+    assert!(owner.terminate(Duration::from_secs(30)).success());
+    wait_for(|| (owned(idle) == [0]).then_some(()));
+    assert_eq!(ready(idle), Some(200));
+    assert!(idle.terminate(Duration::from_secs(30)).success());
 }

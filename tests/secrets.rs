@@ -146,9 +146,20 @@ fn a_running_processor_shows_no_secret_anywhere() {
         "the URL label without its credentials:\n{metrics}"
     );
     let runs = support::http_get(&http, "/runs/w1").unwrap().1;
+    // `check` beside the running processor lists every problem at once, URLs included
+    // (without their credentials): the port in use, the closed Alertmanager, WorldService.
     let (check_ok, check) =
         ackwatch_with_env(&["check", "--config", config.to_str().unwrap()], &env);
-    assert!(check_ok, "{check}");
+    assert!(!check_ok, "{check}");
+    for problem in [
+        format!("problem: http.listen {http} cannot be bound"),
+        format!("problem: Alertmanager http://127.0.0.1:{closed_port}/ cannot be reached"),
+        format!("problem: WorldService http://127.0.0.1:{ws_port}/signals cannot be reached"),
+        "3 problem(s) found".to_string(),
+    ] {
+        assert!(check.contains(&problem), "{problem:?} not in:\n{check}");
+    }
+    assert!(check.contains("ok: reached Kafka"), "{check}");
     assert!(processor.terminate(Duration::from_secs(30)).success());
     let log = processor.log_text();
     assert!(

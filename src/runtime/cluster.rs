@@ -9,7 +9,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 
 use super::changelog;
-use crate::settings::{Guarantee, Settings};
+use crate::settings::{ClientKind, Guarantee, Settings};
 
 /// Longest the metadata request of a check may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -28,12 +28,37 @@ pub enum ChangelogCheck {
 
 /// What `check` and `run` verify about the cluster before processing: every topic exists, the
 /// inputs are co-partitioned, the changelog matches them. Returns the input partition count and
-/// one line per check.
+/// one line per check; the first problem is the error (`run` starts only on a sound cluster).
 pub async fn check_cluster(
     settings: &Settings,
     changelog_check: ChangelogCheck,
 ) -> anyhow::Result<(i32, Vec<String>)> {
-    let config = settings.kafka.client_config();
+    let found = inspect_cluster(settings, changelog_check).await?;
+    if let Some(first) = found.problems.into_iter().next() {
+        bail!(first);
+    }
+    Ok((
+        found.partitions.expect("no problem: the inputs were found"),
+        found.lines,
+    ))
+}
+
+/// Every check of the cluster, each problem found listed (not only the first): `ackwatch check`.
+pub struct Inspection {
+    /// The input partition count, when both inputs exist with the same count.
+    pub partitions: Option<i32>,
+    /// One `ok: ...` line per check passed.
+    pub lines: Vec<String>,
+    /// One line per problem, saying what to do.
+    pub problems: Vec<String>,
+}
+
+/// Runs every cluster check it can; only an unreachable cluster stops it (an error).
+pub async fn inspect_cluster(
+    settings: &Settings,
+    changelog_check: ChangelogCheck,
+) -> anyhow::Result<Inspection> {
+    let config = settings.client_config(ClientKind::Admin, "admin");
     let admin: AdminClient<DefaultClientContext> = config
         .create()
         .context("cannot create a Kafka admin client")?;
@@ -53,70 +78,143 @@ pub async fn check_cluster(
             .find(|t| t.name() == name && t.error().is_none())
             .map(|t| t.partitions().len() as i32)
     };
-    let mut lines = vec![format!(
-        "ok: reached Kafka at {} ({} brokers)",
-        settings.kafka.bootstrap_servers,
-        metadata.brokers().len()
-    )];
-    let topics = &settings.topics;
-    let (Some(activation), Some(ack)) = (count(&topics.activation), count(&topics.ack)) else {
-        let missing: Vec<&str> = [&topics.activation, &topics.ack]
-            .into_iter()
-            .filter(|t| count(t).is_none())
-            .map(String::as_str)
-            .collect();
-        bail!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned");
+    let mut found = Inspection {
+        partitions: None,
+        lines: vec![format!(
+            "ok: reached Kafka at {} ({} brokers)",
+            settings.kafka.bootstrap_servers,
+            metadata.brokers().len()
+        )],
+        problems: Vec::new(),
     };
-    if activation != ack {
-        bail!(
+    let topics = &settings.topics;
+    match (count(&topics.activation), count(&topics.ack)) {
+        (Some(activation), Some(ack)) if activation != ack => found.problems.push(format!(
             "input topics are not co-partitioned: {} has {activation} partitions, {} has {ack}; \
              partition p of one must join partition p of the other (docs/semantics.md §1), give them the same count",
-            topics.activation,
-            topics.ack
-        );
+            topics.activation, topics.ack
+        )),
+        (Some(activation), Some(_)) => {
+            found.partitions = Some(activation);
+            found.lines.push(format!(
+                "ok: {} and {} are co-partitioned ({activation} partitions)",
+                topics.activation, topics.ack
+            ));
+        }
+        _ => {
+            let missing: Vec<&str> = [&topics.activation, &topics.ack]
+                .into_iter()
+                .filter(|t| count(t).is_none())
+                .map(String::as_str)
+                .collect();
+            found.problems.push(format!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned"));
+        }
     }
-    lines.push(format!(
-        "ok: {} and {} are co-partitioned ({activation} partitions)",
-        topics.activation, topics.ack
-    ));
     let missing: Vec<&str> = [&topics.gap, &topics.signal, &topics.dead_letter]
         .into_iter()
         .filter(|t| count(t).is_none())
         .map(String::as_str)
         .collect();
-    if !missing.is_empty() {
-        bail!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them");
+    if missing.is_empty() {
+        found.lines.push(format!(
+            "ok: output topics {}, {}, {} exist",
+            topics.gap, topics.signal, topics.dead_letter
+        ));
+    } else {
+        found.problems.push(format!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them"));
     }
-    lines.push(format!(
-        "ok: output topics {}, {}, {} exist",
-        topics.gap, topics.signal, topics.dead_letter
-    ));
+    let Some(activation) = found.partitions else {
+        return Ok(found);
+    };
     let changelog = changelog::topic_name(&settings.runtime.application_id);
     match count(&changelog) {
-        Some(n) if n != activation => bail!(
+        Some(n) if n != activation => found.problems.push(format!(
             "changelog topic {changelog} has {n} partitions but the input topics have {activation}: delete it \
              (ackwatch recreates it and restores from scratch) or restore the input partition count"
-        ),
-        None if changelog_check == ChangelogCheck::Report => lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
-        None if changelog_check == ChangelogCheck::Precreated => {
-            bail!("changelog topic {changelog} does not exist on the embedded cluster")
-        }
+        )),
+        None if changelog_check == ChangelogCheck::Report => found.lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
+        None if changelog_check == ChangelogCheck::Precreated => found
+            .problems
+            .push(format!("changelog topic {changelog} does not exist on the embedded cluster")),
         Some(_) if changelog_check == ChangelogCheck::Precreated => {
-            lines.push(format!("ok: changelog topic {changelog} ({activation} partitions, created by the embedder)"))
+            found.lines.push(format!("ok: changelog topic {changelog} ({activation} partitions, created by the embedder)"))
         }
         _ => {
             let ensured = changelog::ensure_topic(&config, &changelog, activation, settings.runtime.changelog_replication_factor).await?;
-            lines.push(format!("ok: changelog topic {changelog} ({ensured:?}, compacted, {activation} partitions)"));
+            found.lines.push(format!("ok: changelog topic {changelog} ({ensured:?}, compacted, {activation} partitions)"));
         }
     }
-    Ok((activation, lines))
+    Ok(found)
+}
+
+/// What `ackwatch check` verifies on this machine, each problem listed: the state directory is
+/// writable and not in use by a running instance, `http.listen` can be bound, every Alertmanager
+/// and WorldService answers. Returns (ok lines, problems).
+pub async fn inspect_local(settings: &Settings) -> (Vec<String>, Vec<String>) {
+    let (mut lines, mut problems) = (Vec::new(), Vec::new());
+    let dir = &settings.runtime.state_dir;
+    let probe = dir.join(format!(".ackwatch-check-{}", std::process::id()));
+    let writable = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"check"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => lines.push(format!("ok: runtime.state_dir {} is writable", dir.display())),
+        Err(e) => problems.push(format!(
+            "runtime.state_dir {} is not writable ({e}): point it at a writable directory (a persistent volume)",
+            dir.display()
+        )),
+    }
+    match std::net::TcpListener::bind(&settings.http.listen) {
+        Ok(_) => lines.push(format!("ok: http.listen {} can be bound", settings.http.listen)),
+        Err(e) => problems.push(format!(
+            "http.listen {} cannot be bound ({e}): is another process (another ackwatch?) using it?",
+            settings.http.listen
+        )),
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("an HTTP client without TLS builds");
+    for url in &settings.alerts.alertmanager_urls {
+        let shown = crate::secrets::display_url(url);
+        let ready = format!("{}/-/ready", url.trim_end_matches('/'));
+        match client.get(&ready).send().await {
+            Ok(r) if r.status().is_success() => {
+                lines.push(format!("ok: Alertmanager {shown} is ready"))
+            }
+            Ok(r) => problems.push(format!(
+                "Alertmanager {shown} answers {} to /-/ready (alerts.alertmanager_urls)",
+                r.status()
+            )),
+            Err(e) => problems.push(format!(
+                "Alertmanager {shown} cannot be reached ({}): check alerts.alertmanager_urls",
+                e.without_url()
+            )),
+        }
+    }
+    let ws = &settings.worldservice.url;
+    if !ws.is_empty() {
+        let shown = crate::secrets::display_url(ws);
+        // Any HTTP answer means it is there (a GET of the signal endpoint may well be refused).
+        match client.get(ws).send().await {
+            Ok(_) => lines.push(format!("ok: WorldService {shown} answers")),
+            Err(e) => problems.push(format!(
+                "WorldService {shown} cannot be reached ({}): check worldservice.url",
+                e.without_url()
+            )),
+        }
+    }
+    (lines, problems)
 }
 
 /// The dead-letter topic's `max.message.bytes`, when the cluster says (a dead letter is held
 /// under it, so the broker never refuses one).
 pub async fn dead_letter_topic_max_bytes(settings: &Settings) -> Option<usize> {
     use rdkafka::admin::{AdminOptions, ResourceSpecifier};
-    let admin: AdminClient<DefaultClientContext> = settings.kafka.client_config().create().ok()?;
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config(ClientKind::Admin, "admin")
+        .create()
+        .ok()?;
     let resource = ResourceSpecifier::Topic(&settings.topics.dead_letter);
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
     let configs = admin.describe_configs([&resource], &options).await.ok()?;

@@ -67,7 +67,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no partitions assigned yet, or a task is restoring its store\n",
+            "not ready: not in the consumer group yet, or a task is restoring its store\n",
         )
             .into_response()
     }

@@ -30,6 +30,7 @@ pub mod stalls;
 pub mod stream_thread;
 pub mod task;
 pub mod task_manager;
+pub mod task_metrics;
 pub mod task_start;
 pub mod transaction;
 
@@ -40,7 +41,10 @@ use std::time::Duration;
 use ackwatch_topology::Millis;
 use anyhow::Context as _;
 
-pub use cluster::{check_cluster, dead_letter_topic_max_bytes, describe, ChangelogCheck};
+pub use cluster::{
+    check_cluster, dead_letter_topic_max_bytes, describe, inspect_cluster, inspect_local,
+    ChangelogCheck, Inspection,
+};
 pub use record_collector::COMMIT_TIMEOUT;
 pub use stream_thread::POLL_BATCH_RECORDS_MAX;
 pub use task::TASK_BUFFERED_RECORDS_MAX;
@@ -67,8 +71,6 @@ pub struct StreamThread {
     pub tasks: Mutex<TaskManager>,
     /// The thread has an assignment (possibly empty) and every task of it is restored.
     ready: AtomicBool,
-    /// The thread's assignment is not empty.
-    owns_tasks: AtomicBool,
     /// Bumped by every rebalance callback of this thread's consumer: records polled across a
     /// rebalance are dropped (their tasks were closed; the new tasks read from the committed
     /// offsets).
@@ -84,13 +86,11 @@ impl StreamThread {
 }
 
 impl Shared {
-    /// Ready: every stream thread has its assignment restored, and the instance owns a task.
+    /// Ready (Kafka Streams' RUNNING): every stream thread is in the group with its assignment
+    /// restored. An idle member (more instances than partitions) is ready: it owns nothing but
+    /// is in the group, so a rollout or a node drain need not wait for it.
     pub fn ready(&self) -> bool {
         self.threads.iter().all(|t| t.ready.load(Ordering::SeqCst))
-            && self
-                .threads
-                .iter()
-                .any(|t| t.owns_tasks.load(Ordering::SeqCst))
     }
 
     /// The input partitions owned by any stream thread, sorted.
@@ -126,6 +126,15 @@ impl Shared {
 
     pub fn fatal(&self) -> Option<String> {
         self.fatal.lock().expect("not poisoned").clone()
+    }
+}
+
+/// The default `alerts.generator_base_url`: `http://<http.listen>` when the listen address names
+/// one host (an on-call can open it), empty for a wildcard address (0.0.0.0, [::]).
+fn generator_base(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => String::new(),
+        _ => format!("http://{listen}"),
     }
 }
 
@@ -200,7 +209,6 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                     alerts_dirty.clone(),
                 )?),
                 ready: AtomicBool::new(false),
-                owns_tasks: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
             })
         })
@@ -220,8 +228,12 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     runtime.spawn(http::serve(listener, shared.clone()));
     if !settings.alerts.alertmanager_urls.is_empty() {
         let scan = shared.clone();
+        let mut alerts = settings.alerts.clone();
+        if alerts.generator_base_url.is_empty() {
+            alerts.generator_base_url = generator_base(&settings.http.listen);
+        }
         runtime.spawn(crate::sinks::alerts::post_loop(
-            settings.alerts.clone(),
+            alerts,
             shared.metrics.clone(),
             shared.alerts_dirty.clone(),
             move || scan.firing_alerts(),

@@ -22,7 +22,7 @@ use crate::events::{KafkaClientError, RecordDeadLettered, RunEscalated};
 use crate::metrics::Metrics;
 use crate::runtime::changelog;
 use crate::runtime::transaction::{Transaction, TxnProgress, TxnState};
-use crate::settings::{Guarantee, Settings, Topics};
+use crate::settings::{ClientKind, Guarantee, Settings, Topics};
 use crate::sinks::records::{self as sink, DeadLetter, DeadLetterBudget, Sink};
 
 /// Longest a revocation's or a shutdown's commit waits for the broker (the partitions move, or
@@ -163,7 +163,8 @@ impl RecordCollector {
     ) -> anyhow::Result<Self> {
         let changelog_topic = changelog::topic_name(&settings.runtime.application_id);
         let eos = settings.runtime.processing_guarantee == Guarantee::ExactlyOnceV2;
-        let mut config = settings.kafka.client_config();
+        let mut config =
+            settings.client_config(ClientKind::Producer, &format!("t{thread}-producer"));
         config
             .set("acks", "all")
             .set("enable.idempotence", "true")

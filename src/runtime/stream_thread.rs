@@ -34,7 +34,7 @@ use crate::events::{
     AssignmentLost, CommitFailed, KafkaClientError, OffsetCommitFailed, PartitionsAssigned,
     RebalanceFailed, RevocationCommitUnfinished,
 };
-use crate::settings::Settings;
+use crate::settings::{ClientKind, Settings};
 
 /// Longest a `poll` blocks when nothing arrives: bounds how late a punctuation or commit runs.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
@@ -178,7 +178,7 @@ impl ConsumerContext for Ctx {
 /// The consumer of the input topics: the group, range assignment (co-partitioning), offsets
 /// committed only by the commit protocol.
 pub fn consumer_config(settings: &Settings, thread: usize) -> rdkafka::ClientConfig {
-    let mut config = settings.kafka.client_config();
+    let mut config = settings.client_config(ClientKind::Consumer, &format!("t{thread}-consumer"));
     // librdkafka prefetches up to queued.max.messages.kbytes per partition (default 64 MiB)
     // into one queue for all partitions: a small prefetch keeps a catching-up instance small and
     // keeps a lagging partition's records from queueing behind megabytes of the others'
@@ -337,9 +337,6 @@ impl StreamThreadLoop<'_> {
             self.last_refresh = tick;
             tasks.refresh_metrics(self.consumer);
         }
-        self.thread
-            .owns_tasks
-            .store(tasks.owns_tasks(), Ordering::SeqCst);
         self.thread
             .ready
             .store(tasks.assigned && tasks.starting() == 0, Ordering::SeqCst);

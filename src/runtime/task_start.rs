@@ -21,6 +21,7 @@ use crate::events::{
     StoreLockedWaiting, StoreRebuilt, StoreWiped, TaskRestored, TaskStartDeferred,
     UnfinishedCommitLeftOut,
 };
+use crate::settings::ClientKind;
 
 /// A store loaded into the engine (task start step 3).
 pub(super) struct Loaded {
@@ -155,7 +156,9 @@ impl TaskManager {
     /// the engine by step 3 (a store that disagrees with its checkpoint, or cannot be read, is
     /// rebuilt from the beginning).
     fn restore_store(&self, partition: i32, store: TaskStore) -> anyhow::Result<Restored<Loaded>> {
-        let config = self.settings.kafka.client_config();
+        let config = self
+            .settings
+            .client_config(ClientKind::Consumer, &format!("t{}-restore", self.thread));
         let remaining = &self.metrics.restore_remaining_records;
         let restored = changelog::restore_and_load(
             &config,

@@ -65,9 +65,60 @@ impl Default for Kafka {
     }
 }
 
+/// Which kind of Kafka client a configuration is for: `[kafka.properties]` keys prefixed
+/// `consumer.`, `producer.` or `admin.` (Kafka Streams' prefixes) reach only that kind, so a
+/// producer setting never makes librdkafka warn "will be ignored by this consumer".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+impl ClientKind {
+    pub const ALL: [ClientKind; 3] = [
+        ClientKind::Consumer,
+        ClientKind::Producer,
+        ClientKind::Admin,
+    ];
+
+    /// The prefix of the properties for this kind only.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ClientKind::Consumer => "consumer.",
+            ClientKind::Producer => "producer.",
+            ClientKind::Admin => "admin.",
+        }
+    }
+
+    /// `key` without a kind prefix, and the kind it names (`None`: every client).
+    pub fn split(key: &str) -> (Option<ClientKind>, &str) {
+        for kind in ClientKind::ALL {
+            if let Some(rest) = key.strip_prefix(kind.prefix()) {
+                return (Some(kind), rest);
+            }
+        }
+        (None, key)
+    }
+}
+
 impl Kafka {
+    /// The configuration of one kind of client: [`Self::client_config`], then the properties
+    /// prefixed with the kind's prefix (without it; they override unprefixed ones).
+    pub fn client_config_for(&self, kind: ClientKind) -> rdkafka::ClientConfig {
+        let mut config = self.client_config();
+        for (key, value) in &self.properties {
+            if let (Some(k), name) = ClientKind::split(key) {
+                if k == kind {
+                    config.set(name, value);
+                }
+            }
+        }
+        config
+    }
+
     /// The configuration every client starts from: the bootstrap servers, ackwatch's client
-    /// defaults, then `[kafka.properties]` (which override the defaults).
+    /// defaults, then the unprefixed `[kafka.properties]` (which override the defaults).
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
@@ -75,7 +126,9 @@ impl Kafka {
         // up to 10 s late, and processing must resume within seconds of an outage's end.
         config.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
         for (key, value) in &self.properties {
-            config.set(key, value);
+            if ClientKind::split(key).0.is_none() {
+                config.set(key, value);
+            }
         }
         config
     }
@@ -86,7 +139,7 @@ impl Kafka {
         use rdkafka::types::RDKafkaConfRes;
         for (key, value) in &self.properties {
             let mut one = rdkafka::ClientConfig::new();
-            one.set(key, value);
+            one.set(ClientKind::split(key).1, value);
             if let Err(e) = one.create_native_config() {
                 let why = match e {
                     rdkafka::error::KafkaError::ClientConfig(
@@ -143,14 +196,18 @@ pub struct Runtime {
     pub state_dir: PathBuf,
     pub processing_guarantee: Guarantee,
     /// How often tasks commit (state, changelog, outputs, offsets).
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub commit_interval_ms: u64,
     /// How long a task waits for an empty, lagging partition before going on (docs/semantics.md §4).
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub max_task_idle_ms: u64,
     /// Live stream time follows the wall clock minus this, while both partitions are caught up.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub lateness_ms: u64,
     /// Replication factor of the changelog topic when ackwatch creates it (-1: broker default).
     pub changelog_replication_factor: i32,
     /// Longest a shutdown (drain, commit, leave the group) may take before the process exits.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub shutdown_timeout_ms: u64,
     /// Kafka static group membership (the default): the consumer's `group.instance.id` is the
     /// member id, so an instance restarted within `session.timeout.ms` gets its partitions back
@@ -161,6 +218,7 @@ pub struct Runtime {
     /// After a broker outage, how long the wall clock fires nothing (records are processed):
     /// the producers that buffered ACKs through the outage deliver them first (librdkafka's
     /// `reconnect.backoff.max.ms` is 10 s), so their lateness is not mistaken for a missing ACK.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub outage_grace_ms: u64,
     /// Processing threads of this instance, like Kafka Streams' `num.stream.threads`: each has
     /// its own consumer (a member of the group), producer and tasks, so partitions spread over
@@ -222,13 +280,33 @@ pub struct Alerts {
     /// Base URLs, e.g. `http://alertmanager:9093`; each is posted to independently (an HA pair).
     pub alertmanager_urls: Vec<String>,
     /// Firing alerts are re-sent this often, with `endsAt` four intervals ahead.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub resend_interval_ms: u64,
     /// Resolved alerts are re-sent for this long (Alertmanager keeps no state across restarts).
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub resolved_resend_ms: u64,
     /// Runbook link of each alert: `{kind}` is replaced by the finding kind (one page per kind,
     /// as in deploy/runbooks/); without it, `#<kind>` is appended. Empty: no link.
     pub runbook_url: String,
+    /// Labels added to every alert (e.g. `cluster`, `environment`), so one Alertmanager can route
+    /// several deployments. Must not redefine one of ackwatch's own labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// This instance's HTTP address as an on-call reaches it (e.g.
+    /// `http://ackwatch-0.ackwatch:9464`): each alert's `generatorURL` is its run's
+    /// `/runs/{world_id}/{run_id}` there. Empty: `http://<http.listen>` when that names a host,
+    /// otherwise no link.
+    pub generator_base_url: String,
 }
+
+/// The labels ackwatch sets on every finding alert itself (`alerts.labels` may not redefine them).
+pub const ALERT_OWN_LABELS: [&str; 6] = [
+    "alertname",
+    "world_id",
+    "run_id",
+    "kind",
+    "episode",
+    "severity",
+];
 
 impl Default for Alerts {
     fn default() -> Self {
@@ -237,6 +315,8 @@ impl Default for Alerts {
             resend_interval_ms: 60_000,
             resolved_resend_ms: 300_000,
             runbook_url: String::new(),
+            labels: Default::default(),
+            generator_base_url: String::new(),
         }
     }
 }
@@ -248,11 +328,15 @@ pub struct WorldService {
     /// Where each signal is POSTed as JSON, e.g. `http://worldservice:8080/apply/signals`.
     pub url: String,
     /// Longest one post may take (connect to response).
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub timeout_ms: u64,
     /// First retry wait of a failed post; doubles per attempt (with jitter) up to `retry_max_ms`.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub retry_initial_ms: u64,
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub retry_max_ms: u64,
     /// Signals older than this (record timestamp) are no longer current: skipped and counted.
+    #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub max_signal_age_ms: u64,
     /// The request header that carries the signal's idempotency key.
     pub idempotency_header: String,
@@ -299,6 +383,23 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// A Kafka client's configuration with a `client.id` that says whose it is, as consumer-group
+    /// tools and broker logs show it (Kafka Streams' `<client.id>-StreamThread-1-consumer`):
+    /// `<base>-<role>`, the base being `kafka.properties."client.id"` (or the kind's prefixed
+    /// one) when set, otherwise
+    /// `ackwatch-<instance id>`. Roles: `t<N>-consumer`, `t<N>-producer`, `t<N>-restore`,
+    /// `worldservice`, `admin`.
+    pub fn client_config(&self, kind: ClientKind, role: &str) -> rdkafka::ClientConfig {
+        let mut config = self.kafka.client_config_for(kind);
+        let base = config
+            .get("client.id")
+            .filter(|id| *id != "rdkafka")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("ackwatch-{}", self.runtime.instance_id()));
+        config.set("client.id", format!("{base}-{role}"));
+        config
+    }
+
     /// Checks what the types alone cannot; the error names the key (never a value).
     pub fn validate(&self) -> anyhow::Result<()> {
         self.policy.validate()?;
@@ -342,6 +443,31 @@ impl Settings {
                 "alerts.alertmanager_urls: {url:?} is not an http:// URL like http://alertmanager:9093"
             );
         }
+        for (name, value) in &self.alerts.labels {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with("__");
+            anyhow::ensure!(
+                valid,
+                "alerts.labels: {name:?} is not a label name (letters, digits and _, not starting with a digit or __)"
+            );
+            anyhow::ensure!(
+                !ALERT_OWN_LABELS.contains(&name.as_str()),
+                "alerts.labels: {name:?} is set by ackwatch itself on every alert; choose another name"
+            );
+            anyhow::ensure!(
+                !value.is_empty(),
+                "alerts.labels.{name}: empty value (Alertmanager drops empty labels)"
+            );
+        }
+        let base = &self.alerts.generator_base_url;
+        anyhow::ensure!(
+            base.is_empty() || (base.starts_with("http://") || base.starts_with("https://")) && base.len() > "https://".len(),
+            "alerts.generator_base_url: {base:?} is not an http(s):// URL like http://ackwatch-0.ackwatch:9464 (empty: derived from http.listen)"
+        );
         let ws = &self.worldservice;
         anyhow::ensure!(
             ws.url.is_empty() || (ws.url.starts_with("http://") && ws.url.len() > "http://".len()),
@@ -412,135 +538,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(toml: &str, expected: Result<Settings, &str>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ackwatch.toml");
-        std::fs::write(&path, toml).unwrap();
-        match (Settings::load(Some(&path)), expected) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want, "{toml}"),
-            (Err(got), Err(want)) => {
-                let text = format!("{got:#}");
-                assert!(
-                    text.contains(want),
-                    "{toml}: error {text:?} should mention {want:?}"
-                );
-            }
-            (got, want) => panic!("{toml}: got {got:?}, expected {want:?}"),
-        }
-    }
-
-    #[test]
-    fn the_shipped_example_is_every_default() {
-        let example = include_str!("../../deploy/ackwatch.example.toml");
-        check(example, Ok(Settings::default()));
-        // And it names every key the settings have.
-        let keys = serde_json::to_value(Settings::default()).unwrap();
-        for (section, fields) in keys.as_object().unwrap() {
-            assert!(
-                example.contains(&format!("[{section}]")),
-                "example lacks [{section}]"
-            );
-            for key in fields.as_object().unwrap().keys() {
-                let table = format!("[{section}.{key}]");
-                assert!(
-                    example.contains(&format!("\n{key} = ")) || example.contains(&table),
-                    "example lacks {section}.{key}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn only_property_names_are_shown() {
-        let kafka = Kafka {
-            properties: [("sasl.password", "hunter2"), ("sasl.username", "me")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Kafka::default()
-        };
-        assert_eq!(kafka.property_names(), ["sasl.password", "sasl.username"]);
-        let shown = format!("{kafka:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("\"me\""),
-            "{shown}"
-        );
-        assert!(shown.contains("sasl.password"), "{shown}");
-    }
-
-    #[test]
-    fn bad_configuration_names_the_key() {
-        check(
-            "[policy]\nack_timeout_ms = 5000\n",
-            Ok(Settings {
-                policy: Policy {
-                    ack_timeout_ms: 5000,
-                    ..Policy::default()
-                },
-                ..Settings::default()
-            }),
-        );
-        check(
-            "[policy]\nack_timeout_msec = 5000\n",
-            Err("ack_timeout_msec"),
-        );
-        check(
-            "[policy]\nack_timeout_ms = \"soon\"\n",
-            Err("ack_timeout_ms"),
-        );
-        check(
-            "[policy]\ngap_timeout_ms = 0\n",
-            Err("policy key `gap_timeout_ms`: 0 is not between 1 ms and one year"),
-        );
-        check(
-            "[policy]\nrun_retention_ms = 1000\n",
-            Err("run_retention_ms"),
-        );
-        check("[topic]\nack = \"x\"\n", Err("topic"));
-        check("not toml at all [", Err("ackwatch.toml"));
-        check(
-            "[runtime]\ncommit_interval_ms = 0\n",
-            Err("runtime.commit_interval_ms = 0 is not between 10 and 600000"),
-        );
-        check(
-            "[runtime]\nnum_stream_threads = 0\n",
-            Err("runtime.num_stream_threads = 0 is not between 1 and 64"),
-        );
-        check(
-            "[runtime]\nprocessing_guarantee = \"exactly_once\"\n",
-            Err("processing_guarantee"),
-        );
-        check("[http]\nlisten = \"localhost\"\n", Err("http.listen"));
-        check(
-            "[alerts]\nalertmanager_urls = [\"am:9093\"]\n",
-            Err("alerts.alertmanager_urls: \"am:9093\" is not an http:// URL"),
-        );
-        check(
-            "[worldservice]\nurl = \"worldservice:8080\"\n",
-            Err("worldservice.url: \"worldservice:8080\" is not an http:// URL"),
-        );
-        check(
-            "[worldservice]\nretry_initial_ms = 1000\nretry_max_ms = 500\n",
-            Err("worldservice.retry_max_ms = 500 is not between 1000 and 3600000"),
-        );
-        check(
-            "[worldservice]\nidempotency_header = \"Idempotency Key\"\n",
-            Err("worldservice.idempotency_header"),
-        );
-        check(
-            "[topics]\nactivation = \"a\"\nack = \"a\"\n",
-            Err("topics.activation and topics.ack must differ"),
-        );
-        check(
-            "[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n",
-            Ok(Settings {
-                runtime: Runtime { processing_guarantee: Guarantee::ExactlyOnceV2, ..Runtime::default() },
-                kafka: Kafka { properties: [("security.protocol".to_string(), "SSL".to_string())].into(), ..Kafka::default() },
-                ..Settings::default()
-            }),
-        );
-    }
-}
+mod tests;

@@ -231,23 +231,9 @@ pub fn write_truth(path: &Path, truth: &Truth) -> anyhow::Result<()> {
     std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// "30s", "2m", "1500ms", "1h", or plain seconds.
+/// "30s", "2m", "1500ms", "1h", or plain seconds (the command line's durations).
 pub fn parse_duration_ms(text: &str) -> anyhow::Result<Millis> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |i| text.split_at(i));
-    let n: Millis = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration like 30s, 2m, 1500ms"))?;
-    let factor = match unit {
-        "" | "s" => 1000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => anyhow::bail!("{text:?}: unknown unit {unit:?} (ms, s, m, h)"),
-    };
-    Ok(n * factor)
+    ackwatch_topology::time::parse_duration_ms(text, 1000).map_err(anyhow::Error::msg)
 }
 
 /// A short account of a truth, for terminals.
@@ -288,7 +274,7 @@ mod tests {
         check("1500ms", Some(1500));
         check("2m", Some(120_000));
         check("1h", Some(3_600_000));
-        check("2d", None);
+        check("2w", None);
         check("soon", None);
         check("", None);
     }

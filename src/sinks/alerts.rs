@@ -43,6 +43,9 @@ pub struct Firing {
     pub starts_at: Millis,
     pub sequences: Vec<u64>,
     pub open: usize,
+    /// The phases of the open findings' sequences, each once, in order (none for gaps and
+    /// orphan ACKs, whose activation is not known).
+    pub phases: Vec<&'static str>,
 }
 
 /// The alerts the runs' open findings call for. Critical when the run's episode escalated
@@ -81,11 +84,18 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     starts_at: f.detected_at,
                     sequences: Vec::new(),
                     open: 0,
+                    phases: Vec::new(),
                 });
                 alert.starts_at = alert.starts_at.min(f.detected_at);
                 alert.open += 1;
                 if alert.sequences.len() < ALERT_SEQUENCES_LISTED_MAX {
                     alert.sequences.push(seq);
+                }
+                if let Some(phase) = state.finding_phase(kind).map(|p| p.as_str()) {
+                    if !alert.phases.contains(&phase) {
+                        alert.phases.push(phase);
+                        alert.phases.sort_unstable();
+                    }
                 }
                 if state
                     .activation
@@ -110,6 +120,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     starts_at: detected_at,
                     sequences: Vec::new(),
                     open: 0,
+                    phases: Vec::new(),
                 });
             alert.starts_at = alert.starts_at.min(detected_at);
             alert.open += 1;
@@ -176,26 +187,85 @@ impl AlertBook {
 
 fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
     let kind = f.key.kind.as_str();
+    let (world, run) = (&f.key.world_id, &f.key.run_id);
+    let sequences = f
+        .sequences
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = if f.open > f.sequences.len() {
+        format!("{sequences} (first {} of {})", f.sequences.len(), f.open)
+    } else {
+        sequences.clone()
+    };
+    let phase = if f.phases.is_empty() {
+        String::new()
+    } else {
+        format!(", phase {}", f.phases.join("/"))
+    };
     let mut annotations = json!({
-        "summary": format!("{kind}: {} open in run {}/{}", f.open, f.key.world_id, f.key.run_id),
-        "sequences": f.sequences.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        "summary": format!("{kind}: {} open in run {world}/{run}", f.open),
+        "description": format!(
+            "{kind} in run {world}/{run} (episode {}): sequences {listed}{phase}, open since {}. {}",
+            f.key.episode,
+            format_rfc3339_ms(f.starts_at),
+            first_step(f.key.kind),
+        ),
+        "sequences": sequences,
     });
     if let Some(url) = runbook_link(&settings.runbook_url, kind) {
         annotations["runbook_url"] = json!(url);
     }
-    json!({
-        "labels": {
-            "alertname": ALERT_NAME,
-            "world_id": f.key.world_id,
-            "run_id": f.key.run_id,
-            "kind": kind,
-            "episode": f.key.episode.to_string(),
-            "severity": f.severity,
-        },
+    let mut labels = json!({
+        "alertname": ALERT_NAME,
+        "world_id": world,
+        "run_id": run,
+        "kind": kind,
+        "episode": f.key.episode.to_string(),
+        "severity": f.severity,
+    });
+    for (name, value) in &settings.labels {
+        labels[name] = json!(value);
+    }
+    let mut alert = json!({
+        "labels": labels,
         "annotations": annotations,
         "startsAt": format_rfc3339_ms(f.starts_at),
         "endsAt": format_rfc3339_ms(ends_at),
-    })
+    });
+    if !settings.generator_base_url.is_empty() {
+        alert["generatorURL"] = json!(format!(
+            "{}/runs/{}/{}",
+            settings.generator_base_url.trim_end_matches('/'),
+            path_segment(world),
+            path_segment(run)
+        ));
+    }
+    alert
+}
+
+/// What an on-call does first about a finding of `kind` (the runbook has the rest).
+fn first_step(kind: FindingKind) -> &'static str {
+    match kind {
+        FindingKind::AckMissing => "First: check the Gateways that apply this world (consumer lag, errors); the run stays paused until every ACK arrives.",
+        FindingKind::ActivationGap => "First: check WorldService's publishing of this run (the missing sequences were never seen on the activation topic).",
+        FindingKind::OrphanAck => "First: check that the activation topic and the ACK topic are co-partitioned and that WorldService published this sequence.",
+        FindingKind::SequenceConflict => "First: find who published a second, different activation under this sequence (two WorldService writers?).",
+    }
+}
+
+/// `text` as one URL path segment (RFC 3986 unreserved characters kept, the rest percent-encoded).
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The runbook page of a finding kind: `{kind}` in the configured URL is replaced (one page per
@@ -457,6 +527,45 @@ mod tests {
             "the warning ended when the severity changed"
         );
         assert_eq!(book.firing_count(), 1);
+    }
+
+    /// What an on-call reads: a description with kind, run, sequences, phase, since when and a
+    /// first step; the deployment's static labels; a link to the run on this instance.
+    #[test]
+    fn an_alert_says_what_where_since_when_and_links_to_its_run() {
+        let settings = Alerts {
+            labels: [("cluster".to_string(), "prod-eu".to_string())].into(),
+            generator_base_url: "http://ackwatch-0.ackwatch:9464/".into(),
+            ..Alerts::default()
+        };
+        let key = RunKey::new("w 1", "r/2");
+        let state = run(
+            &[
+                (3, Phase::Unfreeze, Some((FindingKind::AckMissing, 5, true))),
+                (4, Phase::Freeze, Some((FindingKind::AckMissing, 9, true))),
+            ],
+            false,
+        );
+        let mut book = AlertBook::default();
+        book.update(100, firing([(&key, &state)]), &settings);
+        let alert = &book.payload(100, &settings)[0];
+        assert_eq!(
+            alert["annotations"]["description"],
+            "ack_missing in run w 1/r/2 (episode 1): sequences 3,4, phase freeze/unfreeze, open \
+             since 1970-01-01T00:00:00.005Z. First: check the Gateways that apply this world \
+             (consumer lag, errors); the run stays paused until every ACK arrives."
+        );
+        assert_eq!(alert["labels"]["cluster"], "prod-eu");
+        assert_eq!(
+            alert["labels"]["severity"], "critical",
+            "an unfreeze sequence"
+        );
+        assert_eq!(
+            alert["generatorURL"],
+            "http://ackwatch-0.ackwatch:9464/runs/w%201/r%2F2"
+        );
+        let without = book.payload(100, &Alerts::default());
+        assert!(without[0].get("generatorURL").is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rdkafka::Message;
 
 use crate::events::{SignalDelivered, SignalExpired, SignalPostFailed, SignalRejected};
 use crate::metrics::Metrics;
-use crate::settings::Settings;
+use crate::settings::{ClientKind, Settings};
 
 /// What became of one signal.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,7 +84,7 @@ async fn deliver_loop_inner(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let ws = &settings.worldservice;
-    let mut config = settings.kafka.client_config();
+    let mut config = settings.client_config(ClientKind::Consumer, "worldservice");
     config
         .set(
             "group.id",

@@ -11,21 +11,27 @@ use crate::time::Millis;
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// An activation without an ACK after this long raises `ack_missing` (RFC default 3000).
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub ack_timeout_ms: Millis,
     /// A sequence missing this long after a later one was seen raises `activation_gap`.
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub gap_timeout_ms: Millis,
     /// An ACK without its activation after this long raises `orphan_ack`.
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub orphan_timeout_ms: Millis,
     /// A paused run still failing this long after the pause is rolled back or escalated.
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub rollback_after_ms: Millis,
     /// Request a rollback (true) or escalate to an operator (false, the RFC's Q3 default).
     pub auto_rollback: bool,
     /// The first sequence of every run; lower missing sequences count as a leading gap.
     pub sequence_start: u64,
     /// A run's state is dropped this long after its last event, once nothing is pending.
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub run_retention_ms: Millis,
     /// An event time more than this after its record's timestamp (live: also after the wall
     /// clock) is clamped to it (a producer clock ahead, semantics §1 "Clocks ahead").
+    #[serde(deserialize_with = "crate::time::duration_ms")]
     pub max_clock_lead_ms: Millis,
     /// Largest record value parsed; larger ones are classified by their envelope type alone.
     pub max_record_bytes: usize,

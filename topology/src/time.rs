@@ -34,6 +34,58 @@ pub fn format_rfc3339_ms(ms: Millis) -> String {
     )
 }
 
+/// A duration as people write it: `1500ms`, `3s`, `5m`, `24h`, `7d`, or a bare number counted in
+/// `bare_unit_ms` (1 for a config file's `*_ms` keys, 1000 for the command line's seconds).
+pub fn parse_duration_ms(text: &str, bare_unit_ms: Millis) -> Result<Millis, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: Millis = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 1500ms, 3s, 5m, 24h"))?;
+    let factor = match unit {
+        "" => bare_unit_ms,
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+/// Serde's reading of a config file's `*_ms` value: an integer (milliseconds) or a duration
+/// string (`"3s"`, `"24h"`; a bare number in a string, as environment variables give it, is
+/// milliseconds). `#[serde(deserialize_with = "crate::time::duration_ms")]`.
+pub fn duration_ms<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<Millis>,
+{
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Millis;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("milliseconds, or a duration like \"3s\", \"5m\", \"24h\"")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Millis, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Millis, E> {
+            Millis::try_from(v).map_err(|_| E::custom(format!("{v} ms is too long")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Millis, E> {
+            parse_duration_ms(v, 1).map_err(E::custom)
+        }
+    }
+    let ms = deserializer.deserialize_any(Visitor)?;
+    T::try_from(ms).map_err(|_| serde::de::Error::custom(format!("{ms} ms is out of range")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +122,25 @@ mod tests {
         check("2025-08-28T08:59:59", None);
         check("yesterday", None);
         check("", None);
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        let check = |text: &str, bare: Millis, expected: Option<Millis>| {
+            assert_eq!(parse_duration_ms(text, bare).ok(), expected, "{text}")
+        };
+        check("3000", 1, Some(3000));
+        check("30", 1000, Some(30_000));
+        check("1500ms", 1, Some(1500));
+        check("3s", 1, Some(3000));
+        check("5m", 1, Some(300_000));
+        check("24h", 1, Some(86_400_000));
+        check("7d", 1, Some(604_800_000));
+        check("2w", 1, None);
+        check("soon", 1, None);
+        check("-3s", 1, None);
+        check("", 1, None);
+        check("99999999999999999999d", 1, None);
     }
 
     #[test]
