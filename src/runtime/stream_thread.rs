@@ -26,7 +26,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::brokers::{PROBE_INTERVAL, PROBE_TIMEOUT};
-use super::commit::Committed;
+use super::commit::{Committed, CHANGED_RUNS_PER_COMMIT_MAX};
 use super::record_collector::{COMMIT_TIMEOUT, COMMIT_WAIT};
 use super::task_manager::TaskManager;
 use super::{wall_ms, Shared, StreamThread};
@@ -456,7 +456,8 @@ impl StreamThreadLoop<'_> {
         }
     }
 
-    /// Commits every `commit_interval_ms`, and goes on with a commit the broker has not
+    /// Commits every `commit_interval_ms` (sooner once `CHANGED_RUNS_PER_COMMIT_MAX` runs
+    /// changed), and goes on with a commit the broker has not
     /// acknowledged yet at every pass; nothing while the brokers are down (nothing could be
     /// acknowledged, and the loop must keep polling).
     fn maybe_commit(&self, tasks: &mut TaskManager, tick: Instant) -> anyhow::Result<()> {
@@ -464,7 +465,10 @@ impl StreamThreadLoop<'_> {
             return Ok(());
         }
         let interval = Duration::from_millis(self.shared.settings.runtime.commit_interval_ms);
-        if tasks.commit_under_way() || tick.duration_since(tasks.last_commit) >= interval {
+        if tasks.commit_under_way()
+            || tick.duration_since(tasks.last_commit) >= interval
+            || tasks.changed_runs() >= CHANGED_RUNS_PER_COMMIT_MAX
+        {
             tasks
                 .commit(self.consumer, COMMIT_WAIT)
                 .inspect_err(|e| CommitFailed { error: e }.emit(&self.shared.metrics))?;

@@ -148,6 +148,11 @@ impl TaskManager {
             .count()
     }
 
+    /// Runs changed since the tasks' last commit (they wait in memory for it).
+    pub fn changed_runs(&self) -> usize {
+        self.running().map(|t| t.core.engine.changed_count()).sum()
+    }
+
     /// The assigned partitions, sorted.
     pub fn partitions(&self) -> Vec<i32> {
         self.tasks.keys().copied().collect()

@@ -225,6 +225,11 @@ impl Task {
             .is_none_or(|now| run.retention_due(&self.policy) >= now)
     }
 
+    /// Runs (and tombstones) the next [`Self::take_changes`] hands over.
+    pub fn changed_count(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Runs held in memory.
     pub fn resident_count(&self) -> usize {
         self.runs.len()
