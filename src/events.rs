@@ -1,5 +1,8 @@
 //! Internal events of the live processor, one struct per occurrence: `emit` writes the log line
 //! and bumps the metric together, so the two never disagree.
+//!
+//! Longer than 600 lines because every occurrence has its struct here, each a few lines: one
+//! place to read what the processor can say about itself.
 
 use std::time::Duration;
 

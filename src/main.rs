@@ -306,7 +306,12 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         || serde_json::to_string_pretty(&report),
         html,
         || summary(&report),
-    )
+    )?;
+    // Loud in every format: also on standard error, whatever went to standard output.
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(())
 }
 
 /// `--output` gets the JSON report, or the page with `--format html`; standard output gets

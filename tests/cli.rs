@@ -118,3 +118,84 @@ fn errors_say_what_to_fix() {
     assert!(!ok);
     assert!(stderr.contains("gap_timeout_ms"), "{stderr}");
 }
+
+/// An input of one topic only (a dump of the ACK topic alone, as `kcat -C -t a -t b` with
+/// kcat 1.7 gives) or partitions of one topic without the other's: the audit says so in every
+/// format instead of reporting thousands of orphan ACKs as if they were the traffic's.
+#[test]
+fn an_input_of_one_topic_or_unmatched_partitions_is_warned_about_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(fixture("scenarios/late_ack.kcat.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let acks_only: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.contains("\"topic\":\"control.activation.ack\"")
+                || l.contains("\"topic\": \"control.activation.ack\"")
+        })
+        .collect();
+    assert!(!acks_only.is_empty() && acks_only.len() < lines.len());
+    let input = dir.path().join("acks.jsonl");
+    std::fs::write(
+        &input,
+        acks_only
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let warning = "the input holds records of the ACK topic only, none of the activation topic";
+    for format in ["text", "json", "html"] {
+        let (ok, stdout, stderr) = ackwatch(&[
+            "audit",
+            "--input",
+            input.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains(warning), "{format}: {stdout}");
+        assert!(
+            stderr.contains(&format!("warning: {warning}")),
+            "{format}: {stderr}"
+        );
+    }
+
+    // Both topics, but the ACKs on partition 1 only: a partition of each topic alone.
+    let moved: String = lines
+        .iter()
+        .map(|l| {
+            if l.contains("control.activation.ack") {
+                l.replacen("\"partition\":0", "\"partition\":1", 1)
+                    .replacen("\"partition\": 0", "\"partition\": 1", 1)
+            } else {
+                l.clone()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let input = dir.path().join("moved.jsonl");
+    std::fs::write(&input, moved).unwrap();
+    let (ok, stdout, stderr) = ackwatch(&["audit", "--input", input.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    for expected in [
+        "WARNING: partition(s) 0 of the activation topic have records but the same partition(s) of the ACK topic have none",
+        "WARNING: partition(s) 1 of the ACK topic have records but the same partition(s) of the activation topic have none",
+    ] {
+        assert!(stdout.contains(expected), "{stdout}");
+    }
+
+    // The whole scenario: no warning.
+    let (ok, stdout, stderr) = ackwatch(&[
+        "audit",
+        "--input",
+        &fixture("scenarios/late_ack.kcat.jsonl"),
+    ]);
+    assert!(
+        ok && !stdout.contains("WARNING") && !stderr.contains("warning:"),
+        "{stdout}{stderr}"
+    );
+}

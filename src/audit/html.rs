@@ -112,6 +112,9 @@ pub fn render(page: &Page<'_>) -> String {
         esc(&page.title),
         esc(&page.subtitle)
     );
+    for warning in &r.warnings {
+        let _ = write!(h, "<p class=\"open\">warning: {}</p>", esc(warning));
+    }
     let _ = write!(
         h,
         "<table><tr><th>records</th><th>tracked</th><th>acks</th><th>untracked</th><th>duplicates</th><th>invalid</th><th>runs</th><th>findings</th><th>signals</th></tr>\

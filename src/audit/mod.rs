@@ -208,6 +208,9 @@ pub fn summary(report: &Report) -> String {
     use std::fmt::Write;
     let t = &report.totals;
     let mut s = String::new();
+    for warning in &report.warnings {
+        let _ = writeln!(s, "WARNING: {warning}");
+    }
     let _ = writeln!(
         s,
         "records: {} ({} tracked, {} acks, {} untracked, {} duplicates, {} invalid{})",

@@ -2,6 +2,10 @@
 //! and every record the thread writes — gap events, signals, dead letters and changelog records
 //! — the waits for the broker's acknowledgements, the delivery checks, and under
 //! `exactly_once_v2` the transaction that holds them.
+//!
+//! Longer than 600 lines because sends, flushes, delivery checks and the producer's replacement
+//! share one producer and its delivery bookkeeping (`transaction.rs` already holds the
+//! transaction's states); split, each part would reach into the other's fields.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

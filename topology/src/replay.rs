@@ -44,6 +44,7 @@ impl<'o> Replay<'o> {
     /// Takes one record of `partition` and processes what the merge releases.
     pub fn push(&mut self, side: Side, partition: i32, record: Buffered) {
         let policy = self.policy;
+        self.report.partitions_seen[side].insert(partition);
         let task = self
             .tasks
             .entry(partition)

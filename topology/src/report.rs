@@ -4,19 +4,24 @@
 //! dropped by retention stays in the report. Sequences of one run that share kind, detection
 //! and resolution are listed as one finding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::decode::Phase;
 use crate::output::{Action, Output};
 use crate::run::{FindingKind, RunSummary};
+use crate::side::{PerSide, Side};
 use crate::task::{Counters, Pending, Task};
 use crate::time::{format_rfc3339_ms, Millis};
 use crate::RunKey;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// What makes the report untrustworthy as a whole (an input of one topic only, partitions
+    /// of one topic without the other's): every format shows these first. Absent when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub findings: Vec<FindingRow>,
     pub signals: Vec<SignalRow>,
     pub pending_at_end: Vec<PendingRow>,
@@ -134,6 +139,8 @@ pub struct ReportBuilder {
     counters: Counters,
     pub malformed_lines: u64,
     pub other_topic: u64,
+    /// The partitions each input topic had records on.
+    pub partitions_seen: PerSide<BTreeSet<i32>>,
 }
 
 impl ReportBuilder {
@@ -264,6 +271,7 @@ impl ReportBuilder {
             other_topic: self.other_topic,
         };
         Report {
+            warnings: one_sided(&self.partitions_seen),
             findings,
             signals,
             pending_at_end,
@@ -271,6 +279,50 @@ impl ReportBuilder {
             totals,
         }
     }
+}
+
+/// The join needs both topics of every partition: records of one input topic only (a dump of
+/// one topic, `kcat` reading only the last `-t`), or partitions of one topic without the other's,
+/// make every activation an `ack_missing` or every ACK an `orphan_ack` that the topics do not
+/// justify.
+fn one_sided(seen: &PerSide<BTreeSet<i32>>) -> Vec<String> {
+    let name = |side: Side| match side {
+        Side::Activation => "activation",
+        Side::Ack => "ACK",
+    };
+    let (act, ack) = (&seen.activation, &seen.ack);
+    if act.is_empty() && ack.is_empty() {
+        return vec![];
+    }
+    for (side, other) in [(Side::Activation, Side::Ack), (Side::Ack, Side::Activation)] {
+        if seen[other].is_empty() {
+            return vec![format!(
+                "the input holds records of the {} topic only, none of the {} topic: the \
+                 findings below follow from the missing topic, not from the traffic; audit a \
+                 dump of both topics",
+                name(side),
+                name(other)
+            )];
+        }
+    }
+    let mut warnings = vec![];
+    for (side, other) in [(Side::Activation, Side::Ack), (Side::Ack, Side::Activation)] {
+        let alone: Vec<String> = seen[side]
+            .difference(&seen[other])
+            .map(i32::to_string)
+            .collect();
+        if !alone.is_empty() {
+            warnings.push(format!(
+                "partition(s) {} of the {} topic have records but the same partition(s) of the \
+                 {} topic have none: their findings follow from the missing records; audit a \
+                 dump of every partition of both topics",
+                alone.join(", "),
+                name(side),
+                name(other)
+            ));
+        }
+    }
+    warnings
 }
 
 fn merge_summary(into: &mut RunSummary, from: &RunSummary) {
