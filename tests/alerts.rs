@@ -59,32 +59,50 @@ fn listed(address: &str, world: &str) -> Option<Vec<Value>> {
         .flatten()
 }
 
-#[test]
-fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
+/// A private Alertmanager (started by the project's script) and a processor posting to it every
+/// 2 s, with `extra` appended to its `[alerts]` section (or after it): the Alertmanager, its URL,
+/// the topics, the ready processor.
+fn with_alertmanager(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    prefix: &str,
+    extra: &str,
+) -> (support::Scripted, String, LiveTopics, Processor) {
     let am = support::Scripted {
         script: "alertmanager.sh",
-        dir: dir.path().join("alertmanager"),
+        dir: dir.join("alertmanager"),
     };
     let url = am.run("start");
-    let address = url.strip_prefix("http://").unwrap().to_string();
-    assert!(address.starts_with("127.0.0.1:"), "{url}");
-
-    let topics = rt.block_on(LiveTopics::create("alerts", 1));
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let topics = rt.block_on(LiveTopics::create(prefix, 1));
     let (config, http) = support::live_config(
-        dir.path(),
+        dir,
         &topics,
-        &support::unique("app-alerts"),
+        &support::unique(&format!("app-{prefix}")),
         "i1",
         "at_least_once",
         "",
     );
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text += &format!("[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\nrunbook_url = \"https://runbooks.example/ackwatch\"\n");
+    text += &format!("[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\n{extra}");
     std::fs::write(&config, text).unwrap();
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
+    (am, url, topics, processor)
+}
+
+#[test]
+fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (am, url, topics, mut processor) = with_alertmanager(
+        &rt,
+        dir.path(),
+        "alerts",
+        "runbook_url = \"https://runbooks.example/ackwatch\"\n",
+    );
+    let address = url.strip_prefix("http://").unwrap().to_string();
+    let http = processor.http.clone();
 
     // An activation without its ACK: ack_missing after 3 s, an alert in Alertmanager.
     rt.block_on(support::produce_kcat(&[activation("am_w1")], &topics));
@@ -136,29 +154,13 @@ fn a_gap_alerts_resolves_and_survives_an_alertmanager_restart() {
 fn an_escalation_replaces_the_warning_alert_instead_of_adding_one() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let am = support::Scripted {
-        script: "alertmanager.sh",
-        dir: dir.path().join("alertmanager"),
-    };
-    let url = am.run("start");
-    let address = url.strip_prefix("http://").unwrap().to_string();
-    let topics = rt.block_on(LiveTopics::create("escalation", 1));
-    let (config, http) = support::live_config(
+    let (_am, url, topics, mut processor) = with_alertmanager(
+        &rt,
         dir.path(),
-        &topics,
-        &support::unique("app-escalation"),
-        "i1",
-        "at_least_once",
-        "",
+        "escalation",
+        "[policy]\nrollback_after_ms = 4000\nauto_rollback = false\n",
     );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text += &format!(
-        "[alerts]\nalertmanager_urls = [{url:?}]\nresend_interval_ms = 2000\n\
-         [policy]\nrollback_after_ms = 4000\nauto_rollback = false\n"
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut processor = Processor::start(&config, &http);
-    processor.wait_ready(Duration::from_secs(60));
+    let address = url.strip_prefix("http://").unwrap().to_string();
 
     rt.block_on(support::produce_kcat(&[activation("esc_w1")], &topics));
     let warning = wait_for(|| listed(&address, "esc_w1").filter(|a| !a.is_empty()));

@@ -43,12 +43,6 @@ fn ack(world: &str, run: &str, seq: u64, ts: i64) -> String {
     )
 }
 
-fn metric(http: &str, name: &str) -> Option<f64> {
-    let (_, text) = support::http_get(http, "/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn dead_letters_fit_whatever_the_poison_and_processing_goes_on() {
     let rt = runtime();
@@ -171,7 +165,9 @@ fn dead_letters_fit_whatever_the_poison_and_processing_goes_on() {
     assert!(stub.value.is_empty());
 
     // Every clean record was processed, and the processor is healthy.
-    wait_for(|| (metric(&http, "ackwatch_dead_letters_stubbed_total")? >= 1.0).then_some(()));
+    wait_for(|| {
+        (support::metric(&http, "ackwatch_dead_letters_stubbed_total")? >= 1.0).then_some(())
+    });
     let tracked_and_acked = wait_for(|| {
         let (_, text) = support::http_get(&http, "/metrics")?;
         let count = |outcome: &str| {

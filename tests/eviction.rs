@@ -18,12 +18,6 @@ use support::{LiveTopics, Processor};
 const RUNS: usize = 2000;
 const WORLD: &str = "ev_w";
 
-fn metric(http: &str, name: &str) -> Option<f64> {
-    let (_, text) = support::http_get(http, "/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn record(topic: &str, ts: i64, payload: String) -> KcatRecord {
     KcatRecord {
         topic: topic.into(),
@@ -64,7 +58,7 @@ fn ack(run: usize, seq: u64, ts: i64) -> KcatRecord {
 fn wait_metric(processor: &Processor, http: &str, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let started = std::time::Instant::now();
     loop {
-        let value = metric(http, name);
+        let value = support::metric(http, name);
         if let Some(v) = value.filter(|v| ok(*v)) {
             return v;
         }
@@ -139,7 +133,7 @@ fn settled_runs_are_evicted_and_loaded_back_without_losing_a_finding() {
     let open_missing = "ackwatch_findings_open{kind=\"ack_missing\"}";
     wait_metric(&processor, &http, open_missing, |v| v == 50.0);
     assert_eq!(
-        metric(&http, "ackwatch_findings_open{kind=\"sequence_conflict\"}"),
+        support::metric(&http, "ackwatch_findings_open{kind=\"sequence_conflict\"}"),
         Some(50.0)
     );
     assert!(

@@ -461,16 +461,7 @@ fn a_stopped_static_member_leaves_the_group_at_once() {
         std::fs::write(&config, longer).unwrap();
         Processor::start(&config, &http)
     };
-    let owned = |p: &Processor| -> Vec<i64> {
-        support::http_get(&p.http, "/runs/no_such_world")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .and_then(|v| {
-                v["owned_partitions"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
-            })
-            .unwrap_or_default()
-    };
+    let owned = support::owned_partitions;
     let mut a = start("a");
     a.wait_ready(READY_TIMEOUT);
     let mut b = start("b");
@@ -514,16 +505,7 @@ fn an_idle_member_is_ready_and_takes_over() {
             support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
         Processor::start(&config, &http)
     };
-    let owned = |p: &Processor| -> Vec<i64> {
-        support::http_get(&p.http, "/runs/no_such_world")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .and_then(|v| {
-                v["owned_partitions"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
-            })
-            .unwrap_or_default()
-    };
+    let owned = support::owned_partitions;
     let mut a = start("a");
     a.wait_ready(READY_TIMEOUT);
     let mut b = start("b");

@@ -24,12 +24,6 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long after the broker's return ackwatch must process records again (the bound).
 const RESUME_BOUND: Duration = Duration::from_secs(10);
 
-fn metric(http: &str, name: &str) -> Option<f64> {
-    let (_, text) = support::http_get(http, "/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// The sum of every series of the counter `name` (`name{...} value` lines).
 fn counter_sum(http: &str, name: &str) -> Option<f64> {
     let (_, text) = support::http_get(http, "/metrics")?;
@@ -88,7 +82,7 @@ fn broker_outage_is_reported_and_survived() {
 
     broker.run("stop");
     let outage = Instant::now();
-    wait_for(|| (metric(&http, "ackwatch_kafka_all_brokers_down")? == 1.0).then_some(()));
+    wait_for(|| (support::metric(&http, "ackwatch_kafka_all_brokers_down")? == 1.0).then_some(()));
     std::thread::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed()));
     assert!(
         processor.child.try_wait().unwrap().is_none(),
@@ -104,7 +98,7 @@ fn broker_outage_is_reported_and_survived() {
     all.extend(after);
     assert_same_facts(&topics, &all, dir.path(), false, &processor.log_text());
     assert_eq!(
-        metric(&http, "ackwatch_kafka_all_brokers_down"),
+        support::metric(&http, "ackwatch_kafka_all_brokers_down"),
         Some(0.0),
         "recovered"
     );
@@ -152,7 +146,7 @@ fn broker_killed_past_the_session_timeout(guarantee: &str) {
 
     broker.run("kill");
     let outage = Instant::now();
-    wait_for(|| (metric(&http, "ackwatch_kafka_all_brokers_down")? == 1.0).then_some(()));
+    wait_for(|| (support::metric(&http, "ackwatch_kafka_all_brokers_down")? == 1.0).then_some(()));
     std::thread::sleep((SESSION_TIMEOUT * 4).saturating_sub(outage.elapsed()));
     assert!(
         processor.child.try_wait().unwrap().is_none(),
@@ -193,7 +187,7 @@ fn broker_killed_past_the_session_timeout(guarantee: &str) {
         &processor.log_text(),
     );
     // The hard version: the client's session expired in the outage (the assignment was lost).
-    let lost = metric(&http, "ackwatch_assignments_lost_total").unwrap();
+    let lost = support::metric(&http, "ackwatch_assignments_lost_total").unwrap();
     assert!(
         lost >= 1.0,
         "the outage outlasted the session: {}",
@@ -204,7 +198,7 @@ fn broker_killed_past_the_session_timeout(guarantee: &str) {
         "ackwatch_producers_replaced_total",
         "ackwatch_task_starts_deferred_total",
     ] {
-        eprintln!("{guarantee}: {name} {:?}", metric(&http, name));
+        eprintln!("{guarantee}: {name} {:?}", support::metric(&http, name));
     }
     assert!(
         processor.terminate(Duration::from_secs(30)).success(),

@@ -97,6 +97,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The value of the unlabelled series `name` (or of a series written whole, labels included) on
+/// the processor's `/metrics`.
+pub fn metric(http: &str, name: &str) -> Option<f64> {
+    let (_, text) = http_get(http, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The input partitions a running processor owns, as its `/runs` answer for an unknown world
+/// lists them.
+pub fn owned_partitions(processor: &Processor) -> Vec<i64> {
+    http_get(&processor.http, "/runs/no_such_world")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| {
+            v["owned_partitions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// A minimal HTTP/1.0 GET against 127.0.0.1, so tests need no HTTP client: (status, body).
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
