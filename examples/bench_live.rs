@@ -437,8 +437,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = http_get(&http, "/metrics").unwrap_or_default();
     let (rss, hwm) = rss_kb(&child);
     for prefix in [
-        "ackwatch_commit_duration_ms_sum",
-        "ackwatch_commit_duration_ms_count",
+        "ackwatch_commit_duration_seconds_sum",
+        "ackwatch_commit_duration_seconds_count",
         "ackwatch_task_idle_exceeded_total",
         "ackwatch_changelog_records_total",
     ] {

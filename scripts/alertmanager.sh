@@ -4,6 +4,7 @@
 #   scripts/alertmanager.sh stop DIR
 #   scripts/alertmanager.sh restart DIR starts a stopped one again: same port, same storage
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cmd="${1:?usage: alertmanager.sh start|stop|restart DIR}"
 dir="${2:?usage: alertmanager.sh start|stop|restart DIR}"
 
@@ -37,6 +38,9 @@ route:
 receivers:
   - name: "null"
 CFG
+  # The example's inhibition rules, as shipped (tests/alerts.rs checks the world alert's).
+  sed -n '/^inhibit_rules:/,/^receivers:/p' "$here/../deploy/alertmanager/alertmanager.example.yml" \
+    | sed '$d' >> "$dir/alertmanager.yml"
   launch
   ;;
 stop)

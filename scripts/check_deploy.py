@@ -86,9 +86,9 @@ def main(crd_dir):
     for group in plain["groups"]:
         for r in group["rules"]:
             url = r.get("annotations", {}).get("runbook_url", "")
-            m = re.search(r"/deploy/runbooks/([a-z_]+\.md)(?:#([a-z0-9-]+))?$", url)
+            m = re.search(r"/runbooks/([a-z_]+\.md)(?:#([a-z0-9-]+))?$", url)
             if not m:
-                fail(f"rule {r['alert']}: runbook_url {url!r} does not point into deploy/runbooks")
+                fail(f"rule {r['alert']}: runbook_url {url!r} does not name a page of deploy/runbooks")
                 continue
             page = DEPLOY / "runbooks" / m.group(1)
             if not page.exists():
@@ -109,9 +109,24 @@ def main(crd_dir):
     ids = [p["id"] for p in dashboard["panels"]]
     if len(ids) != len(set(ids)):
         fail("dashboard panel ids are not unique")
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for v in ["datasource", "job", "namespace", "instance"]:
+        if v not in variables:
+            fail(f"dashboard has no ${v} variable")
+    scope = '{job=~"$job",namespace=~"$namespace",instance=~"$instance"}'
     for p in dashboard["panels"]:
         if not p.get("targets") or not all(t.get("expr") for t in p["targets"]):
             fail(f"dashboard panel {p.get('title')!r} has a target without a query")
+        # One unit per panel: set once, on the panel's defaults, never overridden per series.
+        field = p.get("fieldConfig", {})
+        if not field.get("defaults", {}).get("unit"):
+            fail(f"dashboard panel {p.get('title')!r} has no unit")
+        if any(prop.get("id") == "unit" for o in field.get("overrides", []) for prop in o.get("properties", [])):
+            fail(f"dashboard panel {p.get('title')!r} mixes units")
+        for t in p.get("targets", []):
+            for metric in re.finditer(r"\b((?:ackwatch|controlbus|process)_[a-z_]+)(\{[^}]*\})?", t.get("expr", "")):
+                if metric.group(2) != scope:
+                    fail(f"dashboard panel {p.get('title')!r}: {metric.group(1)} is not scoped by {scope}")
 
     if failures:
         for f in failures:

@@ -185,6 +185,15 @@ impl<'a> KafkaClientError<'a> {
     }
 }
 
+/// Partitions as a log field: `0, 1, 2` (no Rust `Debug` in what operators read).
+fn partition_list(partitions: &[i32]) -> String {
+    partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub struct PartitionsAssigned<'a> {
     /// The stream thread (`runtime.num_stream_threads`) the partitions were assigned to.
     pub thread: usize,
@@ -193,7 +202,11 @@ pub struct PartitionsAssigned<'a> {
 
 impl PartitionsAssigned<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        tracing::info!(thread = self.thread, partitions = ?self.partitions, "partitions assigned");
+        tracing::info!(
+            thread = self.thread,
+            partitions = partition_list(self.partitions),
+            "partitions assigned"
+        );
         metrics
             .assigned_partitions
             .set(self.thread, self.partitions.len() as i64);
@@ -399,6 +412,22 @@ impl ProcessorFatal<'_> {
     }
 }
 
+/// The instance's state changed (src/runtime/state.rs): one line per change, as Kafka Streams
+/// logs its `State transition from A to B`.
+pub struct StateChanged {
+    pub from: crate::runtime::state::InstanceState,
+    pub to: crate::runtime::state::InstanceState,
+}
+
+impl StateChanged {
+    pub fn emit(&self, metrics: &Metrics) {
+        let (from, to) = (self.from.as_str(), self.to.as_str());
+        tracing::info!("ackwatch state {from} -> {to}");
+        metrics.instance_state.with_label_values(&[from]).set(0);
+        metrics.instance_state.with_label_values(&[to]).set(1);
+    }
+}
+
 /// A shutdown took longer than `runtime.shutdown_timeout_ms`; the process exits at once.
 pub struct ShutdownTimedOut;
 
@@ -549,7 +578,7 @@ impl AssignmentLost<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         tracing::warn!(
             thread = self.thread,
-            partitions = ?self.partitions,
+            partitions = partition_list(self.partitions),
             "assignment lost (group session expired); tasks closed without a commit"
         );
         metrics.assignments_lost.inc();

@@ -65,7 +65,7 @@ struct LoadgenArgs {
     #[command(flatten)]
     sim: SimArgs,
     /// Produce to this cluster (topics from --config, or the defaults).
-    #[arg(long, conflicts_with = "output", required_unless_present = "output")]
+    #[arg(long, visible_alias = "bootstrap-server", conflicts_with = "output", required_unless_present = "output")]
     bootstrap_servers: Option<String>,
     /// Write kcat -J lines to this file instead of producing.
     #[arg(long)]
@@ -79,8 +79,8 @@ struct LoadgenArgs {
     /// Produce as fast as possible instead of at the records' timestamps.
     #[arg(long)]
     no_pace: bool,
-    /// Event time of the first record (RFC 3339). Default: now.
-    #[arg(long)]
+    /// Event time of the first record (RFC 3339, or `-1h` for an hour ago). Default: now.
+    #[arg(long, allow_hyphen_values = true)]
     start_time: Option<String>,
     /// TOML configuration: [topics], [policy] (the truth follows it) and [kafka.properties].
     #[arg(long)]
@@ -129,11 +129,14 @@ fn init_logging() {
 }
 
 /// The demo's screen is for findings: the processor logs only warnings unless RUST_LOG says.
+/// Colour only on a terminal: redirected to a file, the lines carry no ANSI codes.
 fn init_logging_quiet() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,librdkafka=error".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(ackwatch::secrets::stderr)
         .init();
 }
@@ -192,6 +195,11 @@ enum Format {
     Html,
 }
 
+/// A policy flag's value: milliseconds, or a duration like `3s`, `5m`.
+fn policy_duration_ms(text: &str) -> Result<i64, String> {
+    ackwatch_topology::time::parse_duration_ms(text, 1)
+}
+
 #[derive(clap::Args)]
 struct AuditArgs {
     /// kcat -J files (one record per line); records of both input topics, any partitions.
@@ -199,50 +207,82 @@ struct AuditArgs {
     inputs: Vec<PathBuf>,
     /// Audit the retained topics of this cluster instead (with --from and --to); no consumer
     /// group is joined and no offset committed. Live outputs in the window are compared too.
-    #[arg(long, requires_all = ["from", "to"])]
+    #[arg(long, visible_alias = "bootstrap-server", requires_all = ["from", "to"])]
     bootstrap_servers: Option<String>,
-    /// Start of the cluster window (RFC 3339); findings and signals are reported from here.
-    #[arg(long)]
+    /// Start of the cluster window: an RFC 3339 time, `now`, or a duration before now (`-10m`);
+    /// findings and signals are reported from here.
+    #[arg(long, allow_hyphen_values = true)]
     from: Option<String>,
-    /// End of the cluster window (RFC 3339); the replay ends here, as live stream time did.
-    #[arg(long)]
+    /// End of the cluster window (the same forms as --from, e.g. `now`); the replay ends here,
+    /// as live stream time did.
+    #[arg(long, allow_hyphen_values = true)]
     to: Option<String>,
     /// Records read before --from so runs that began earlier are understood (e.g. 5m, 1h).
     #[arg(long, default_value = "5m")]
     warmup: String,
-    /// Only this world's records (cluster audits).
+    /// Only this world's records (cluster audits); with --run, the world of the run explained.
     #[arg(long)]
     world: Option<String>,
+    /// Explain one run: print its timeline (every record, deadline, finding and signal, in
+    /// order) after the report's headline; with --format json, the report's `timeline`.
+    #[arg(long, requires = "world")]
+    run: Option<String>,
     /// What to print on standard output.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Also write the JSON report (docs/semantics.md §6) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Exit with status 3 when the report has findings (`findings`), open findings at the end
+    /// (`open`), or never; a warning that the input is one-sided fails `findings` and `open`.
+    #[arg(long, value_enum, default_value = "never")]
+    fail_on: ackwatch::audit::FailOn,
     /// TOML configuration (the `[policy]` and `[topics]` sections are used).
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long)]
+    /// An activation without an ACK after this long is `ack_missing` (milliseconds, or e.g. 3s;
+    /// default: the configuration's policy.ack_timeout_ms, 3000).
+    #[arg(long, value_parser = policy_duration_ms)]
     ack_timeout_ms: Option<i64>,
-    #[arg(long)]
+    /// A sequence missing this long after a later one is `activation_gap` (ms, or e.g. 3s).
+    #[arg(long, value_parser = policy_duration_ms)]
     gap_timeout_ms: Option<i64>,
-    #[arg(long)]
+    /// An ACK without its activation after this long is `orphan_ack` (ms, or e.g. 3s).
+    #[arg(long, value_parser = policy_duration_ms)]
     orphan_timeout_ms: Option<i64>,
-    #[arg(long)]
+    /// A paused run still failing this long after the pause is rolled back or escalated (ms,
+    /// or e.g. 30s).
+    #[arg(long, value_parser = policy_duration_ms)]
     rollback_after_ms: Option<i64>,
     /// Request rollbacks instead of escalating to an operator.
     #[arg(long)]
     auto_rollback: bool,
-    /// The replayed window ends at this RFC 3339 time (e.g. when the live processor stopped):
-    /// deadlines before it are findings, not pending_at_end. Default: the largest event time read.
-    #[arg(long)]
+    /// The replayed window ends at this time (RFC 3339, `now`, or `-10m`; e.g. when the live
+    /// processor stopped): deadlines before it are findings, not pending_at_end. Default: the
+    /// largest event time read.
+    #[arg(long, allow_hyphen_values = true)]
     end_time: Option<String>,
     /// No progress bar, even on a terminal.
     #[arg(long)]
     quiet: bool,
 }
 
-fn audit(args: AuditArgs) -> anyhow::Result<()> {
+/// The wall clock, for relative times on the command line.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A time flag's value (RFC 3339, `now`, `-10m`), read against one `now` per invocation.
+fn time_flag(flag: &str, value: &str, now_ms: i64) -> anyhow::Result<i64> {
+    ackwatch_topology::time::parse_time_ms(value, now_ms).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+/// An audit made: `Some(why)` when its report meets `--fail-on`.
+type Verdict = Option<String>;
+
+fn audit(args: AuditArgs) -> anyhow::Result<Verdict> {
     let mut settings = Settings::load(args.config.as_deref())?;
     let policy = &mut settings.policy;
     if let Some(v) = args.ack_timeout_ms {
@@ -259,32 +299,48 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     }
     policy.auto_rollback |= args.auto_rollback;
     policy.validate()?;
+    let now = now_ms();
     let end_ms = match &args.end_time {
-        Some(t) => Some(ackwatch_topology::time::parse_rfc3339_ms(t).ok_or_else(|| {
-            anyhow::anyhow!("--end-time {t:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
-        })?),
+        Some(t) => Some(time_flag("--end-time", t, now)?),
         None => None,
     };
     if let Some(bootstrap) = &args.bootstrap_servers {
-        return cluster_audit(&args, settings, bootstrap.clone());
+        return cluster_audit(&args, settings, bootstrap.clone(), now);
     }
+    anyhow::ensure!(
+        args.world.is_none() || args.run.is_some(),
+        "--world alone selects a cluster audit's records; with --input, name a run too (--world W --run R) to print its timeline"
+    );
+    let run = args
+        .world
+        .as_deref()
+        .zip(args.run.as_deref())
+        .map(|(w, r)| ackwatch_topology::RunKey::new(w, r));
     let mut latencies: std::collections::BTreeMap<&'static str, Vec<u64>> = Default::default();
-    let report = FileAudit {
+    let audited = FileAudit {
         inputs: args.inputs.clone(),
-        topics: settings.topics,
+        topics: settings.topics.clone(),
         policy: settings.policy,
         progress: !args.quiet,
         end_ms,
     }
-    .run_with(&mut |output| {
+    .run_explained(run, &mut |output| {
         if let ackwatch_topology::Output::Latency { phase, ms, .. } = output {
             latencies.entry(phase.as_str()).or_default().push(*ms);
         }
     })?;
+    let report = &audited.report;
+    let mut provenance =
+        ackwatch::audit::provenance::Provenance::new(settings.policy, &settings.topics);
+    provenance.inputs = audited.inputs.clone();
+    provenance.end_time = end_ms.map(ackwatch_topology::time::format_rfc3339_ms);
+    provenance.world_id = args.world.clone();
+    provenance.run_id = args.run.clone();
     let latency_by_phase = latencies
         .into_iter()
         .map(|(p, s)| (p.to_string(), ackwatch::audit::cluster::histogram(&s)))
         .collect();
+    let timeline = audited.timeline.as_ref();
     let html = || {
         ackwatch::audit::html::render(&ackwatch::audit::html::Page {
             title: "ackwatch audit".into(),
@@ -296,31 +352,51 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            report: &report,
+            provenance: &provenance,
+            report,
             latency_by_phase: &latency_by_phase,
             live: None,
+            timeline,
         })
     };
-    write_outputs(
-        &args,
-        || serde_json::to_string_pretty(&report),
-        html,
-        || summary(&report),
-    )?;
+    let json = || {
+        serde_json::to_string_pretty(&ackwatch::audit::FileReport {
+            provenance: &provenance,
+            report,
+            timeline,
+        })
+    };
+    let text = || {
+        let mut s = provenance.text();
+        s += &summary(report);
+        if let Some(t) = timeline {
+            s += &t.text();
+        }
+        s
+    };
+    let short = || {
+        let mut s = ackwatch::audit::short_summary(report);
+        if let Some(t) = timeline {
+            s += &t.text();
+        }
+        s
+    };
+    write_outputs(&args, json, html, text, short)?;
     // Loud in every format: also on standard error, whatever went to standard output.
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
-    Ok(())
+    Ok(ackwatch::audit::failed(args.fail_on, report))
 }
 
 /// `--output` gets the JSON report, or the page with `--format html`; standard output gets
-/// what `--format` says.
+/// what `--format` says (with the page in a file: a short summary, not the whole report).
 fn write_outputs(
     args: &AuditArgs,
     json: impl Fn() -> serde_json::Result<String>,
     html: impl Fn() -> String,
     text: impl Fn() -> String,
+    short: impl Fn() -> String,
 ) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         let content = if args.format == Format::Html {
@@ -335,7 +411,11 @@ fn write_outputs(
         Format::Json => println!("{}", json()?),
         Format::Text => print!("{}", text()),
         Format::Html if args.output.is_none() => print!("{}", html()),
-        Format::Html => print!("{}", text()),
+        Format::Html => print!(
+            "{}page written to {}\n",
+            short(),
+            args.output.as_deref().expect("matched above").display()
+        ),
     }
     Ok(())
 }
@@ -344,12 +424,10 @@ fn cluster_audit(
     args: &AuditArgs,
     mut settings: Settings,
     bootstrap: String,
-) -> anyhow::Result<()> {
+    now: i64,
+) -> anyhow::Result<Verdict> {
     let time = |flag: &str, value: &Option<String>| -> anyhow::Result<i64> {
-        let text = value.as_deref().unwrap_or_default();
-        ackwatch_topology::time::parse_rfc3339_ms(text).ok_or_else(|| {
-            anyhow::anyhow!("{flag} {text:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
-        })
+        time_flag(flag, value.as_deref().unwrap_or_default(), now)
     };
     settings.kafka.bootstrap_servers = bootstrap;
     let audit = ackwatch::audit::cluster::ClusterAudit {
@@ -358,6 +436,9 @@ fn cluster_audit(
         warmup_ms: ackwatch::sim::loadgen::parse_duration_ms(&args.warmup)
             .map_err(|e| anyhow::anyhow!("--warmup: {e}"))?,
         world: args.world.clone(),
+        run: args.run.clone(),
+        warmup: args.warmup.clone(),
+        progress: !args.quiet,
         settings,
     };
     let result = audit.run()?;
@@ -376,6 +457,7 @@ fn cluster_audit(
                     .as_deref()
                     .map_or(String::new(), |w| format!(", world {w}"))
             ),
+            provenance: &result.provenance,
             report: &result.report,
             latency_by_phase: &result.latency_by_phase,
             live: Some((
@@ -383,14 +465,39 @@ fn cluster_audit(
                 &result.live_differences,
                 result.live_differences_total,
             )),
+            timeline: result.timeline.as_ref(),
         })
+    };
+    let text = || {
+        let mut s = result.provenance.text();
+        s += &ackwatch::audit::cluster::summary(&result);
+        if let Some(t) = &result.timeline {
+            s += &t.text();
+        }
+        s
+    };
+    let short = || {
+        let mut s = ackwatch::audit::short_summary(&result.report);
+        s += &format!(
+            "live outputs in the window: {} compared, {} differences from the replay\n",
+            result.live_outputs_compared, result.live_differences_total
+        );
+        if let Some(t) = &result.timeline {
+            s += &t.text();
+        }
+        s
     };
     write_outputs(
         args,
         || serde_json::to_string_pretty(&result),
         html,
-        || ackwatch::audit::cluster::summary(&result),
-    )
+        text,
+        short,
+    )?;
+    for warning in &result.report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(ackwatch::audit::failed(args.fail_on, &result.report))
 }
 
 fn sim_spec(
@@ -432,12 +539,8 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     use ackwatch::sim::loadgen;
     let mut settings = Settings::load(args.config.as_deref())?;
     let start_ms = match &args.start_time {
-        Some(t) => ackwatch_topology::time::parse_rfc3339_ms(t).ok_or_else(|| {
-            anyhow::anyhow!("--start-time {t:?} is not an RFC 3339 time like 2026-03-02T09:00:00Z")
-        })?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64,
+        Some(t) => time_flag("--start-time", t, now_ms())?,
+        None => now_ms(),
     };
     let (done, truth) = if let Some(path) = &args.output {
         let spec = sim_spec(&args.sim, &settings, start_ms, args.partitions)?;
@@ -491,7 +594,17 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Audit(args) => audit(args),
+        Command::Audit(args) => match audit(args) {
+            Ok(Some(why)) => {
+                eprintln!(
+                    "audit: --fail-on: {why}; exit status {}",
+                    ackwatch::audit::AUDIT_FAILED_EXIT
+                );
+                return ExitCode::from(ackwatch::audit::AUDIT_FAILED_EXIT);
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Run(args) => {
             init_logging();
             Settings::load(args.config.as_deref()).and_then(ackwatch::runtime::run)

@@ -10,7 +10,7 @@ use ackwatch_topology::partitioning::Partitioner;
 use ackwatch_topology::Phase;
 use ackwatch_topology::{Action, FindingKind, OutcomeLabel};
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -28,11 +28,16 @@ pub struct Metrics {
     /// By `FindingKind::ALL` position.
     pub findings_open: Vec<ThreadGauge>,
     pub pending_acks: ThreadGauge,
-    pub pending_ack_oldest_age_ms: ThreadGauge,
+    /// Milliseconds in, seconds out.
+    pub pending_ack_oldest_age: ThreadGauge,
     pub signals: IntCounterVec,
     pub escalations: IntCounter,
-    pub detection_delay_ms: Histogram,
+    /// Seconds.
+    pub detection_delay: Histogram,
     pub consumer_lag: IntGaugeVec,
+    pub consumer_lag_seconds: GaugeVec,
+    /// 1 for the instance's state (src/runtime/state.rs), 0 for the others.
+    pub instance_state: IntGaugeVec,
     pub assigned_partitions: ThreadGauge,
     pub runs: ThreadGauge,
     pub runs_resident: ThreadGauge,
@@ -40,7 +45,8 @@ pub struct Metrics {
     pub runs_loaded: IntCounter,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
-    pub commit_duration_ms: Histogram,
+    /// Seconds.
+    pub commit_duration: Histogram,
     pub changelog_records: IntCounter,
     pub restoring_tasks: ThreadGauge,
     pub restore_records: IntCounter,
@@ -82,15 +88,31 @@ pub enum Combine {
 /// each thread sets its own part, and the exported value (sum or maximum of the parts) is
 /// recomputed under one lock, so threads never overwrite each other's contribution.
 pub struct ThreadGauge {
-    gauge: IntGauge,
+    export: Export,
     combine: Combine,
     parts: std::sync::Mutex<std::collections::BTreeMap<usize, i64>>,
 }
 
+/// How a [`ThreadGauge`]'s combined value is exported: as it is, or (a duration the threads
+/// measure in milliseconds) in seconds, Prometheus' base unit.
+enum Export {
+    AsIs(IntGauge),
+    MillisAsSeconds(Gauge),
+}
+
 impl ThreadGauge {
     fn new(gauge: IntGauge, combine: Combine) -> ThreadGauge {
+        ThreadGauge::exporting(Export::AsIs(gauge), combine)
+    }
+
+    /// A gauge whose parts are milliseconds, exported in seconds.
+    fn seconds(gauge: Gauge, combine: Combine) -> ThreadGauge {
+        ThreadGauge::exporting(Export::MillisAsSeconds(gauge), combine)
+    }
+
+    fn exporting(export: Export, combine: Combine) -> ThreadGauge {
         ThreadGauge {
-            gauge,
+            export,
             combine,
             parts: Default::default(),
         }
@@ -101,15 +123,22 @@ impl ThreadGauge {
         let mut parts = self.parts.lock().expect("not poisoned");
         parts.insert(thread, value);
         let values = parts.values().copied();
-        self.gauge.set(match self.combine {
+        let combined = match self.combine {
             Combine::Sum => values.sum(),
             Combine::Max => values.max().unwrap_or(0),
-        });
+        };
+        match &self.export {
+            Export::AsIs(g) => g.set(combined),
+            Export::MillisAsSeconds(g) => g.set(combined as f64 / 1000.0),
+        }
     }
 
-    /// The exported value.
+    /// The combined value, in the parts' unit.
     pub fn get(&self) -> i64 {
-        self.gauge.get()
+        match &self.export {
+            Export::AsIs(g) => g.get(),
+            Export::MillisAsSeconds(g) => (g.get() * 1000.0).round() as i64,
+        }
     }
 }
 
@@ -137,6 +166,22 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
@@ -154,7 +199,6 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
     h
 }
 
-/// Buckets in milliseconds from 1 ms to about 65 s.
 /// Buckets of `controlbus_apply_ack_latency_ms`, in ms. Boundaries sit where operators draw
 /// lines: the RFC's 3000 ms ACK timeout and the runbooks' 5000 ms freeze-phase alert
 /// (`ControlBusApplyAckLatencyHigh`), so both count exactly instead of by interpolation.
@@ -163,8 +207,32 @@ pub const ACK_LATENCY_BUCKETS_MS: [f64; 17] = [
     30000.0, 60000.0, 300000.0,
 ];
 
-fn ms_buckets() -> Vec<f64> {
-    exponential_buckets(1.0, 2.0, 17).expect("valid buckets")
+/// Buckets in seconds from 1 ms to about 65 s (ackwatch's own durations are in base units).
+fn seconds_buckets() -> Vec<f64> {
+    exponential_buckets(0.001, 2.0, 17).expect("valid buckets")
+}
+
+/// `ackwatch_build_info{version,revision} 1` (join it to any series to see what runs), and
+/// the process's own `process_*` metrics (resident memory, CPU seconds, open file
+/// descriptors, start time) from the Prometheus client's collector.
+fn register_build_and_process(r: &Registry) {
+    let build_info = gauge_vec(
+        r,
+        "ackwatch_build_info",
+        "Always 1: the ackwatch version and the commit it was built from",
+        &["version", "revision"],
+    );
+    build_info
+        .with_label_values(&[
+            crate::audit::provenance::VERSION,
+            crate::audit::provenance::REVISION,
+        ])
+        .set(1);
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("unique metric");
 }
 
 impl Metrics {
@@ -181,6 +249,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(ack_latency_ms.clone()))
             .expect("unique metric");
+        register_build_and_process(&r);
         let m = Metrics {
             ack_latency_ms,
             records: counter_vec(
@@ -239,10 +308,10 @@ impl Metrics {
                 "ackwatch_pending_acks",
                 "Tracked activations waiting for their ACK",
             ), Combine::Sum),
-            pending_ack_oldest_age_ms: ThreadGauge::new(gauge(
+            pending_ack_oldest_age: ThreadGauge::seconds(float_gauge(
                 &r,
-                "ackwatch_pending_ack_oldest_age_ms",
-                "Age of the oldest pending ACK by stream time, ms",
+                "ackwatch_pending_ack_oldest_age_seconds",
+                "Age of the oldest pending ACK by stream time, seconds",
             ), Combine::Max),
             signals: counter_vec(
                 &r,
@@ -255,16 +324,34 @@ impl Metrics {
                 "ackwatch_escalations_total",
                 "Paused runs past rollback_after_ms without auto_rollback",
             ),
-            detection_delay_ms: histogram(
+            detection_delay: histogram(
                 &r,
-                "ackwatch_detection_delay_ms",
-                "Wall-clock emission time minus detected_at of gap findings, ms",
-                ms_buckets(),
+                "ackwatch_detection_delay_seconds",
+                "Wall-clock emission time minus detected_at of gap findings, seconds",
+                seconds_buckets(),
             ),
             consumer_lag: gauge_vec(
                 &r,
                 "ackwatch_consumer_lag",
                 "Records between the processed position and the high watermark",
+                &["topic", "partition"],
+            ),
+            instance_state: {
+                let states = gauge_vec(
+                    &r,
+                    "ackwatch_state",
+                    "1 for the instance's Kafka Streams-like state (CREATED, REBALANCING, RUNNING, PENDING_SHUTDOWN, NOT_RUNNING, ERROR)",
+                    &["state"],
+                );
+                for state in crate::runtime::state::InstanceState::ALL {
+                    states.with_label_values(&[state.as_str()]).set(0);
+                }
+                states
+            },
+            consumer_lag_seconds: float_gauge_vec(
+                &r,
+                "ackwatch_consumer_lag_seconds",
+                "How long the next record to process has waited at least, by this instance's clock; 0 when caught up",
                 &["topic", "partition"],
             ),
             assigned_partitions: ThreadGauge::new(gauge(
@@ -282,11 +369,11 @@ impl Metrics {
                 "ackwatch_commit_failures_total",
                 "Commits that failed (the process exits)",
             ),
-            commit_duration_ms: histogram(
+            commit_duration: histogram(
                 &r,
-                "ackwatch_commit_duration_ms",
-                "Commit duration, ms",
-                ms_buckets(),
+                "ackwatch_commit_duration_seconds",
+                "Commit duration, seconds",
+                seconds_buckets(),
             ),
             changelog_records: counter(
                 &r,
@@ -521,5 +608,15 @@ mod tests {
         check(Combine::Sum, &[(0, 3), (1, 4), (0, 1)], 5);
         check(Combine::Max, &[(0, 3), (1, 9), (1, 2)], 3);
         check(Combine::Max, &[(2, -1)], -1);
+    }
+
+    #[test]
+    fn a_duration_gauge_takes_milliseconds_and_exports_seconds() {
+        let exported = Gauge::new("g_seconds", "g").unwrap();
+        let gauge = ThreadGauge::seconds(exported.clone(), Combine::Max);
+        gauge.set(0, 1500);
+        gauge.set(1, 250);
+        assert_eq!(exported.get(), 1.5);
+        assert_eq!(gauge.get(), 1500);
     }
 }

@@ -28,8 +28,12 @@ fn record(topic: &str, world: &str, payload: String) -> KcatRecord {
 }
 
 fn activation(world: &str) -> KcatRecord {
+    activation_of(world, "r1")
+}
+
+fn activation_of(world: &str, run: &str) -> KcatRecord {
     let payload = format!(
-        r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"r1","requires_ack":true,"sequence":1,"phase":"freeze","etag":"e1","ts":"{}"}}"#,
+        r#"{{"type":"ActivationUpdated","version":1,"world_id":"{world}","run_id":"{run}","requires_ack":true,"sequence":1,"phase":"freeze","etag":"e1","ts":"{}"}}"#,
         format_rfc3339_ms(now_ms())
     );
     record("activation", world, payload)
@@ -166,6 +170,18 @@ fn an_escalation_replaces_the_warning_alert_instead_of_adding_one() {
     let warning = wait_for(|| listed(&address, "esc_w1").filter(|a| !a.is_empty()));
     assert_eq!(warning.len(), 1, "{warning:?}");
     assert_eq!(warning[0]["labels"]["severity"], "warning");
+    // No alerts.runbook_url: the link is the runbook this instance serves, and it answers.
+    let link = warning[0]["annotations"]["runbook_url"].as_str().unwrap().to_string();
+    assert_eq!(link, format!("http://{}/runbooks/ack_missing.md", processor.http));
+    let (status, page) = support::http_get(&processor.http, "/runbooks/ack_missing.md").unwrap();
+    assert_eq!(status, 200);
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/runbooks/ack_missing.md"),
+    )
+    .unwrap();
+    assert_eq!(page, shipped);
+    let (status, _) = support::http_get(&processor.http, "/runbooks/nope.md").unwrap();
+    assert_eq!(status, 404);
     // Escalated 4 s after the pause: from then on only the critical copy is listed.
     let critical = wait_for(|| {
         listed(&address, "esc_w1")
@@ -183,6 +199,59 @@ fn an_escalation_replaces_the_warning_alert_instead_of_adding_one() {
         assert_eq!(now[0]["labels"]["severity"], "critical", "{now:?}");
         assert_eq!(now[0]["status"]["state"], "active");
     }
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
+}
+
+/// A bad Gateway pauses every run of its world: Alertmanager lists one AckwatchWorldPaused for
+/// the world, saying how many runs, and (with the example config's inhibition rule, which the
+/// project's Alertmanager script installs as shipped) the runs' own alerts are suppressed, so
+/// the world is one page. A world with one paused run has no world alert.
+#[test]
+fn many_paused_runs_of_one_world_are_one_alert() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (_am, url, topics, mut processor) = with_alertmanager(&rt, dir.path(), "world", "");
+    let address = url.strip_prefix("http://").unwrap().to_string();
+
+    let runs = ["r1", "r2", "r3"].map(|r| activation_of("wp_w1", r));
+    rt.block_on(support::produce_kcat(&runs, &topics));
+    rt.block_on(support::produce_kcat(&[activation("wp_w2")], &topics));
+    let world_alert = |alerts: &[Value]| {
+        alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "AckwatchWorldPaused")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Every run's alert and the world's, the runs' suppressed by the world's.
+    let alerts = wait_for(|| {
+        listed(&address, "wp_w1").filter(|a| {
+            a.len() == 4
+                && a.iter()
+                    .filter(|x| x["labels"]["alertname"] == "AckwatchFinding")
+                    .all(|x| x["status"]["state"] == "suppressed")
+        })
+    });
+    let world = world_alert(&alerts);
+    assert_eq!(world.len(), 1, "{alerts:#?}");
+    assert_eq!(world[0]["labels"]["world_id"], "wp_w1");
+    assert_eq!(world[0]["annotations"]["paused_runs"], "3", "{world:?}");
+    assert_eq!(world[0]["annotations"]["runs"], "r1,r2,r3", "{world:?}");
+    assert_eq!(world[0]["status"]["state"], "active");
+    for finding in alerts.iter().filter(|a| a["labels"]["alertname"] == "AckwatchFinding") {
+        let by = finding["status"]["inhibitedBy"].as_array().unwrap();
+        assert_eq!(by.len(), 1, "{finding}");
+        assert_eq!(by[0], world[0]["fingerprint"], "{finding}");
+    }
+    // One paused run: its own alert, active; no world alert.
+    let single = wait_for(|| listed(&address, "wp_w2").filter(|a| !a.is_empty()));
+    assert!(world_alert(&single).is_empty(), "{single:#?}");
+    assert_eq!(single.len(), 1, "{single:#?}");
+    assert_eq!(single[0]["status"]["state"], "active", "{single:#?}");
     assert!(
         processor.terminate(Duration::from_secs(30)).success(),
         "{}",

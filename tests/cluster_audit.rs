@@ -117,9 +117,24 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
         "{findings:?} {signals:?}"
     );
 
-    // One world only.
-    let world = truth.live_findings[0].world_id.clone();
-    let one = audit(config_text, from, to, &["--world", &world]);
+    // Provenance: the cluster and exactly the offsets read, of both input topics.
+    let read = report["provenance"]["cluster"]["read"].as_array().unwrap();
+    for topic in [&topics.activation, &topics.ack] {
+        let partitions: Vec<&Value> = read.iter().filter(|r| r["topic"] == topic.as_str()).collect();
+        assert_eq!(partitions.len(), 2, "{topic}: {read:?}");
+        assert!(partitions.iter().all(|r| r["to_offset"].as_i64() >= r["from_offset"].as_i64()));
+    }
+    assert_eq!(report["provenance"]["cluster"]["bootstrap_servers"], support::bootstrap());
+    // Counts agree: the headline is the rows' (the warm-up's findings are not in either).
+    assert_eq!(
+        report["headline"]["findings"].as_u64().unwrap() as usize,
+        report["findings"].as_array().unwrap().len()
+    );
+
+    // One world only, and one run of it explained.
+    let first = &truth.live_findings[0];
+    let world = first.world_id.clone();
+    let one = audit(config_text, from, to, &["--world", &world, "--run", &first.run_id]);
     let rows = one["findings"].as_array().unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r["world_id"] == world.as_str()));
     assert_eq!(
@@ -127,25 +142,42 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
         "{:#}",
         one["live_differences"]
     );
+    let entries = one["timeline"]["entries"].as_array().unwrap();
+    let detected = entries.iter().find(|e| {
+        e["event"] == "detected"
+            && e["sequences"].as_array().unwrap().contains(&first.sequence.into())
+            && e["at"] == format_rfc3339_ms(first.detected_at_ms).as_str()
+    });
+    assert!(detected.is_some(), "the truth's first finding is in its run's timeline: {entries:#?}");
+    assert!(entries.iter().any(|e| e["event"] == "activation" || e["event"] == "ack"));
 
     // The page.
     let page = dir.path().join("audit.html");
-    let (ok, _, stderr) = ackwatch(&[
+    // Kafka's spelling of the flag, and kcat-like relative times (the window now ends later:
+    // nothing was emitted since).
+    let ago = format!("-{}ms", now_ms() - from);
+    let (ok, stdout, stderr) = ackwatch(&[
         "audit",
-        "--bootstrap-servers",
+        "--bootstrap-server",
         &support::bootstrap(),
         "--config",
         config_text,
         "--from",
-        &format_rfc3339_ms(from),
+        &ago,
         "--to",
-        &format_rfc3339_ms(to),
+        "now",
         "--format",
         "html",
         "--output",
         page.to_str().unwrap(),
+        "--fail-on",
+        "never",
     ]);
     assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("page written to") && stdout.lines().count() < 10,
+        "a short summary on the terminal: {stdout}"
+    );
     let html = std::fs::read_to_string(&page).unwrap();
     for needle in [
         "<!DOCTYPE html>",
@@ -153,6 +185,9 @@ fn a_cluster_audit_of_loadgen_traffic_agrees_with_the_truth_and_with_what_ran_li
         "Timelines",
         "<svg",
         "ACK latency by phase",
+        "ACK latency, ms (bucket upper bound)",
+        "p99 ≤",
+        "Provenance",
         &world,
     ] {
         assert!(html.contains(needle), "page lacks {needle}");

@@ -40,16 +40,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// series. Vectors whose labels are only known at run time (lag by partition, posts by URL, cuts
 /// by limit, client errors by code, stalled partitions) are touched first: they exist, but render only once observed.
 fn exposed_names() -> BTreeSet<String> {
-    let metrics = Metrics::new(["activation", "control.activation.ack"]);
-    metrics.consumer_lag.with_label_values(&["activation", "0"]);
-    metrics
-        .alert_posts
-        .with_label_values(&["http://am:9093", "ok"]);
-    metrics.limit_cut.with_label_values(&["run_sequences"]);
-    metrics.stalls.set("activation", 0, "a stall".into());
-    metrics.kafka_errors.with_label_values(&["other"]);
     let mut names = BTreeSet::new();
-    for line in metrics.render().lines() {
+    for line in every_metric().render().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             names.insert(name.to_string());
@@ -61,6 +53,28 @@ fn exposed_names() -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// The metrics with every vector touched once, so each family renders.
+fn every_metric() -> Metrics {
+    let metrics = Metrics::new(["activation", "control.activation.ack"]);
+    metrics.consumer_lag.with_label_values(&["activation", "0"]);
+    metrics.consumer_lag_seconds.with_label_values(&["activation", "0"]);
+    metrics
+        .alert_posts
+        .with_label_values(&["http://am:9093", "ok"]);
+    metrics.limit_cut.with_label_values(&["run_sequences"]);
+    metrics.stalls.set("activation", 0, "a stall".into());
+    metrics.kafka_errors.with_label_values(&["other"]);
+    metrics
+}
+
+/// `promtool check metrics` (Prometheus' own linter of names, units and help) finds nothing in
+/// what `/metrics` serves but the RFC's `controlbus_apply_ack_latency_ms`, kept in milliseconds
+/// under the name the RFC, the Gateways and the runbooks use (docs/semantics.md §3).
+#[test]
+fn metric_names_pass_promtool_but_the_rfc_one() {
+    support::assert_promtool_accepts_but_the_rfc_name(&every_metric().render());
 }
 
 #[test]
@@ -89,7 +103,10 @@ fn rules_and_dashboard_query_only_metrics_ackwatch_exposes() {
 
 /// The `ackwatch.toml` block of the ConfigMap, de-indented.
 fn configmap_toml() -> String {
-    let manifest = deploy("kubernetes/configmap.yaml");
+    toml_of_configmap(&deploy("kubernetes/configmap.yaml"))
+}
+
+fn toml_of_configmap(manifest: &str) -> String {
     let start = manifest
         .find("  ackwatch.toml: |\n")
         .expect("the ConfigMap has an ackwatch.toml key");
@@ -150,10 +167,83 @@ fn the_kubernetes_config_loads_and_agrees_with_the_statefulset() {
         2,
         "both members of the HA pair"
     );
-    assert!(settings
-        .alerts
-        .runbook_url
-        .ends_with("/deploy/runbooks/{kind}.md"));
+    // The chart's default runbook base: every pod's own /runbooks/, through the Service.
+    assert_eq!(
+        settings.alerts.runbook_url,
+        "http://ackwatch.ackwatch.svc:9464/runbooks/{kind}.md"
+    );
+}
+
+/// The chart rendered with every option (tests/helm/every-option.yaml) gives a configuration
+/// ackwatch loads, holding what the values say: helm (scripts/helm.sh) renders it here.
+#[test]
+fn every_chart_option_renders_a_config_ackwatch_loads() {
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "source scripts/env.sh && source scripts/helm.sh && \
+             \"$HELM\" template prod deploy/helm/ackwatch --namespace trading \
+             -f tests/helm/every-option.yaml --show-only templates/configmap.yaml",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    // The Secret's key, where the StatefulSet mounts it; here a file of the test's.
+    let mounted = "/var/run/secrets/ackwatch/kafka/password";
+    let toml = toml_of_configmap(&manifest);
+    assert!(toml.contains(&format!("\"sasl.password\" = \"{mounted}\"")), "{toml}");
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "s3cret-from-the-secret\n").unwrap();
+    let toml = toml.replace(mounted, secret.to_str().unwrap());
+    let path = dir.path().join("ackwatch.toml");
+    std::fs::write(&path, toml).unwrap();
+    let settings = Settings::load(Some(&path)).expect("the rendered ackwatch.toml is valid");
+    assert_eq!(settings.kafka.bootstrap_servers, "kafka-0.kafka:9093,kafka-1.kafka:9093");
+    assert_eq!(settings.runtime.processing_guarantee.as_str(), "exactly_once_v2");
+    assert_eq!(settings.runtime.num_stream_threads, 2);
+    assert_eq!(settings.runtime.shutdown_timeout_ms, 20_000);
+    assert_eq!(settings.policy.ack_timeout_ms, 5_000);
+    assert!(settings.policy.auto_rollback);
+    assert_eq!(settings.alerts.labels.get("cluster").map(String::as_str), Some("prod-eu"));
+    assert_eq!(
+        settings.alerts.runbook_url,
+        "https://wiki.internal/ackwatch/runbooks/{kind}.md"
+    );
+    assert_eq!(settings.worldservice.url, "http://worldservice.control:8080/apply/signals");
+    assert_eq!(
+        settings.kafka.property_files.get("sasl.password"),
+        Some(&secret)
+    );
+    assert_eq!(
+        settings.kafka.properties.get("producer.linger.ms").map(String::as_str),
+        Some("5")
+    );
+}
+
+/// Every page of deploy/runbooks is served at /runbooks/<page> (the default alert links), and
+/// nothing else is.
+#[test]
+fn every_shipped_runbook_is_served() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/runbooks");
+    let mut shipped: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    shipped.sort();
+    let mut served: Vec<(String, String)> = ackwatch::runtime::http::RUNBOOKS
+        .iter()
+        .map(|(name, text)| (name.to_string(), text.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(served, shipped);
 }
 
 fn kafka_topics_command() -> String {
@@ -259,4 +349,38 @@ async fn the_topic_script_creates_what_ackwatch_check_accepts_and_refuses_uneven
         text.contains(&format!("{a} has 3 partitions but {k} has 2")),
         "{text}"
     );
+}
+
+/// What runs is visible on /metrics: `ackwatch_build_info` with the version and revision, and
+/// the process's own resident memory, CPU seconds and open file descriptors.
+#[test]
+fn metrics_say_what_runs_and_what_it_costs() {
+    let text = Metrics::new(["activation", "control.activation.ack"]).render();
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("ackwatch_build_info{"))
+        .unwrap_or_else(|| panic!("no ackwatch_build_info: {text}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("revision=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"));
+        assert!(value >= 0.0, "{name} {value}");
+    }
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.parse().ok())
+        .unwrap();
+    assert!(rss > 1e6, "the test process holds more than a MB: {rss}");
 }

@@ -130,6 +130,29 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
             1,
             "{body}"
         );
+        // Its ACK never comes: ack_missing, then paused; the index of what is wrong lists it.
+        let runs_in = |state: &str| -> Value {
+            let (status, body) = support::http_get(&http, &format!("/runs?state={state}")).unwrap();
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str(&body).unwrap()
+        };
+        let listed = |index: &Value| {
+            index["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["world_id"] == "live_world" && r["run_id"] == "r1")
+        };
+        let paused = wait_for(|| Some(runs_in("paused")).filter(|index| listed(index)));
+        assert_eq!(paused["state"], "paused", "{paused}");
+        let open = runs_in("open");
+        assert!(listed(&open), "{open}");
+        let run = open["runs"].as_array().unwrap().iter().find(|r| r["world_id"] == "live_world").unwrap();
+        assert_eq!(run["open_findings"][0]["kind"], "ack_missing", "{run}");
+        assert!(!listed(&runs_in("escalated")), "not escalated before rollback_after_ms");
+        let (status, body) = support::http_get(&http, "/runs?state=closed").unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("not one of open, paused, escalated"), "{body}");
         let (status, body) = support::http_get(&http, "/runs/no_such_world/r1").unwrap();
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("owned_partitions"), "{body}");
@@ -142,12 +165,34 @@ fn scenarios_live(guarantee: &str, stream_threads: usize) {
             metrics.contains("ackwatch_assigned_partitions 3\n"),
             "every thread's partitions counted once\n{metrics}"
         );
+        // What a live instance serves, every series it has grown included.
+        support::assert_promtool_accepts_but_the_rfc_name(&metrics);
+        assert!(
+            metrics.contains("ackwatch_state{state=\"RUNNING\"} 1\n")
+                && metrics.contains("ackwatch_state{state=\"REBALANCING\"} 0\n"),
+            "{metrics}"
+        );
 
         let status = processor.terminate(Duration::from_secs(30));
         assert!(
             status.success(),
             "{name}: exit {status}\n{}",
             processor.log_text()
+        );
+        // Kafka Streams' state line, from the start to the end, in order.
+        let log = processor.log_text();
+        let states: Vec<String> = log
+            .lines()
+            .filter_map(|l| l.split_once("ackwatch state "))
+            // Plain or JSON lines: the message ends at a quote or the end of the line.
+            .map(|(_, s)| s.split('"').next().unwrap_or("").split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(states.first().map(String::as_str), Some("CREATED -> REBALANCING"), "{log}");
+        assert!(states.iter().any(|s| s == "REBALANCING -> RUNNING"), "{states:?}");
+        assert_eq!(
+            &states[states.len() - 2..],
+            ["RUNNING -> PENDING_SHUTDOWN", "PENDING_SHUTDOWN -> NOT_RUNNING"],
+            "{states:?}"
         );
         assert_eq!(
             processor

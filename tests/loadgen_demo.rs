@@ -114,9 +114,27 @@ fn loadgen_refuses_what_it_cannot_do_and_says_why() {
 
 #[test]
 fn the_demo_detects_exactly_the_injected_faults() {
-    let http = format!("127.0.0.1:{}", support::free_port());
+    // The requested port is taken (an `ackwatch run` on the same machine): the demo moves.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
     let (ok, stdout, stderr) = ackwatch(&["demo", "--duration", "12s", "--http", &http]);
+    drop(taken);
     assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("{http} is in use (another ackwatch?): serving on 127.0.0.1:")),
+        "{stdout}"
+    );
+    // Something to see from the first second: a status line before any finding could be due,
+    // and later ones with the ACK latency the processor measured.
+    let first_status = stdout.find("t+0s: ").unwrap_or_else(|| panic!("no t+0s status in\n{stdout}"));
+    let first_finding = stdout.find("FINDING").unwrap_or(usize::MAX);
+    assert!(first_status < first_finding, "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("t+") && l.contains("read by ackwatch") && l.contains("ACK latency p50 ≤ ")),
+        "{stdout}"
+    );
+    // Not a terminal: no colour codes, neither on the screen nor in the log.
+    assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'), "{stdout}\n{stderr}");
     let line = |what: &str| {
         stdout
             .lines()

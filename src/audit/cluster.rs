@@ -24,8 +24,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::audit::provenance::{ClusterRead, OffsetsRead, Provenance};
 use crate::settings::Settings;
 use crate::sinks::records as sink;
+use ackwatch_topology::timeline::Timeline;
+use ackwatch_topology::RunKey;
 use ackwatch_topology::replay::Replay;
 
 /// Longest a metadata or offsets request may take.
@@ -40,7 +43,13 @@ pub struct ClusterAudit {
     pub from_ms: Millis,
     pub to_ms: Millis,
     pub warmup_ms: Millis,
+    /// The warm-up as given (for the provenance).
+    pub warmup: String,
     pub world: Option<String>,
+    /// With `world`: the run whose timeline is kept.
+    pub run: Option<String>,
+    /// A progress bar on standard error while reading (when it is a terminal).
+    pub progress: bool,
 }
 
 /// Where what ackwatch emitted live differs from what the replay says it should have.
@@ -56,9 +65,12 @@ pub struct Difference {
 
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
+    pub provenance: Provenance,
     pub window: Window,
     #[serde(flatten)]
     pub report: Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
     /// ACK latencies of the window by phase: counts per bucket upper bound (ms; "+Inf" last).
     pub latency_by_phase: BTreeMap<String, Vec<(String, u64)>>,
     pub live_outputs_compared: usize,
@@ -81,6 +93,9 @@ type Outputs = BTreeMap<String, (String, String)>;
 /// ACK latencies by phase.
 struct Replayed {
     report: Report,
+    timeline: Option<Timeline>,
+    /// The input topics' offsets read.
+    read: Ranges,
     expected: Outputs,
     latencies: BTreeMap<&'static str, Vec<u64>>,
 }
@@ -261,7 +276,26 @@ impl ClusterAudit {
         let total = differences.len();
         differences.truncate(DIFFERENCES_LISTED_MAX);
         drop(consumer);
+        let mut provenance = Provenance::new(self.settings.policy, &self.settings.topics);
+        provenance.world_id = self.world.clone();
+        provenance.run_id = self.run.clone();
+        provenance.cluster = Some(ClusterRead {
+            bootstrap_servers: self.settings.kafka.bootstrap_servers.clone(),
+            warmup: self.warmup.clone(),
+            read: replayed
+                .read
+                .iter()
+                .map(|(topic, partition, from, to)| OffsetsRead {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from_offset: *from,
+                    to_offset: *to,
+                })
+                .collect(),
+        });
         Ok(ClusterReport {
+            provenance,
+            timeline: replayed.timeline,
             window: Window {
                 from: format_rfc3339_ms(self.from_ms),
                 to: format_rfc3339_ms(self.to_ms),
@@ -309,8 +343,15 @@ impl ClusterAudit {
             }
         };
         let mut replay = Replay::new(self.settings.policy, &mut observe);
+        if let (Some(world), Some(run)) = (&self.world, &self.run) {
+            replay = replay.with_timeline(RunKey::new(world, run));
+        }
         let world = self.world.as_deref().map(str::as_bytes);
+        let bar = progress_bar(self.progress, &inputs);
         self.read(consumer, &inputs, |topic, partition, m| {
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
             let side = if topic == topics.activation {
                 Side::Activation
             } else {
@@ -331,12 +372,18 @@ impl ClusterAudit {
                 },
             );
         })?;
-        let mut report = replay.finish(Some(to));
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let (mut report, timeline) = replay.finish_with_timeline(Some(to));
         let in_window = |t: &str| parse_rfc3339_ms(t).is_some_and(|t| t >= from);
         report.findings.retain(|f| in_window(&f.detected_at));
         report.signals.retain(|s| in_window(&s.at));
+        report.recount();
         Ok(Replayed {
             report,
+            timeline,
+            read: inputs,
             expected,
             latencies,
         })
@@ -373,6 +420,24 @@ impl ClusterAudit {
         })?;
         Ok(live)
     }
+}
+
+/// The reading's progress in records (the ranges' offsets; transaction markers make it end a
+/// little short of 100%), when asked for and standard error is a terminal.
+fn progress_bar(wanted: bool, ranges: &Ranges) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !wanted || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total: i64 = ranges.iter().map(|(_, _, start, end)| (end - start).max(0)).sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records {per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    Some(bar)
 }
 
 /// Counts per bucket of `controlbus_apply_ack_latency_ms` (the same bounds as the metric).

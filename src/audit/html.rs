@@ -7,9 +7,11 @@ use std::fmt::Write;
 
 use ackwatch_topology::report::Report;
 use ackwatch_topology::time::parse_rfc3339_ms;
+use ackwatch_topology::timeline::Timeline;
 use ackwatch_topology::Millis;
 
 use super::cluster::Difference;
+use super::provenance::Provenance;
 
 /// Runs drawn as timelines (those with findings or signals, the most eventful first); the
 /// tables still list every row.
@@ -34,7 +36,10 @@ pub fn esc(text: &str) -> String {
 pub struct Page<'a> {
     pub title: String,
     pub subtitle: String,
+    pub provenance: &'a Provenance,
     pub report: &'a Report,
+    /// `--world W --run R`: that run's timeline, as a table.
+    pub timeline: Option<&'a Timeline>,
     /// Bucket upper bound (ms) -> count, per phase.
     pub latency_by_phase: &'a BTreeMap<String, Vec<(String, u64)>>,
     /// A cluster audit: (outputs compared, differences listed, differences in all).
@@ -97,6 +102,117 @@ fn timeline(markers: &[Marker], spans: &[(Millis, Option<Millis>)]) -> String {
     svg
 }
 
+/// What is still open at the end, first: the counts every format shows (the report's headline).
+fn headline(h: &mut String, r: &Report) {
+    let hl = &r.headline;
+    if hl.open_findings == 0 {
+        h.push_str("<p class=\"ok\">Open at the end: none (every finding listed was resolved).</p>");
+    } else {
+        let kinds: Vec<String> = hl
+            .open_by_kind
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = write!(
+            h,
+            "<p class=\"open\">Open at the end: {} finding(s) ({} sequence(s)) in {} run(s): {}.</p>",
+            hl.open_findings,
+            hl.open_sequences,
+            hl.runs_with_open_findings,
+            esc(&kinds.join(", "))
+        );
+    }
+    let _ = write!(
+        h,
+        "<p>Listed: {} finding(s) ({} sequence(s)), {} signal(s), {} pending at the end. A finding is one row below: sequences of one run and kind detected and resolved together.</p>",
+        hl.findings, hl.finding_sequences, hl.signals, hl.pending_at_end
+    );
+}
+
+/// The bucket holding the `p`-th percentile (nearest rank over the bucket counts).
+fn percentile_bucket(buckets: &[(String, u64)], p: u64) -> Option<usize> {
+    let total: u64 = buckets.iter().map(|(_, c)| c).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (p * total).div_ceil(100).max(1);
+    let mut seen = 0;
+    buckets.iter().position(|(_, c)| {
+        seen += c;
+        seen >= rank
+    })
+}
+
+/// One phase's ACK latency histogram: bars per bucket, a count axis with ticks, the bucket
+/// bounds (ms) on the other axis, and where p50, p95 and p99 fall.
+fn histogram(h: &mut String, phase: &str, buckets: &[(String, u64)]) {
+    let most = buckets.iter().map(|(_, c)| *c).max().unwrap_or(0).max(1);
+    let total: u64 = buckets.iter().map(|(_, c)| c).sum();
+    let (left, top, plot_w, plot_h) = (60.0, 24.0, 840.0, 110.0);
+    let bottom = top + plot_h;
+    let _ = write!(
+        h,
+        "<h3>{} ({total} ACKs)</h3><svg width=\"920\" height=\"190\" role=\"img\" aria-label=\"ACK latency histogram, {}\">",
+        esc(phase),
+        esc(phase)
+    );
+    // Axes: counts (with ticks at 0, half and the tallest bar) and bucket bounds.
+    let _ = write!(
+        h,
+        "<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{bottom}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"#333\"/>",
+        left + plot_w
+    );
+    let mut ticks = vec![0, most / 2, most];
+    ticks.dedup(); // a tallest bar of 1: ticks 0 and 1 only
+    for tick in ticks {
+        let y = bottom - tick as f64 / most as f64 * plot_h;
+        let _ = write!(
+            h,
+            "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{left}\" y2=\"{y:.1}\" stroke=\"#333\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick}</text>",
+            left - 4.0,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    let _ = write!(
+        h,
+        "<text x=\"12\" y=\"{:.1}\" transform=\"rotate(-90 12 {:.1})\" text-anchor=\"middle\">ACKs</text><text x=\"{:.1}\" y=\"184\" text-anchor=\"middle\">ACK latency, ms (bucket upper bound)</text>",
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        left + plot_w / 2.0
+    );
+    let w = plot_w / buckets.len().max(1) as f64;
+    for (i, (bound, count)) in buckets.iter().enumerate() {
+        let height = *count as f64 / most as f64 * plot_h;
+        let x = left + i as f64 * w;
+        let _ = write!(
+            h,
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\"><title>≤ {} ms: {count}</title></rect><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x + 2.0,
+            bottom - height,
+            w - 4.0,
+            esc(bound),
+            x + w / 2.0,
+            bottom + 14.0,
+            esc(bound)
+        );
+    }
+    for (p, dy) in [(50, 0.0), (95, 11.0), (99, 22.0)] {
+        if let Some(i) = percentile_bucket(buckets, p) {
+            let x = left + i as f64 * w + w / 2.0;
+            let _ = write!(
+                h,
+                "<line class=\"pct\" x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#c33\" stroke-dasharray=\"3 2\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c33\">p{p} ≤ {} ms</text>",
+                x + 3.0,
+                top - 12.0 + dy,
+                esc(&buckets[i].0)
+            );
+        }
+    }
+    h.push_str("</svg>");
+}
+
 pub fn render(page: &Page<'_>) -> String {
     let r = page.report;
     let t = &r.totals;
@@ -115,6 +231,12 @@ pub fn render(page: &Page<'_>) -> String {
     for warning in &r.warnings {
         let _ = write!(h, "<p class=\"open\">warning: {}</p>", esc(warning));
     }
+    headline(&mut h, r);
+    h += "<details><summary>Provenance</summary><ul>";
+    for line in page.provenance.lines() {
+        let _ = write!(h, "<li>{}</li>", esc(&line));
+    }
+    h += "</ul></details>";
     let _ = write!(
         h,
         "<table><tr><th>records</th><th>tracked</th><th>acks</th><th>untracked</th><th>duplicates</th><th>invalid</th><th>runs</th><th>findings</th><th>signals</th></tr>\
@@ -148,28 +270,7 @@ pub fn render(page: &Page<'_>) -> String {
         h += "<p class=\"muted\">No ACK latency observed.</p>";
     }
     for (phase, buckets) in page.latency_by_phase {
-        let most = buckets.iter().map(|(_, c)| *c).max().unwrap_or(0).max(1);
-        let total: u64 = buckets.iter().map(|(_, c)| c).sum();
-        let _ = write!(
-            h,
-            "<h3>{} ({total} ACKs)</h3><svg width=\"900\" height=\"140\" role=\"img\">",
-            esc(phase)
-        );
-        let w = 900.0 / buckets.len() as f64;
-        for (i, (bound, count)) in buckets.iter().enumerate() {
-            let height = *count as f64 / most as f64 * 100.0;
-            let _ = write!(
-                h,
-                "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\"><title>≤ {} ms: {count}</title></rect><text x=\"{:.1}\" y=\"135\" text-anchor=\"middle\">{}</text>",
-                i as f64 * w + 2.0,
-                110.0 - height,
-                w - 4.0,
-                esc(bound),
-                i as f64 * w + w / 2.0,
-                esc(bound)
-            );
-        }
-        h += "</svg>";
+        histogram(&mut h, phase, buckets);
     }
 
     // Timelines: the runs with findings or signals.
@@ -260,6 +361,27 @@ pub fn render(page: &Page<'_>) -> String {
         );
     }
     h += "</table>";
+    if let Some(t) = page.timeline {
+        let _ = write!(
+            h,
+            "<h2>Timeline of world {} run {} ({} entries{})</h2><table><tr><th>at</th><th>event</th><th>sequences</th><th>detail</th></tr>",
+            esc(&t.run.world_id),
+            esc(&t.run.run_id),
+            t.entries.len(),
+            if t.cut > 0 { format!(", {} more cut", t.cut) } else { String::new() }
+        );
+        for e in &t.entries {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+                esc(&e.at),
+                e.event,
+                e.sequences,
+                esc(&e.detail)
+            );
+        }
+        h += "</table>";
+    }
     if !r.pending_at_end.is_empty() {
         let _ = write!(h, "<h2>Pending at the end ({})</h2><table><tr><th>due</th><th>kind</th><th>world</th><th>run</th><th>sequences</th></tr>", r.pending_at_end.len());
         for p in &r.pending_at_end {
@@ -275,13 +397,60 @@ pub fn render(page: &Page<'_>) -> String {
         }
         h += "</table>";
     }
+    invalid_records(&mut h, r);
     h += "</body></html>\n";
     h
+}
+
+/// The invalid records (dead-lettered live): where, why, and the start of the value.
+fn invalid_records(h: &mut String, r: &Report) {
+    if r.invalid_records.is_empty() {
+        return;
+    }
+    let unlisted = match r.invalid_records_unlisted {
+        0 => String::new(),
+        n => format!("; {n} more not listed"),
+    };
+    let _ = write!(
+        h,
+        "<h2>Invalid records ({}{unlisted})</h2><table><tr><th>topic</th><th>partition</th><th>offset</th><th>timestamp</th><th>reason</th><th>detail</th><th>value (start)</th></tr>",
+        r.invalid_records.len()
+    );
+    for row in &r.invalid_records {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            row.topic,
+            row.partition,
+            row.offset,
+            esc(row.timestamp.as_deref().unwrap_or("")),
+            row.reason,
+            esc(&row.detail),
+            esc(row.preview.as_deref().unwrap_or("(no value)"))
+        );
+    }
+    h.push_str("</table>");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(counts: &[u64], expected: [Option<usize>; 3]) {
+        let buckets: Vec<(String, u64)> =
+            counts.iter().enumerate().map(|(i, c)| (i.to_string(), *c)).collect();
+        let got = [50, 95, 99].map(|p| percentile_bucket(&buckets, p));
+        assert_eq!(got, expected, "counts {counts:?}");
+    }
+
+    #[test]
+    fn percentile_marks_fall_in_the_bucket_of_the_nearest_rank() {
+        check(&[0, 0, 0], [None, None, None]);
+        check(&[1], [Some(0), Some(0), Some(0)]);
+        check(&[50, 45, 4, 1], [Some(0), Some(1), Some(2)]);
+        check(&[0, 51, 0, 49], [Some(1), Some(3), Some(3)]);
+        check(&[0, 100], [Some(1), Some(1), Some(1)]);
+    }
 
     #[test]
     fn escaping() {

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod html;
 pub mod kcat;
+pub mod provenance;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -21,14 +22,18 @@ use std::path::PathBuf;
 use ackwatch_topology::partition_group::Buffered;
 use ackwatch_topology::replay::Replay;
 use ackwatch_topology::report::Report;
-use ackwatch_topology::{Millis, Output, Policy, Side};
+use ackwatch_topology::timeline::Timeline;
+use ackwatch_topology::{Millis, Output, Policy, RunKey, Side};
 use anyhow::Context;
 
 use crate::settings::Topics;
 use kcat::parse_line;
+use provenance::{FileDigest, InputFile};
 
 /// Malformed input lines printed before the audit only counts them.
 const MALFORMED_LINES_PRINTED_MAX: u64 = 20;
+/// Invalid records the text summary prints (the JSON and HTML reports list more).
+const INVALID_RECORDS_PRINTED_MAX: usize = 20;
 
 /// Lines the reader thread parses before handing them over as one batch. Cost: one batch of
 /// parsed records (about 1 KiB each) in memory; smaller batches cost a channel hand-off more often.
@@ -49,6 +54,14 @@ pub struct FileAudit {
     pub end_ms: Option<Millis>,
 }
 
+/// What a file audit gives: the report, the timeline of the run asked for, and every input
+/// file as read (size and SHA-256, for the provenance).
+pub struct Audited {
+    pub report: Report,
+    pub timeline: Option<Timeline>,
+    pub inputs: Vec<InputFile>,
+}
+
 impl FileAudit {
     pub fn run(&self) -> anyhow::Result<Report> {
         self.run_with(&mut |_| {})
@@ -57,6 +70,15 @@ impl FileAudit {
     /// [`Self::run`], showing every engine output to `observe` as it happens (gap events and
     /// signals carry the idempotency keys the live processor emits).
     pub fn run_with(&self, observe: &mut dyn FnMut(&Output)) -> anyhow::Result<Report> {
+        Ok(self.run_explained(None, observe)?.report)
+    }
+
+    /// [`Self::run_with`], keeping `run`'s timeline when one is named.
+    pub fn run_explained(
+        &self,
+        run: Option<RunKey>,
+        observe: &mut dyn FnMut(&Output),
+    ) -> anyhow::Result<Audited> {
         let total_bytes: u64 = self
             .inputs
             .iter()
@@ -75,6 +97,9 @@ impl FileAudit {
         });
 
         let mut replay = Replay::new(self.policy, observe);
+        if let Some(run) = run {
+            replay = replay.with_timeline(run);
+        }
         // A reader thread reads and parses the kcat lines (about half the work: every payload
         // is a JSON string to unescape) while this thread runs the engine, so the audit uses
         // two cores. The channel holds at most `READ_AHEAD_BATCHES_MAX` batches.
@@ -99,31 +124,37 @@ impl FileAudit {
             }
             reader.join().expect("the audit's reader thread panicked")
         });
-        read_result?;
+        let inputs = read_result?;
         if replay.report.malformed_lines > MALFORMED_LINES_PRINTED_MAX {
             eprintln!(
                 "... {} malformed lines in all",
                 replay.report.malformed_lines
             );
         }
-        let report = replay.finish(self.end_ms);
+        let (report, timeline) = replay.finish_with_timeline(self.end_ms);
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        Ok(report)
+        Ok(Audited {
+            report,
+            timeline,
+            inputs,
+        })
     }
 }
 
 impl FileAudit {
     /// Reads every input in order and sends its lines, parsed, in batches; stops early when the
-    /// receiver is gone. Runs on the reader thread.
+    /// receiver is gone. Hashes every file as it goes. Runs on the reader thread.
     fn read_inputs(
         &self,
         bar: Option<&indicatif::ProgressBar>,
         batches: std::sync::mpsc::SyncSender<Vec<ReadLine>>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<InputFile>> {
         let mut batch = Vec::with_capacity(READ_BATCH_LINES_MAX);
+        let mut files = Vec::with_capacity(self.inputs.len());
         for path in &self.inputs {
+            let mut digest = FileDigest::new(path);
             let file = File::open(path)
                 .with_context(|| format!("cannot open input {}", path.display()))?;
             let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -137,6 +168,7 @@ impl FileAudit {
                 if n == 0 {
                     break;
                 }
+                digest.update(line.as_bytes());
                 line_no += 1;
                 if let Some(bar) = bar {
                     bar.inc(n as u64);
@@ -151,15 +183,16 @@ impl FileAudit {
                     let full =
                         std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH_LINES_MAX));
                     if batches.send(full).is_err() {
-                        return Ok(());
+                        return Ok(files);
                     }
                 }
             }
+            files.push(digest.finish());
         }
         if !batch.is_empty() {
             let _ = batches.send(batch);
         }
-        Ok(())
+        Ok(files)
     }
 
     fn read_line(&self, line: &str, place: impl FnOnce() -> String) -> ReadLine {
@@ -195,6 +228,46 @@ fn into_boxed_bytes(text: std::borrow::Cow<'_, str>) -> Box<[u8]> {
     }
 }
 
+/// When `ackwatch audit` exits with [`AUDIT_FAILED_EXIT`] instead of 0, for pipelines.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum FailOn {
+    /// Any finding listed (open or resolved), or a warning that the report cannot be trusted.
+    Findings,
+    /// A finding still open at the end, or a warning that the report cannot be trusted.
+    Open,
+    /// Exit 0 whenever the report was made.
+    Never,
+}
+
+/// The exit status of an audit whose report meets `--fail-on` (1 is an audit that could not be
+/// made, 2 a usage error).
+pub const AUDIT_FAILED_EXIT: u8 = 3;
+
+/// Whether the report meets `--fail-on`, and why.
+pub fn failed(fail_on: FailOn, report: &Report) -> Option<String> {
+    let h = &report.headline;
+    let untrusted = !report.warnings.is_empty();
+    match fail_on {
+        FailOn::Never => None,
+        _ if untrusted => Some(format!("{} warning(s) about the input", report.warnings.len())),
+        FailOn::Findings if h.findings > 0 => Some(format!("{} finding(s) listed", h.findings)),
+        FailOn::Open if h.open_findings > 0 => {
+            Some(format!("{} finding(s) open at the end", h.open_findings))
+        }
+        FailOn::Findings | FailOn::Open => None,
+    }
+}
+
+/// What a file audit writes as JSON: where it came from, the report, a run's timeline.
+#[derive(serde::Serialize)]
+pub struct FileReport<'a> {
+    pub provenance: &'a provenance::Provenance,
+    #[serde(flatten)]
+    pub report: &'a Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<&'a Timeline>,
+}
+
 /// One input line as the reader thread hands it over.
 enum ReadLine {
     Record(Side, i32, Buffered),
@@ -203,14 +276,60 @@ enum ReadLine {
     Malformed(String),
 }
 
-/// The human summary of a report.
-pub fn summary(report: &Report) -> String {
+/// The report's first lines in every text form: its warnings, then what is still open.
+pub fn headline(report: &Report) -> String {
     use std::fmt::Write;
-    let t = &report.totals;
+    let h = &report.headline;
     let mut s = String::new();
     for warning in &report.warnings {
         let _ = writeln!(s, "WARNING: {warning}");
     }
+    if h.open_findings == 0 {
+        let _ = writeln!(s, "open at the end: none (every finding listed was resolved)");
+    } else {
+        let by_kind: Vec<String> = h
+            .open_by_kind
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "OPEN AT THE END: {} finding(s) ({} sequence(s)) in {} run(s): {}",
+            h.open_findings,
+            h.open_sequences,
+            h.runs_with_open_findings,
+            by_kind.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "listed: {} finding(s) ({} sequence(s)), {} signal(s), {} pending at the end",
+        h.findings, h.finding_sequences, h.signals, h.pending_at_end
+    );
+    s
+}
+
+/// The short summary for a terminal when the full report went to a file: the headline and the
+/// counts, no rows.
+pub fn short_summary(report: &Report) -> String {
+    let t = &report.totals;
+    format!(
+        "{}records: {} ({} tracked, {} acks, {} invalid), runs: {}\n",
+        headline(report),
+        t.records,
+        t.tracked,
+        t.acks,
+        t.invalid,
+        report.runs.len()
+    )
+}
+
+/// The human summary of a report.
+pub fn summary(report: &Report) -> String {
+    use std::fmt::Write;
+    let t = &report.totals;
+    let mut s = headline(report);
     let _ = writeln!(
         s,
         "records: {} ({} tracked, {} acks, {} untracked, {} duplicates, {} invalid{})",
@@ -233,6 +352,22 @@ pub fn summary(report: &Report) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "invalid by reason: {}", reasons.join(", "));
+        for row in report.invalid_records.iter().take(INVALID_RECORDS_PRINTED_MAX) {
+            let _ = writeln!(
+                s,
+                "  invalid {}/{}@{}: {} ({}) {}",
+                row.topic,
+                row.partition,
+                row.offset,
+                row.reason,
+                row.detail,
+                row.preview.as_deref().unwrap_or("(no value)")
+            );
+        }
+        let more = t.invalid.saturating_sub(INVALID_RECORDS_PRINTED_MAX.min(report.invalid_records.len()) as u64);
+        if more > 0 {
+            let _ = writeln!(s, "  ... {more} more invalid records (the JSON and HTML reports list up to {})", ackwatch_topology::limits::INVALID_RECORDS_LISTED_MAX);
+        }
     }
     let _ = writeln!(s, "runs: {}", report.runs.len());
     match t.latency_ms {
@@ -252,7 +387,12 @@ pub fn summary(report: &Report) -> String {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    let _ = writeln!(s, "findings (sequences): {}", raised.join(", "));
+    let _ = writeln!(
+        s,
+        "sequences raised as findings over every record read: {}",
+        raised.join(", ")
+    );
+    let _ = writeln!(s, "findings: {}", report.findings.len());
     for f in &report.findings {
         let state = match &f.resolved_at {
             Some(at) => format!("resolved {at}"),

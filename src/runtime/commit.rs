@@ -169,8 +169,8 @@ impl TaskManager {
         }
         self.metrics.commits.inc();
         self.metrics
-            .commit_duration_ms
-            .observe(acknowledging.started.elapsed().as_secs_f64() * 1000.0);
+            .commit_duration
+            .observe(acknowledging.started.elapsed().as_secs_f64());
         self.last_commit = Instant::now();
         Ok(Committed::Done)
     }

@@ -1,6 +1,8 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and read-only queries of the runs
 //! this instance owns (Kafka Streams' interactive queries): `/runs/{world_id}` and
-//! `/runs/{world_id}/{run_id}`.
+//! `/runs/{world_id}/{run_id}`, and the index of what is wrong now, `/runs?state=open|paused|escalated`;
+//! and the runbooks shipped in deploy/runbooks (`/runbooks/{page}`),
+//! where alerts link by default.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use ackwatch_topology::report::Percentiles;
 use ackwatch_topology::run::{EpisodeState, Rollback};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{FindingKind, RunKey, RunState};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,19 +22,134 @@ use super::Shared;
 /// Runs listed by one `/runs/{world_id}` answer. Cost: one JSON object per run in the reply.
 pub const RUNS_PER_WORLD_LISTED_MAX: usize = 1000;
 
+/// Runs listed by one `/runs?state=` answer (the rest are counted). Cost: one JSON object per
+/// run in the reply, built while the tasks' locks are taken one at a time.
+pub const RUNS_BY_STATE_LISTED_MAX: usize = 1000;
+
+/// Which runs `/runs?state=` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunsWanted {
+    /// With at least one open finding.
+    Open,
+    /// Paused (escalated or not).
+    Paused,
+    /// Paused past `rollback_after_ms` without `auto_rollback`: waiting for an operator.
+    Escalated,
+}
+
+impl RunsWanted {
+    /// The `state` of a query string such as `state=paused`.
+    pub fn of_query(query: Option<&str>) -> Result<RunsWanted, String> {
+        let state = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("state="));
+        match state {
+            Some("open") => Ok(RunsWanted::Open),
+            Some("paused") => Ok(RunsWanted::Paused),
+            Some("escalated") => Ok(RunsWanted::Escalated),
+            Some(other) => Err(format!("state={other:?} is not one of open, paused, escalated")),
+            None => Err("say which runs: /runs?state=open, paused or escalated".into()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunsWanted::Open => "open",
+            RunsWanted::Paused => "paused",
+            RunsWanted::Escalated => "escalated",
+        }
+    }
+
+    fn matches(self, run: &RunState) -> bool {
+        match (self, run.episode_state) {
+            (RunsWanted::Open, _) => run.open_findings() > 0 || run.open_gaps().next().is_some(),
+            (RunsWanted::Paused, EpisodeState::Paused { .. }) => true,
+            (RunsWanted::Escalated, EpisodeState::Paused { rollback, .. }) => rollback == Rollback::Escalated,
+            _ => false,
+        }
+    }
+}
+
+/// `/runs?state=open|paused|escalated`: the runs of this instance's tasks in that state (only
+/// runs in memory can be: a settled run, evicted to the store, has no open finding and is not
+/// paused). The whole group's: ask every instance (docs/semantics.md §3).
+async fn runs_by_state(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let wanted = match RunsWanted::of_query(query.as_deref()) {
+        Ok(wanted) => wanted,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut runs = Vec::new();
+        let mut total = 0usize;
+        for thread in &shared.threads {
+            let tasks = thread.tasks();
+            for task in tasks.running() {
+                for (key, run) in task.core.engine.runs().filter(|(_, run)| wanted.matches(run)) {
+                    total += 1;
+                    if runs.len() < RUNS_BY_STATE_LISTED_MAX {
+                        runs.push(run_view(key, run, task.partition()));
+                    }
+                }
+            }
+        }
+        runs.sort_by(|a, b| {
+            (a["world_id"].as_str(), a["run_id"].as_str()).cmp(&(b["world_id"].as_str(), b["run_id"].as_str()))
+        });
+        Json(json!({
+            "state": wanted.as_str(),
+            "runs": runs,
+            "runs_total": total,
+            "runs_listed_max": RUNS_BY_STATE_LISTED_MAX,
+            "owned_partitions": shared.partitions(),
+        }))
+        .into_response()
+    })
+    .await
+    .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/runs", get(runs_by_state))
         .route("/runs/{world_id}", get(world))
         .route("/runs/{world_id}/{run_id}", get(run))
+        .route("/runbooks/", get(|| runbook(Path("README.md".to_string()))))
+        .route("/runbooks/{page}", get(runbook))
         .with_state(shared)
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     if let Err(e) = axum::serve(listener, router(shared)).await {
         crate::events::HttpServerStopped { error: &e }.emit();
+    }
+}
+
+/// The runbook pages of deploy/runbooks, built into the binary: an alert's default
+/// `runbook_url` works wherever ackwatch runs, with nothing to publish first.
+pub const RUNBOOKS: [(&str, &str); 8] = [
+    ("README.md", include_str!("../../deploy/runbooks/README.md")),
+    ("ack_missing.md", include_str!("../../deploy/runbooks/ack_missing.md")),
+    ("activation_gap.md", include_str!("../../deploy/runbooks/activation_gap.md")),
+    ("orphan_ack.md", include_str!("../../deploy/runbooks/orphan_ack.md")),
+    ("sequence_conflict.md", include_str!("../../deploy/runbooks/sequence_conflict.md")),
+    ("world_paused.md", include_str!("../../deploy/runbooks/world_paused.md")),
+    ("ack_latency_high.md", include_str!("../../deploy/runbooks/ack_latency_high.md")),
+    ("ackwatch_operations.md", include_str!("../../deploy/runbooks/ackwatch_operations.md")),
+];
+
+/// One runbook page, as Markdown (readable as it is in a browser).
+async fn runbook(Path(page): Path<String>) -> Response {
+    match RUNBOOKS.iter().find(|(name, _)| *name == page) {
+        Some((_, text)) => ([("content-type", "text/markdown; charset=utf-8")], *text).into_response(),
+        None => {
+            let pages: Vec<&str> = RUNBOOKS.iter().map(|(name, _)| *name).collect();
+            let known = pages.join(", ");
+            (StatusCode::NOT_FOUND, format!("no runbook page {page:?}; pages: {known}\n")).into_response()
+        }
     }
 }
 
@@ -235,4 +352,26 @@ async fn run(
     })
     .await
     .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_query_names_one_of_three() {
+        let check = |query: Option<&str>, expected: Result<RunsWanted, &str>| {
+            let got = RunsWanted::of_query(query);
+            match expected {
+                Ok(wanted) => assert_eq!(got, Ok(wanted), "{query:?}"),
+                Err(says) => assert!(got.as_ref().is_err_and(|e| e.contains(says)), "{query:?}: {got:?}"),
+            }
+        };
+        check(Some("state=open"), Ok(RunsWanted::Open));
+        check(Some("x=1&state=paused"), Ok(RunsWanted::Paused));
+        check(Some("state=escalated"), Ok(RunsWanted::Escalated));
+        check(Some("state=closed"), Err("\"closed\" is not one of open, paused, escalated"));
+        check(None, Err("say which runs"));
+        check(Some(""), Err("say which runs"));
+    }
 }

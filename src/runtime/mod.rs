@@ -25,8 +25,10 @@ pub mod changelog;
 pub mod cluster;
 pub mod commit;
 pub mod http;
+pub mod lag;
 pub mod record_collector;
 pub mod stalls;
+pub mod state;
 pub mod stream_thread;
 pub mod task;
 pub mod task_manager;
@@ -64,6 +66,10 @@ pub struct Shared {
     fatal: Mutex<Option<String>>,
     /// Set when an output may change the firing alerts, so the alert loop posts soon.
     pub alerts_dirty: Arc<AtomicBool>,
+    /// Every stream thread has stopped.
+    stopped: AtomicBool,
+    /// The instance's Kafka Streams-like state, as last logged (`state.rs`).
+    state: state::StateLine,
 }
 
 /// One stream thread's part of [`Shared`]: its tasks and the flags its loop publishes.
@@ -104,15 +110,20 @@ impl Shared {
         all
     }
 
-    /// The alerts the open findings of every running task call for.
+    /// The alerts the open findings of every running task call for, and the worlds with
+    /// several runs paused (`sinks/world_alert.rs`).
     pub fn firing_alerts(&self) -> Vec<crate::sinks::alerts::Firing> {
+        use crate::sinks::world_alert;
         let mut current = Vec::new();
+        let mut paused = std::collections::BTreeMap::new();
         for thread in &self.threads {
             let tasks = thread.tasks();
             current.extend(crate::sinks::alerts::firing(
                 tasks.running().flat_map(|t| t.core.engine.runs()),
             ));
+            world_alert::count_paused(tasks.running().flat_map(|t| t.core.engine.runs()), &mut paused);
         }
+        current.extend(world_alert::firing(paused));
         current
     }
 
@@ -122,6 +133,27 @@ impl Shared {
             .lock()
             .expect("not poisoned")
             .get_or_insert(error);
+        self.note_state();
+    }
+
+    /// Logs and exports a change of the instance's state (`state.rs`); called wherever a flag
+    /// it is derived from changes.
+    pub fn note_state(&self) {
+        let flags = state::Flags {
+            fatal: self.fatal.lock().expect("not poisoned").is_some(),
+            stopped: self.stopped.load(Ordering::SeqCst),
+            shutdown: self.shutdown.load(Ordering::SeqCst),
+            ready: self.ready(),
+            joined: self.threads.iter().any(|t| t.generation.load(Ordering::SeqCst) > 0),
+        };
+        for (from, to) in self.state.observe(flags.state()) {
+            crate::events::StateChanged { from, to }.emit(&self.metrics);
+        }
+    }
+
+    /// The instance's state as last logged.
+    pub fn state(&self) -> state::InstanceState {
+        self.state.current()
     }
 
     pub fn fatal(&self) -> Option<String> {
@@ -163,11 +195,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 /// [`run`], embedded: stopped also by `options.stop`.
 pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(
+        version = crate::audit::provenance::VERSION,
+        revision = crate::audit::provenance::REVISION,
         application_id = settings.runtime.application_id.as_str(),
         bootstrap_servers = settings.kafka.bootstrap_servers.as_str(),
-        properties = ?settings.kafka.property_names(),
-        guarantee = ?settings.runtime.processing_guarantee,
-        "starting"
+        properties = settings.kafka.property_names().join(", "),
+        guarantee = settings.runtime.processing_guarantee.as_str(),
+        "starting ackwatch {}",
+        crate::audit::provenance::VERSION
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -220,7 +255,14 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         shutdown: AtomicBool::new(false),
         fatal: Mutex::new(None),
         alerts_dirty,
+        stopped: AtomicBool::new(false),
+        state: Default::default(),
     });
+    shared
+        .metrics
+        .instance_state
+        .with_label_values(&[state::InstanceState::Created.as_str()])
+        .set(1);
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(&settings.http.listen))
         .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
@@ -231,6 +273,11 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         let mut alerts = settings.alerts.clone();
         if alerts.generator_base_url.is_empty() {
             alerts.generator_base_url = generator_base(&settings.http.listen);
+        }
+        if alerts.runbook_url.is_empty() && !alerts.generator_base_url.is_empty() {
+            // The shipped runbooks, served by this instance (`/runbooks/{page}`).
+            alerts.runbook_url =
+                format!("{}/runbooks/{{kind}}.md", alerts.generator_base_url.trim_end_matches('/'));
         }
         runtime.spawn(crate::sinks::alerts::post_loop(
             alerts,
@@ -257,6 +304,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 "stop requested by the embedder: draining, committing, leaving the group"
             );
             shared.shutdown.store(true, Ordering::SeqCst);
+            shared.note_state();
         });
     }
     let on_signal = shared.clone();
@@ -265,11 +313,14 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         wait_for_signal().await;
         tracing::info!("shutdown requested: draining, committing, leaving the group");
         on_signal.shutdown.store(true, Ordering::SeqCst);
+        on_signal.note_state();
         tokio::time::sleep(shutdown_timeout).await;
         crate::events::ShutdownTimedOut.emit();
         std::process::exit(2);
     });
     let result = run_stream_threads(&shared);
+    shared.stopped.store(true, Ordering::SeqCst);
+    shared.note_state();
     delivery_stop.store(true, Ordering::SeqCst);
     if let Some(delivery) = delivery {
         // Let the delivery consumer commit what it delivered before the runtime goes.

@@ -378,8 +378,8 @@ impl RecordCollector {
                     .with_label_values(&[d.kind.as_str()])
                     .inc_by(d.sequences.len() as u64);
                 metrics
-                    .detection_delay_ms
-                    .observe(now_ms.saturating_sub(d.detected_at).max(0) as f64);
+                    .detection_delay
+                    .observe(now_ms.saturating_sub(d.detected_at).max(0) as f64 / 1000.0);
             }
             Output::Resolved(r) => metrics
                 .findings_resolved

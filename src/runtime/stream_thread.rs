@@ -98,6 +98,7 @@ impl ConsumerContext for Ctx {
             let mut revoked = partitions_by_topic(list, &topics.activation);
             revoked.extend(partitions_by_topic(list, &topics.ack));
             self.thread().ready.store(false, Ordering::SeqCst);
+            self.shared.note_state();
             let mut tasks = self.thread().tasks();
             tasks.assigned = false;
             let reason = if consumer.assignment_lost() {
@@ -141,6 +142,7 @@ impl ConsumerContext for Ctx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.thread().generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.note_state();
         match rebalance {
             Rebalance::Assign(list) => {
                 let topics = &self.shared.settings.topics;
@@ -340,6 +342,7 @@ impl StreamThreadLoop<'_> {
         self.thread
             .ready
             .store(tasks.assigned && tasks.starting() == 0, Ordering::SeqCst);
+        self.shared.note_state();
         Ok(())
     }
 

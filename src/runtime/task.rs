@@ -134,6 +134,8 @@ pub struct LiveTask {
     pub confirmations: Confirmations,
     /// Whether each side makes progress (`stalls.rs`).
     pub progress: PerSide<Progress>,
+    /// Each side's watermark history, for its lag in time (`lag.rs`).
+    pub lag: PerSide<super::lag::LagClock>,
     /// Encoded changes produced to the changelog in the running commit, for the store.
     pub pending_store: Vec<Record>,
     /// Runs whose state is in `pending_store`: evicted from memory once the store has it, if

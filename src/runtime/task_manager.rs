@@ -59,6 +59,8 @@ pub struct TaskManager {
     partitioners_disagree: bool,
     /// The commit under way, while the broker has not acknowledged it (`commit.rs`).
     pub(super) acknowledging: Option<Acknowledging>,
+    /// Input partitions whose lag series this thread exported at the last refresh.
+    pub(super) lag_exported: std::collections::BTreeSet<(Side, i32)>,
     /// A task start failed because the broker did not answer: no start before this.
     pub(super) start_retry_at: Option<Instant>,
 }
@@ -118,6 +120,7 @@ impl TaskManager {
             last_commit: Instant::now(),
             poll_clock_ms: 0,
             acknowledging: None,
+            lag_exported: Default::default(),
             start_retry_at: None,
         })
     }

@@ -18,6 +18,39 @@ use crate::events::{PartitionProgressing, PartitionStalled, TaskIdleExceeded};
 impl TaskManager {
     /// Refreshes the gauges that summarise task state (open findings, pending ACKs, lag, runs)
     /// and the counters the engine keeps cumulatively.
+    /// Consumer lag in records and in time (`lag.rs`) of every running task's inputs; the
+    /// series of partitions this thread no longer runs are removed, so a partition that moved
+    /// away while behind does not stay behind on this instance's dashboard (and alert).
+    fn refresh_lag(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let now = super::wall_ms();
+        let metrics = self.metrics.clone();
+        let mut exported = std::collections::BTreeSet::new();
+        for assigned in self.tasks.values_mut() {
+            let Some(task) = assigned.running_mut() else { continue };
+            let partition = task.partition();
+            for side in Side::BOTH {
+                let Some(high) = self.watermarks.cached_high(consumer, side, partition) else {
+                    continue;
+                };
+                let next = task.offsets.processed_next[side];
+                if task.lag[side].observe(high, next, now) {
+                    metrics.limit_cut.with_label_values(&["lag_samples"]).inc();
+                }
+                let labels = [self.watermarks.topic(side), &partition.to_string()];
+                metrics.consumer_lag.with_label_values(&labels).set((high - next).max(0));
+                let lag_s = task.lag[side].lag_ms(next, now) as f64 / 1000.0;
+                metrics.consumer_lag_seconds.with_label_values(&labels).set(lag_s);
+                exported.insert((side, partition));
+            }
+        }
+        for &(side, partition) in self.lag_exported.difference(&exported) {
+            let labels = [self.watermarks.topic(side), &partition.to_string()];
+            let _ = metrics.consumer_lag.remove_label_values(&labels);
+            let _ = metrics.consumer_lag_seconds.remove_label_values(&labels);
+        }
+        self.lag_exported = exported;
+    }
+
     pub fn refresh_metrics(&mut self, consumer: &BaseConsumer<Ctx>) {
         let mut open = [0i64; 4];
         let mut pending_acks = 0i64;
@@ -74,7 +107,7 @@ impl TaskManager {
             gauge.set(thread, open);
         }
         metrics.pending_acks.set(thread, pending_acks);
-        metrics.pending_ack_oldest_age_ms.set(
+        metrics.pending_ack_oldest_age.set(
             thread,
             match (oldest, stream_time) {
                 (Some(o), Some(st)) => (st - o).max(0),
@@ -94,17 +127,7 @@ impl TaskManager {
                 .map(|t| t.core.engine.deferred_tombstones() as i64)
                 .sum(),
         );
-        for task in self.running() {
-            for side in Side::BOTH {
-                let partition = task.partition();
-                if let Some(high) = self.watermarks.cached_high(consumer, side, partition) {
-                    metrics
-                        .consumer_lag
-                        .with_label_values(&[self.watermarks.topic(side), &partition.to_string()])
-                        .set((high - task.offsets.processed_next[side]).max(0));
-                }
-            }
-        }
+        self.refresh_lag(consumer);
         self.watch_progress(consumer);
     }
 

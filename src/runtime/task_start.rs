@@ -129,6 +129,7 @@ impl TaskManager {
             paused: PerSide::both(false),
             confirmations: Default::default(),
             progress: PerSide::from_fn(|side| Progress::new(start[side], Instant::now())),
+            lag: Default::default(),
             pending_store: Vec::new(),
             evict_after_store: Vec::new(),
             seen_limit_cut: Default::default(),

@@ -183,6 +183,16 @@ pub enum Guarantee {
     ExactlyOnceV2,
 }
 
+impl Guarantee {
+    /// The configuration's spelling (`runtime.processing_guarantee`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at_least_once",
+            Guarantee::ExactlyOnceV2 => "exactly_once_v2",
+        }
+    }
+}
+
 /// The live processor's runtime.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -286,7 +296,8 @@ pub struct Alerts {
     #[serde(deserialize_with = "ackwatch_topology::time::duration_ms")]
     pub resolved_resend_ms: u64,
     /// Runbook link of each alert: `{kind}` is replaced by the finding kind (one page per kind,
-    /// as in deploy/runbooks/); without it, `#<kind>` is appended. Empty: no link.
+    /// as in deploy/runbooks/); without it, `#<kind>` is appended. Empty: the runbooks this
+    /// instance serves, `<generator base>/runbooks/{kind}.md` (no link without a generator base).
     pub runbook_url: String,
     /// Labels added to every alert (e.g. `cluster`, `environment`), so one Alertmanager can route
     /// several deployments. Must not redefine one of ackwatch's own labels.

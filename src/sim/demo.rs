@@ -299,7 +299,11 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
             Faults::PROFILES
         )
     })?;
-    let (mock, _state, settings) = embedded_cluster(&options)?;
+    let (listen, moved) = super::demo_status::free_listen(&options.http_listen)?;
+    if let Some(note) = moved {
+        println!("{note}");
+    }
+    let (mock, _state, settings) = embedded_cluster(&listen)?;
     println!(
         "ackwatch demo: mock Kafka at {}, {} worlds at about {} records/s for {} s, faults \"{}\"; metrics on http://{}/metrics",
         settings.kafka.bootstrap_servers,
@@ -323,17 +327,21 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
         world_prefix: "world_".into(),
         ..SimSpec::default()
     };
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let producer = {
         let settings = settings.clone();
         let interrupted = interrupted.clone();
+        let produced = produced.clone();
         std::thread::Builder::new()
             .name("demo-producer".into())
             .spawn(move || {
-                super::loadgen::produce(&settings, spec, Pacing::AtRecordTime, &interrupted, |_| {})
+                super::loadgen::produce(&settings, spec, Pacing::AtRecordTime, &interrupted, |p| {
+                    produced.store(p.records, Ordering::Relaxed)
+                })
             })?
     };
     let consumer = viewer(&settings)?;
-    let watched = watch(&settings, &consumer, producer, &interrupted)?;
+    let watched = watch(&settings, &consumer, producer, &produced, &interrupted)?;
     stop_processor.store(true, Ordering::SeqCst);
     let processed = processor
         .join()
@@ -361,7 +369,7 @@ pub fn run(options: DemoOptions) -> anyhow::Result<Ended> {
 /// librdkafka's mock cluster with every topic the processor uses (it serves no admin
 /// requests, so the demo creates them), a state directory, and the processor's settings.
 fn embedded_cluster(
-    options: &DemoOptions,
+    listen: &str,
 ) -> anyhow::Result<(
     MockCluster<'static, DefaultProducerContext>,
     tempfile::TempDir,
@@ -375,7 +383,7 @@ fn embedded_cluster(
     settings.runtime.application_id = "ackwatch-demo".into();
     settings.runtime.state_dir = state.path().to_path_buf();
     settings.runtime.commit_interval_ms = 200;
-    settings.http.listen = options.http_listen.clone();
+    settings.http.listen = listen.to_string();
     settings.validate()?;
     let t = &settings.topics;
     for (topic, partitions) in [
@@ -447,9 +455,15 @@ fn watch(
     settings: &Settings,
     consumer: &BaseConsumer,
     producer: ProducerThread,
+    produced: &std::sync::atomic::AtomicU64,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Watched> {
     let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    // The status line: at once, then every second on a terminal and every 5 s in a file.
+    let status_every = Duration::from_secs(if terminal { 1 } else { 5 });
+    let mut last_status: Option<Instant> = None;
+    let mut status = String::new();
     let mut watched = Watched {
         view: View::default(),
         produced: 0,
@@ -458,7 +472,7 @@ fn watch(
     };
     let mut producer = Some(producer);
     let lateness = settings.runtime.lateness_ms as Millis;
-    let mut last_draw = Instant::now();
+    let mut last_draw: Option<Instant> = None;
     let mut last_output = Instant::now();
     loop {
         if watched.cut.is_none() && interrupted.load(Ordering::SeqCst) {
@@ -483,9 +497,24 @@ fn watch(
             watched.produced = done.records;
             watched.truth = Some(truth);
         }
-        if terminal && last_draw.elapsed() >= Duration::from_millis(500) {
-            last_draw = Instant::now();
-            draw(settings, &watched);
+        if last_status.is_none_or(|at| at.elapsed() >= status_every) {
+            last_status = Some(Instant::now());
+            let scraped = super::demo_status::scrape(&settings.http.listen);
+            let view = &watched.view;
+            status = super::demo_status::status_line(
+                started.elapsed(),
+                produced.load(Ordering::Relaxed).max(watched.produced),
+                scraped.as_ref(),
+                view.findings.len(),
+                view.signals.len(),
+            );
+            if !terminal {
+                println!("{status}");
+            }
+        }
+        if terminal && last_draw.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
+            last_draw = Some(Instant::now());
+            draw(settings, &watched, &status);
         }
         if let (Some(t), None) = (&watched.truth, watched.cut) {
             let due = last_due(t) + lateness + 1500;
@@ -505,7 +534,7 @@ fn watch(
 }
 
 /// Redraws the screen: the newest outputs, the busiest worlds, the counts.
-fn draw(settings: &Settings, watched: &Watched) {
+fn draw(settings: &Settings, watched: &Watched, status: &str) {
     let view = &watched.view;
     let shown = view.events.len().saturating_sub(EVENT_LINES_SHOWN_MAX);
     let mut screen = String::from("\x1b[H\x1b[2J");
@@ -513,6 +542,8 @@ fn draw(settings: &Settings, watched: &Watched) {
         "ackwatch demo — findings and signals as ackwatch emits them (metrics: http://{}/metrics)\n\n",
         settings.http.listen
     );
+    screen += status;
+    screen += "\n\n";
     for line in &view.events[shown..] {
         screen += line;
         screen += "\n";

@@ -31,6 +31,7 @@ mod traffic;
 mod truth;
 
 pub mod demo;
+mod demo_status;
 pub mod loadgen;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -29,9 +29,20 @@ pub const ALERT_SEQUENCES_LISTED_MAX: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AlertKey {
     pub world_id: String,
+    /// Empty for a world's alert.
     pub run_id: String,
-    pub kind: FindingKind,
+    pub kind: AlertKind,
+    /// 0 for a world's alert.
     pub episode: u32,
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// An open finding kind of one run's episode (`AckwatchFinding`).
+    Finding(FindingKind),
+    /// Several runs of one world paused at once (`AckwatchWorldPaused`, `world_alert.rs`).
+    WorldPaused,
 }
 
 /// One firing alert.
@@ -46,6 +57,8 @@ pub struct Firing {
     /// The phases of the open findings' sequences, each once, in order (none for gaps and
     /// orphan ACKs, whose activation is not known).
     pub phases: Vec<&'static str>,
+    /// A world's alert: its paused runs (the first `ALERT_SEQUENCES_LISTED_MAX`; `open` counts all).
+    pub runs: Vec<String>,
 }
 
 /// The alerts the runs' open findings call for. Critical when the run's episode escalated
@@ -77,7 +90,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     key: AlertKey {
                         world_id: key.world_id.to_string(),
                         run_id: key.run_id.to_string(),
-                        kind,
+                        kind: AlertKind::Finding(kind),
                         episode: run.episode,
                     },
                     severity: if escalated { "critical" } else { "warning" },
@@ -85,6 +98,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     sequences: Vec::new(),
                     open: 0,
                     phases: Vec::new(),
+                    runs: Vec::new(),
                 });
                 alert.starts_at = alert.starts_at.min(f.detected_at);
                 alert.open += 1;
@@ -113,7 +127,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     key: AlertKey {
                         world_id: key.world_id.to_string(),
                         run_id: key.run_id.to_string(),
-                        kind: FindingKind::ActivationGap,
+                        kind: AlertKind::Finding(FindingKind::ActivationGap),
                         episode: run.episode,
                     },
                     severity: if escalated { "critical" } else { "warning" },
@@ -121,6 +135,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     sequences: Vec::new(),
                     open: 0,
                     phases: Vec::new(),
+                    runs: Vec::new(),
                 });
             alert.starts_at = alert.starts_at.min(detected_at);
             alert.open += 1;
@@ -186,7 +201,47 @@ impl AlertBook {
 }
 
 fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
-    let kind = f.key.kind.as_str();
+    match f.key.kind {
+        AlertKind::Finding(kind) => finding_alert(f, kind, ends_at, settings),
+        AlertKind::WorldPaused => super::world_alert::alert(f, ends_at, settings),
+    }
+}
+
+/// An alert of `labels` and `annotations` as Alertmanager takes it, with `alerts.labels` added,
+/// the runbook link of `page`, and the generatorURL of `path` (under the generator base).
+pub(super) fn posted(
+    mut labels: Value,
+    mut annotations: Value,
+    page: &str,
+    path: &str,
+    f: &Firing,
+    ends_at: Millis,
+    settings: &Alerts,
+) -> Value {
+    if let Some(url) = runbook_link(&settings.runbook_url, page) {
+        annotations["runbook_url"] = json!(url);
+    }
+    for (name, value) in &settings.labels {
+        labels[name] = json!(value);
+    }
+    let mut alert = json!({
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": format_rfc3339_ms(f.starts_at),
+        "endsAt": format_rfc3339_ms(ends_at),
+    });
+    if !settings.generator_base_url.is_empty() {
+        alert["generatorURL"] = json!(format!(
+            "{}{path}",
+            settings.generator_base_url.trim_end_matches('/')
+        ));
+    }
+    alert
+}
+
+fn finding_alert(f: &Firing, kind: FindingKind, ends_at: Millis, settings: &Alerts) -> Value {
+    let finding = kind;
+    let kind = kind.as_str();
     let (world, run) = (&f.key.world_id, &f.key.run_id);
     let sequences = f
         .sequences
@@ -204,20 +259,17 @@ fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
     } else {
         format!(", phase {}", f.phases.join("/"))
     };
-    let mut annotations = json!({
+    let annotations = json!({
         "summary": format!("{kind}: {} open in run {world}/{run}", f.open),
         "description": format!(
             "{kind} in run {world}/{run} (episode {}): sequences {listed}{phase}, open since {}. {}",
             f.key.episode,
             format_rfc3339_ms(f.starts_at),
-            first_step(f.key.kind),
+            first_step(finding),
         ),
         "sequences": sequences,
     });
-    if let Some(url) = runbook_link(&settings.runbook_url, kind) {
-        annotations["runbook_url"] = json!(url);
-    }
-    let mut labels = json!({
+    let labels = json!({
         "alertname": ALERT_NAME,
         "world_id": world,
         "run_id": run,
@@ -225,24 +277,8 @@ fn alert(f: &Firing, ends_at: Millis, settings: &Alerts) -> Value {
         "episode": f.key.episode.to_string(),
         "severity": f.severity,
     });
-    for (name, value) in &settings.labels {
-        labels[name] = json!(value);
-    }
-    let mut alert = json!({
-        "labels": labels,
-        "annotations": annotations,
-        "startsAt": format_rfc3339_ms(f.starts_at),
-        "endsAt": format_rfc3339_ms(ends_at),
-    });
-    if !settings.generator_base_url.is_empty() {
-        alert["generatorURL"] = json!(format!(
-            "{}/runs/{}/{}",
-            settings.generator_base_url.trim_end_matches('/'),
-            path_segment(world),
-            path_segment(run)
-        ));
-    }
-    alert
+    let path = format!("/runs/{}/{}", path_segment(world), path_segment(run));
+    posted(labels, annotations, kind, &path, f, ends_at, settings)
 }
 
 /// What an on-call does first about a finding of `kind` (the runbook has the rest).
@@ -256,7 +292,7 @@ fn first_step(kind: FindingKind) -> &'static str {
 }
 
 /// `text` as one URL path segment (RFC 3986 unreserved characters kept, the rest percent-encoded).
-fn path_segment(text: &str) -> String {
+pub(super) fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -389,7 +425,10 @@ mod tests {
         let key = RunKey::new("w", "r");
         let got: Vec<(FindingKind, &str, Millis, Vec<u64>)> = firing([(&key, &state)])
             .into_iter()
-            .map(|f| (f.key.kind, f.severity, f.starts_at, f.sequences))
+            .map(|f| match f.key.kind {
+                AlertKind::Finding(kind) => (kind, f.severity, f.starts_at, f.sequences),
+                AlertKind::WorldPaused => unreachable!("firing() raises finding alerts only"),
+            })
             .collect();
         let want: Vec<(FindingKind, &str, Millis, Vec<u64>)> = expected
             .iter()

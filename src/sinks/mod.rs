@@ -4,4 +4,5 @@
 
 pub mod alerts;
 pub mod records;
+pub mod world_alert;
 pub mod worldservice;

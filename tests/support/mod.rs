@@ -500,3 +500,34 @@ impl Drop for Scripted {
             .status();
     }
 }
+
+/// `promtool check metrics` (Prometheus' own linter of names, units and help) on a `/metrics`
+/// text: nothing may be flagged but the RFC's `controlbus_apply_ack_latency_ms`, kept in
+/// milliseconds under the name the RFC, the Gateways and the runbooks use (docs/semantics.md §3),
+/// and that one must be (so promtool really read the text).
+pub fn assert_promtool_accepts_but_the_rfc_name(text: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/setup.sh installs Debian's prometheus package)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rfc, others): (Vec<&str>, Vec<&str>) = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .partition(|l| l.starts_with("controlbus_apply_ack_latency_ms"));
+    assert!(others.is_empty(), "promtool flags: {others:#?}");
+    assert!(
+        rfc.iter().any(|l| l.contains("units")),
+        "promtool did not flag the RFC's ms histogram: {said}"
+    );
+}

@@ -25,6 +25,7 @@ pub mod side;
 pub mod stream_task;
 pub mod task;
 pub mod time;
+pub mod timeline;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -68,6 +68,22 @@ pub const WORLDS_INTERNED_MAX: usize = 100_000;
 /// changelog records (about 40 bytes a tombstone).
 pub const RETENTION_TOMBSTONES_PER_COMMIT_MAX: usize = 10_000;
 
+/// Entries one run's timeline (`ackwatch audit --world W --run R`) keeps; later ones are
+/// counted and the timeline says how many were cut. A run has at most `RUN_SEQUENCES_MAX`
+/// sequences, each a few entries (record, deadline set and gone, finding, resolution), but
+/// duplicates are unbounded. Cost: about 200 bytes an entry, so at most about 20 MiB.
+pub const TIMELINE_ENTRIES_MAX: usize = 100_000;
+
+/// Invalid records the audit report lists one by one (the first by topic, partition and
+/// offset); the rest are counted (`invalid_records_unlisted`; `totals.invalid` counts all).
+/// Cost: one row each, with a preview of at most `INVALID_PREVIEW_BYTES_MAX`.
+pub const INVALID_RECORDS_LISTED_MAX: usize = 1_000;
+
+/// Bytes of an invalid record's value shown in its row's preview (cut on a character boundary).
+pub const INVALID_PREVIEW_BYTES_MAX: usize = 160;
+
+const _: () = assert!(TIMELINE_ENTRIES_MAX >= 8 * RUN_SEQUENCES_MAX);
+const _: () = assert!(INVALID_RECORDS_LISTED_MAX * INVALID_PREVIEW_BYTES_MAX <= 1 << 20);
 const _: () = assert!(GAP_SPAN_MAX as usize <= RUN_SEQUENCES_MAX);
 const _: () = assert!(RUN_SEQUENCES_MAX <= TASK_SEQUENCES_MAX);
 const _: () = assert!(EVENT_SEQUENCES_MAX <= RUN_SEQUENCES_MAX);

@@ -22,11 +22,121 @@ pub struct Report {
     /// of one topic without the other's): every format shows these first. Absent when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What is still open at the end and how much the report lists, counted from the rows
+    /// below (so every format shows the same numbers); [`Report::recount`] keeps it true.
+    pub headline: Headline,
     pub findings: Vec<FindingRow>,
     pub signals: Vec<SignalRow>,
     pub pending_at_end: Vec<PendingRow>,
     pub runs: Vec<RunRow>,
     pub totals: Totals,
+    /// The invalid records (dead-lettered live), the first `INVALID_RECORDS_LISTED_MAX` by
+    /// topic, partition and offset, over every record read.
+    pub invalid_records: Vec<InvalidRow>,
+    /// Invalid records not listed (beyond the limit).
+    pub invalid_records_unlisted: u64,
+}
+
+/// One invalid record: where it is, why it is invalid, and the start of its value.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InvalidRow {
+    /// Orders the rows: the activation topic's first.
+    #[serde(skip)]
+    pub side: Side,
+    /// `activation` or `ack`.
+    pub topic: &'static str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<String>,
+    pub reason: &'static str,
+    pub detail: String,
+    /// The value's first `INVALID_PREVIEW_BYTES_MAX` bytes as text (invalid UTF-8 replaced),
+    /// `…` when cut; null without a value.
+    pub preview: Option<String>,
+}
+
+impl InvalidRow {
+    pub fn of(raw: &crate::RawRecord<'_>, invalid: &crate::decode::Invalid) -> InvalidRow {
+        InvalidRow {
+            side: raw.side,
+            topic: raw.side.as_str(),
+            partition: raw.partition,
+            offset: raw.offset,
+            timestamp: raw.timestamp_ms.map(format_rfc3339_ms),
+            reason: invalid.reason.label(),
+            detail: invalid.detail.clone(),
+            preview: raw.value.map(preview),
+        }
+    }
+}
+
+/// The start of `value` as text, cut at `INVALID_PREVIEW_BYTES_MAX` bytes on a character boundary.
+fn preview(value: &[u8]) -> String {
+    let max = crate::limits::INVALID_PREVIEW_BYTES_MAX;
+    let text = String::from_utf8_lossy(&value[..value.len().min(max)]);
+    // A character split by the cut shows as a replacement character: drop it.
+    let mut text = text.into_owned();
+    if value.len() > max {
+        if text.ends_with('\u{FFFD}') && std::str::from_utf8(&value[..max]).is_err() {
+            text.pop();
+        }
+        text.push('…');
+    }
+    text
+}
+
+/// The report's first lines. A finding is a row of `findings` (sequences of one run and kind
+/// detected and resolved together); `totals.findings_raised` counts sequences instead, over
+/// every record read (a cluster audit's warm-up included), so it is not this count.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Headline {
+    /// Findings still open when the input ended (`resolved_at` null).
+    pub open_findings: usize,
+    /// Their sequences.
+    pub open_sequences: usize,
+    /// Open findings by kind (every kind listed, zeros included).
+    pub open_by_kind: BTreeMap<String, usize>,
+    /// Runs with at least one open finding.
+    pub runs_with_open_findings: usize,
+    /// Findings listed, open or resolved, and their sequences.
+    pub findings: usize,
+    pub finding_sequences: usize,
+    pub signals: usize,
+    /// Deadlines not yet passed when the input ended (rows of `pending_at_end`).
+    pub pending_at_end: usize,
+}
+
+impl Report {
+    /// Recomputes the headline from the rows, after rows were filtered (a cluster audit keeps
+    /// only its window's).
+    pub fn recount(&mut self) {
+        let open: Vec<&FindingRow> = self
+            .findings
+            .iter()
+            .filter(|f| f.resolved_at.is_none())
+            .collect();
+        let mut open_by_kind: BTreeMap<String, usize> = FindingKind::ALL
+            .iter()
+            .map(|k| (k.as_str().to_string(), 0))
+            .collect();
+        for f in &open {
+            *open_by_kind.entry(f.kind.as_str().to_string()).or_default() += 1;
+        }
+        let runs: BTreeSet<(&str, &str)> = open
+            .iter()
+            .map(|f| (f.world_id.as_str(), f.run_id.as_str()))
+            .collect();
+        self.headline = Headline {
+            open_findings: open.len(),
+            open_sequences: open.iter().map(|f| f.sequences.len()).sum(),
+            open_by_kind,
+            runs_with_open_findings: runs.len(),
+            findings: self.findings.len(),
+            finding_sequences: self.findings.iter().map(|f| f.sequences.len()).sum(),
+            signals: self.signals.len(),
+            pending_at_end: self.pending_at_end.len(),
+        };
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -141,9 +251,21 @@ pub struct ReportBuilder {
     pub other_topic: u64,
     /// The partitions each input topic had records on.
     pub partitions_seen: PerSide<BTreeSet<i32>>,
+    /// The first invalid records by position, and how many more there were.
+    invalid_records: BTreeSet<InvalidRow>,
+    invalid_records_unlisted: u64,
 }
 
 impl ReportBuilder {
+    /// An invalid record was processed.
+    pub fn invalid(&mut self, row: InvalidRow) {
+        self.invalid_records.insert(row);
+        if self.invalid_records.len() > crate::limits::INVALID_RECORDS_LISTED_MAX {
+            self.invalid_records.pop_last();
+            self.invalid_records_unlisted += 1;
+        }
+    }
+
     pub fn observe(&mut self, output: &Output) {
         match output {
             Output::Detected(d) => {
@@ -270,14 +392,19 @@ impl ReportBuilder {
             malformed_lines: self.malformed_lines,
             other_topic: self.other_topic,
         };
-        Report {
+        let mut report = Report {
             warnings: one_sided(&self.partitions_seen),
+            headline: Headline::default(),
             findings,
             signals,
             pending_at_end,
             runs,
             totals,
-        }
+            invalid_records: self.invalid_records.into_iter().collect(),
+            invalid_records_unlisted: self.invalid_records_unlisted,
+        };
+        report.recount();
+        report
     }
 }
 

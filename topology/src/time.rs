@@ -14,6 +14,31 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<Millis> {
     Some(nanos.div_euclid(1_000_000) as Millis)
 }
 
+/// A point in time as the command line takes it (`--from`, `--to`, like kcat's relative
+/// offsets): an RFC 3339 time, `now`, or a duration before now (`-10m`, `now-10m`; a bare
+/// number counts seconds). `now_ms` is the caller's wall clock: this crate never reads one.
+pub fn parse_time_ms(text: &str, now_ms: Millis) -> Result<Millis, String> {
+    let text = text.trim();
+    let ago = text
+        .strip_prefix("now-")
+        .or_else(|| text.strip_prefix('-'));
+    if text == "now" {
+        Ok(now_ms)
+    } else if let Some(ago) = ago {
+        let ms = parse_duration_ms(ago, 1000)?;
+        now_ms
+            .checked_sub(ms)
+            .ok_or_else(|| format!("{text:?} is too far back"))
+    } else {
+        parse_rfc3339_ms(text).ok_or_else(|| {
+            format!(
+                "{text:?} is not a time: an RFC 3339 time like 2026-03-02T09:00:00Z, now, or \
+                 a duration before now like -10m"
+            )
+        })
+    }
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds: `2026-03-02T09:00:04.200Z`.
 /// Values outside the years 0000..=9999 are clamped, since RFC 3339 cannot express them.
 pub fn format_rfc3339_ms(ms: Millis) -> String {
@@ -93,6 +118,31 @@ mod tests {
     fn check(input: &str, expected: Option<&str>) {
         let got = parse_rfc3339_ms(input).map(format_rfc3339_ms);
         assert_eq!(got.as_deref(), expected, "input {input:?}");
+    }
+
+    fn check_time(input: &str, expected: Result<&str, &str>) {
+        let now = parse_rfc3339_ms("2026-03-02T09:00:00Z").unwrap();
+        let got = parse_time_ms(input, now).map(format_rfc3339_ms);
+        match expected {
+            Ok(time) => assert_eq!(got.as_deref(), Ok(time), "input {input:?}"),
+            Err(part) => assert!(
+                got.as_ref().is_err_and(|e| e.contains(part)),
+                "input {input:?}: {got:?}"
+            ),
+        }
+    }
+
+    #[test]
+    fn command_line_times() {
+        check_time("now", Ok("2026-03-02T09:00:00.000Z"));
+        check_time("-10m", Ok("2026-03-02T08:50:00.000Z"));
+        check_time("now-1h", Ok("2026-03-02T08:00:00.000Z"));
+        check_time("-90", Ok("2026-03-02T08:58:30.000Z"));
+        check_time("-1500ms", Ok("2026-03-02T08:59:58.500Z"));
+        check_time("2026-03-01T00:00:00Z", Ok("2026-03-01T00:00:00.000Z"));
+        check_time("yesterday", Err("is not a time"));
+        check_time("-10x", Err("unknown unit"));
+        check_time("+10m", Err("is not a time"));
     }
 
     #[test]

@@ -184,6 +184,10 @@ impl Task {
         self.meta
     }
 
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
