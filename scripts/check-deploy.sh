@@ -109,7 +109,7 @@ if grep -q '^WARN' <<< "$out"; then
   echo "check-deploy: kubernetes-validate warned (a kind without a schema?)" >&2
   exit 1
 fi
-"$venv/bin/python" scripts/check_deploy.py "$crds"
+"$venv/bin/python" scripts/check_deploy.py "$crds" "$every/ackwatch/templates"
 
 echo "check-deploy: Dockerfile and scripts"
 "$venv/bin/hadolint" deploy/Dockerfile

@@ -66,8 +66,14 @@ def check_custom_resource(path, crd_dir, crd_file):
     return resource
 
 
-def main(crd_dir):
+def main(crd_dir, rendered=None):
     crd_dir = pathlib.Path(crd_dir)
+    # The chart rendered with other values (tests/helm/every-option.yaml): its custom resources
+    # against the CRD schemas too.
+    if rendered:
+        rendered = pathlib.Path(rendered)
+        check_custom_resource(rendered / "servicemonitor.yaml", crd_dir, "monitoring.coreos.com_servicemonitors.yaml")
+        check_custom_resource(rendered / "prometheusrule.yaml", crd_dir, "monitoring.coreos.com_prometheusrules.yaml")
     check_custom_resource(
         DEPLOY / "kubernetes/servicemonitor.yaml",
         crd_dir,
@@ -136,4 +142,4 @@ def main(crd_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
