@@ -3,7 +3,9 @@
 //!    partitions; a bare rdkafka consumer reads both topics, then `ackwatch run` processes them;
 //!    the figure is ackwatch's records/s over the bare consumer's, which reads everything once
 //!    before and once after ackwatch (the faster read counts) (`ACKWATCH_BENCH_THREADS=1,2`:
-//!    ackwatch once per `num_stream_threads` value, each with a fresh application id);
+//!    ackwatch once per `num_stream_threads` value, each with a fresh application id); and the
+//!    CPU seconds per million records of each, from `/proc/<pid>/stat` for ackwatch and
+//!    `getrusage` for the bare consumer (its cheaper read counts);
 //! 2. memory: ackwatch's RSS once it holds those runs;
 //! 3. detection delay while caught up: 30 s of paced traffic with faults, then emitted_at minus
 //!    detected_at of every `ActivationGapDetected`.
@@ -107,14 +109,29 @@ async fn produce(bootstrap: &str, topics: &Topics, records: &[KcatRecord]) -> an
     Ok(())
 }
 
+/// CPU seconds (user + system) this process used so far, all threads (librdkafka's included).
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// A bare rdkafka consumer in a group, reading both topics until `count` records arrived;
-/// touches every payload so the comparison is fair. Returns records/s (first to last record).
+/// touches every payload so the comparison is fair. Returns records/s (first to last record)
+/// and the CPU seconds this process spent from the consumer's creation to its last record
+/// (nothing else runs in it meanwhile).
 fn bare_consumer(
     bootstrap: &str,
     topics: &Topics,
     count: usize,
     round: u32,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
+    let cpu_before = own_cpu_seconds();
     let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", format!("bare-{}-{round}", std::process::id()))
         .set("auto.offset.reset", "earliest")
@@ -133,11 +150,12 @@ fn bare_consumer(
         }
     }
     let elapsed = first.unwrap().elapsed().as_secs_f64();
+    let cpu = own_cpu_seconds() - cpu_before;
     eprintln!(
-        "bare consumer (round {round}): {seen} records, {} MiB in {elapsed:.2} s",
+        "bare consumer (round {round}): {seen} records, {} MiB in {elapsed:.2} s, {cpu:.2} CPU-s",
         bytes >> 20
     );
-    Ok(seen as f64 / elapsed)
+    Ok((seen as f64 / elapsed, cpu))
 }
 
 fn http_get(address: &str, path: &str) -> Option<String> {
@@ -400,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The bare consumer reads twice, before and after ackwatch (its rate swings with the
     // broker's warm-up and page cache); ratios are against the faster of the two reads.
-    let bare_before = bare_consumer(&bootstrap, &topics, records.min(spec.records), 1)?;
+    let (bare_before, bare_cpu_before) = bare_consumer(&bootstrap, &topics, records.min(spec.records), 1)?;
 
     let dir = tempfile::tempdir()?;
     eprintln!("ackwatch log: {}/ackwatch.log", dir.path().display());
@@ -419,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
         let (total, elapsed) = throughput(&http, records, dir.path())?;
         let (user, system) = cpu_seconds(&child);
         eprintln!("ackwatch ({threads} stream threads) cpu: user {user:.2} s, system {system:.2} s ({total} records in {elapsed:.2} s since its first)");
-        rates.push((threads, total / elapsed));
+        rates.push((threads, total / elapsed, (user + system) / total * 1e6));
         if i + 1 < thread_counts.len() {
             child.kill()?;
             child.wait()?;
@@ -427,10 +445,19 @@ async fn main() -> anyhow::Result<()> {
             running = Some((child, http));
         }
     }
-    let bare_after = bare_consumer(&bootstrap, &topics, records.min(spec.records), 2)?;
+    let (bare_after, bare_cpu_after) = bare_consumer(&bootstrap, &topics, records.min(spec.records), 2)?;
     let bare = bare_before.max(bare_after);
-    for (threads, rate) in rates {
+    // CPU per million records: the bare consumer's cheaper read counts (the ratio is conservative).
+    let read = records.min(spec.records) as f64 / 1e6;
+    let bare_cpu = bare_cpu_before.min(bare_cpu_after) / read;
+    for (threads, rate, cpu) in rates {
         println!("throughput: bare consumer {bare:.0} records/s (reads: {bare_before:.0} before, {bare_after:.0} after); ackwatch ({threads} stream threads) {rate:.0} records/s; ratio {:.2}", rate / bare);
+        println!(
+            "cpu per million records: bare consumer {bare_cpu:.2} s (reads: {:.2}, {:.2}); ackwatch ({threads} stream threads) {cpu:.2} s; ratio {:.2}",
+            bare_cpu_before / read,
+            bare_cpu_after / read,
+            cpu / bare_cpu
+        );
     }
     let (mut child, http) = running.context("ACKWATCH_BENCH_THREADS names no thread count")?;
     std::thread::sleep(Duration::from_secs(3));

@@ -555,6 +555,7 @@ fn an_idle_member_is_ready_and_takes_over() {
     a.wait_ready(READY_TIMEOUT);
     let mut b = start("b");
     b.wait_ready(READY_TIMEOUT);
+    let (a_http, b_http) = (a.http.clone(), b.http.clone());
     // Both in the group: one owns the partition, the other nothing, and both are ready.
     let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
         ([0], []) => Some(true),
@@ -579,13 +580,101 @@ fn an_idle_member_is_ready_and_takes_over() {
         .map(|m| m.client_id().to_string())
         .collect();
     clients.sort();
-    assert_eq!(
-        clients,
-        ["ackwatch-a-t0-consumer", "ackwatch-b-t0-consumer"]
-    );
+    // It also advertises where its instance answers queries (http.advertised_url's default).
+    let mut expected = [
+        format!("ackwatch-a-t0-consumer@http://{}", a_http),
+        format!("ackwatch-b-t0-consumer@http://{}", b_http),
+    ];
+    expected.sort();
+    assert_eq!(clients, expected);
     assert_eq!(ready(owner), Some(200));
     assert!(owner.terminate(Duration::from_secs(30)).success());
     wait_for(|| (owned(idle) == [0]).then_some(()));
     assert_eq!(ready(idle), Some(200));
     assert!(idle.terminate(Duration::from_secs(30)).success());
+}
+
+/// Kafka Streams' `application.server`: a query to the member that does not own a world is
+/// redirected to the one that does (found from the broker's view of the group), and a client
+/// that follows redirects gets the owner's own answer; a redirected query is never redirected
+/// again, and a world nobody has is a 404 from its partition's owner.
+#[test]
+fn a_query_to_a_non_owner_reaches_the_owner() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = rt.block_on(LiveTopics::create("live-owner", 1));
+    let app = support::unique("app-owner");
+    let start = |instance: &str| {
+        let (config, http) =
+            support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
+        Processor::start(&config, &http)
+    };
+    let owned = support::owned_partitions;
+    let mut a = start("a");
+    let mut b = start("b");
+    a.wait_ready(READY_TIMEOUT);
+    b.wait_ready(READY_TIMEOUT);
+    let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
+        ([0], []) => Some(true),
+        ([], [0]) => Some(false),
+        _ => None,
+    });
+    let (owner, other) = if a_owns { (&a, &b) } else { (&b, &a) };
+    rt.block_on(support::produce_kcat(
+        &[fresh_activation("w_owner", "r1")],
+        &topics,
+    ));
+    let direct = wait_for(|| match support::http_get(&owner.http, "/runs/w_owner/r1") {
+        Some((200, body)) => Some(body),
+        _ => None,
+    });
+    let direct: serde_json::Value = serde_json::from_str(&direct).unwrap();
+    assert_eq!(direct["tracked"], 1, "{direct}");
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let follows = reqwest::Client::new();
+    let get = |client: &reqwest::Client, url: String| {
+        rt.block_on(async {
+            let response = client.get(&url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, location, body)
+        })
+    };
+    for path in ["/runs/w_owner/r1", "/runs/w_owner"] {
+        let (status, location, body) = get(&no_redirects, format!("http://{}{path}", other.http));
+        assert_eq!(status, 307, "{path}: {body}");
+        let other_id = if a_owns { "b" } else { "a" };
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("http://{}{path}?redirected_from={other_id}", owner.http).as_str()),
+            "{body}"
+        );
+        assert_eq!(body["owner"]["partition"], 0, "{body}");
+        let (status, _, followed) = get(&follows, format!("http://{}{path}", other.http));
+        assert_eq!(status, 200, "{path}: {followed}");
+        if path == "/runs/w_owner/r1" {
+            assert_eq!(followed, direct, "the owner's own answer");
+        } else {
+            assert_eq!(followed["runs"][0], direct, "{followed}");
+        }
+    }
+    // Nobody has it: the owner of its partition says so (404), and the redirect is not repeated.
+    let (status, location, body) = get(&follows, format!("http://{}/runs/w_nobody/r1", other.http));
+    assert_eq!((status, location), (404, None), "{body}");
+    assert_eq!(body["owned_partitions"], serde_json::json!([0]), "answered by the owner: {body}");
+    let (status, _, body) = get(
+        &no_redirects,
+        format!("http://{}/runs/w_owner/r1?redirected_from=x", other.http),
+    );
+    assert_eq!(status, 404, "a redirected query is answered where it arrives: {body}");
+    a.terminate(Duration::from_secs(30));
+    b.terminate(Duration::from_secs(30));
 }

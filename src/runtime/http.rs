@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and read-only queries of the runs
 //! this instance owns (Kafka Streams' interactive queries): `/runs/{world_id}` and
-//! `/runs/{world_id}/{run_id}`, and the index of what is wrong now, `/runs?state=open|paused|escalated`;
+//! `/runs/{world_id}/{run_id}` (a query to a non-owner is redirected to the owner, `owners.rs`),
+//! and the index of what is wrong now, `/runs?state=open|paused|escalated`;
 //! and the runbooks shipped in deploy/runbooks (`/runbooks/{page}`),
 //! where alerts link by default.
 
@@ -9,9 +10,10 @@ use std::sync::Arc;
 use ackwatch_topology::report::Percentiles;
 use ackwatch_topology::run::{EpisodeState, Rollback};
 use ackwatch_topology::time::format_rfc3339_ms;
+use ackwatch_topology::partitioning::Partitioner;
 use ackwatch_topology::{FindingKind, RunKey, RunState};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -258,20 +260,99 @@ fn store_error(e: anyhow::Error) -> Response {
         .into_response()
 }
 
-fn not_here(shared: &Shared, what: String) -> Response {
-    let partitions = shared.partitions();
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({
-            "error": format!("{what} is not in the state of this instance"),
-            "owned_partitions": partitions,
-            "hint": "a world lives on the instance that owns its partition; ask the others, or the world has no live run",
-        })),
-    )
-        .into_response()
+/// The query parameter a redirected query carries (the redirecting instance's id): an instance
+/// answers such a query itself, so two instances with different views of the group never send
+/// it back and forth.
+const REDIRECTED_FROM: &str = "redirected_from";
+
+/// The answer when this instance has nothing of `world_id`: a redirect (307) to the member that
+/// owns the world's partition when that is another instance advertising its address; 503 while
+/// no member owns it or its task is starting here; otherwise 404 (this instance owns the
+/// partition, so the world has no live run; or the owner advertises no address).
+fn not_here(shared: &Shared, world_id: &str, what: String, uri: &Uri) -> Response {
+    let owned = shared.partitions();
+    let partitions = world_partitions(world_id, shared.input_partitions);
+    let mut body = json!({
+        "error": format!("{what} is not in the state of this instance"),
+        "owned_partitions": owned,
+        "world_partitions": partitions,
+    });
+    let redirected = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|pair| pair.starts_with(&format!("{REDIRECTED_FROM}=")));
+    let elsewhere: Vec<i32> = partitions.iter().copied().filter(|p| !owned.contains(p)).collect();
+    if redirected || elsewhere.is_empty() {
+        body["hint"] = json!(
+            "this instance owns the world's partition (or was sent here by the instance that \
+             found it the owner): the world has no live run, or its runs passed retention"
+        );
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    let owners = match shared.owners.owners(&shared.settings) {
+        Ok(owners) => owners,
+        Err(e) => {
+            body["hint"] = json!(format!("cannot tell which member owns the world's partition: {e:#}; retry"));
+            return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], Json(body)).into_response();
+        }
+    };
+    let own_url = shared.settings.http.advertised();
+    let mut moving = false;
+    let mut found = Vec::new();
+    for p in elsewhere {
+        match owners.owner_of(p) {
+            Some(member) => match member.url.as_deref() {
+                Some(url) if url != own_url => {
+                    let location = format!("{url}{}", redirected_query(uri, &shared.settings.runtime.instance_id()));
+                    body["owner"] = json!({"partition": p, "client_id": member.client_id, "url": url});
+                    return (StatusCode::TEMPORARY_REDIRECT, [("location", location)], Json(body)).into_response();
+                }
+                Some(_) => moving = true,
+                None => found.push(json!({"partition": p, "client_id": member.client_id, "url": null})),
+            },
+            None => moving = true,
+        }
+    }
+    if moving {
+        body["hint"] = json!(format!(
+            "the world's partition is moving (group {}): no member has it yet, or its task is starting here; retry",
+            owners.state
+        ));
+        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], Json(body)).into_response();
+    }
+    body["owners"] = json!(found);
+    body["hint"] = json!("the owner advertises no http.advertised_url: ask it directly");
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) -> Response {
+/// The partitions a world's key may be on: murmur2's (the upstream producers'), then CRC-32's
+/// (librdkafka's default) when it differs (semantics §1 "Partitioning").
+fn world_partitions(world_id: &str, input_partitions: i32) -> Vec<i32> {
+    let mut partitions: Vec<i32> = Partitioner::ALL
+        .iter()
+        .map(|p| p.partition(world_id.as_bytes(), input_partitions))
+        .collect();
+    partitions.dedup();
+    partitions
+}
+
+/// `uri`'s path and query with `redirected_from=<instance id>` added.
+fn redirected_query(uri: &Uri, instance_id: &str) -> String {
+    let from: String = instance_id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    match uri.query() {
+        Some(query) if !query.is_empty() => format!("{}?{query}&{REDIRECTED_FROM}={from}", uri.path()),
+        _ => format!("{}?{REDIRECTED_FROM}={from}", uri.path()),
+    }
+}
+
+async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>, uri: Uri) -> Response {
     tokio::task::spawn_blocking(move || {
         let mut runs = Vec::new();
         let mut total = 0usize;
@@ -306,7 +387,7 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
             }
         }
         if total == 0 {
-            return not_here(&shared, format!("world {world_id:?}"));
+            return not_here(&shared, &world_id, format!("world {world_id:?}"), &uri);
         }
         runs.sort_by(|a, b| a["run_id"].as_str().cmp(&b["run_id"].as_str()));
         Json(json!({"world_id": world_id, "runs": runs, "runs_total": total, "runs_listed_max": RUNS_PER_WORLD_LISTED_MAX}))
@@ -319,6 +400,7 @@ async fn world(State(shared): State<Arc<Shared>>, Path(world_id): Path<String>) 
 async fn run(
     State(shared): State<Arc<Shared>>,
     Path((world_id, run_id)): Path<(String, String)>,
+    uri: Uri,
 ) -> Response {
     tokio::task::spawn_blocking(move || {
         let key = RunKey::new(&world_id, &run_id);
@@ -347,7 +429,7 @@ async fn run(
         }
         match found {
             Some(view) => Json(view).into_response(),
-            None => not_here(&shared, format!("run {world_id:?}/{run_id:?}")),
+            None => not_here(&shared, &world_id, format!("run {world_id:?}/{run_id:?}"), &uri),
         }
     })
     .await
@@ -373,5 +455,29 @@ mod tests {
         check(Some("state=closed"), Err("\"closed\" is not one of open, paused, escalated"));
         check(None, Err("say which runs"));
         check(Some(""), Err("say which runs"));
+    }
+
+    #[test]
+    fn a_redirect_keeps_the_query_and_says_where_from() {
+        let check = |uri: &str, instance: &str, expected: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(redirected_query(&uri, instance), expected);
+        };
+        check("/runs/w1/r1", "ackwatch-1", "/runs/w1/r1?redirected_from=ackwatch-1");
+        check("/runs/w%201?x=1", "pod 2", "/runs/w%201?x=1&redirected_from=pod%202");
+        check("/runs/w1?", "a", "/runs/w1?redirected_from=a");
+    }
+
+    #[test]
+    fn a_world_may_be_on_its_murmur2_or_its_crc32_partition() {
+        for world in ["w1", "world-7", "eu.prod"] {
+            let partitions = world_partitions(world, 12);
+            let murmur2 = Partitioner::Murmur2.partition(world.as_bytes(), 12);
+            let crc32 = Partitioner::Crc32.partition(world.as_bytes(), 12);
+            assert_eq!(partitions[0], murmur2);
+            assert_eq!(partitions.len(), if murmur2 == crc32 { 1 } else { 2 });
+            assert!(partitions.contains(&crc32));
+        }
+        assert_eq!(world_partitions("w1", 1), [0]);
     }
 }

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod commit;
 pub mod http;
 pub mod lag;
+pub mod owners;
 pub mod record_collector;
 pub mod stalls;
 pub mod state;
@@ -70,6 +71,10 @@ pub struct Shared {
     stopped: AtomicBool,
     /// The instance's Kafka Streams-like state, as last logged (`state.rs`).
     state: state::StateLine,
+    /// The partition count of each input topic.
+    pub input_partitions: i32,
+    /// Which member owns a partition, for queries to a non-owner (`owners.rs`).
+    pub owners: owners::OwnerLookup,
 }
 
 /// One stream thread's part of [`Shared`]: its tasks and the flags its loop publishes.
@@ -161,15 +166,6 @@ impl Shared {
     }
 }
 
-/// The default `alerts.generator_base_url`: `http://<http.listen>` when the listen address names
-/// one host (an on-call can open it), empty for a wildcard address (0.0.0.0, [::]).
-fn generator_base(listen: &str) -> String {
-    match listen.parse::<std::net::SocketAddr>() {
-        Ok(addr) if addr.ip().is_unspecified() => String::new(),
-        _ => format!("http://{listen}"),
-    }
-}
-
 /// The wall clock in epoch milliseconds: the only clock outside the engine (semantics §4 live time).
 pub fn wall_ms() -> Millis {
     std::time::SystemTime::now()
@@ -257,6 +253,8 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         alerts_dirty,
         stopped: AtomicBool::new(false),
         state: Default::default(),
+        input_partitions,
+        owners: Default::default(),
     });
     shared
         .metrics
@@ -272,7 +270,7 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         let scan = shared.clone();
         let mut alerts = settings.alerts.clone();
         if alerts.generator_base_url.is_empty() {
-            alerts.generator_base_url = generator_base(&settings.http.listen);
+            alerts.generator_base_url = settings.http.advertised();
         }
         if alerts.runbook_url.is_empty() && !alerts.generator_base_url.is_empty() {
             // The shipped runbooks, served by this instance (`/runbooks/{page}`).

@@ -205,6 +205,12 @@ pub fn consumer_config(settings: &Settings, thread: usize) -> rdkafka::ClientCon
     if settings.runtime.static_membership {
         config.set("group.instance.id", settings.runtime.member_id(thread));
     }
+    // The group learns where this instance answers queries from its members' client ids.
+    let client_id = config.get("client.id").unwrap_or_default().to_string();
+    config.set(
+        "client.id",
+        super::owners::advertising_client_id(&client_id, &settings.http.advertised()),
+    );
     config
 }
 

@@ -304,8 +304,8 @@ pub struct Alerts {
     pub labels: std::collections::BTreeMap<String, String>,
     /// This instance's HTTP address as an on-call reaches it (e.g.
     /// `http://ackwatch-0.ackwatch:9464`): each alert's `generatorURL` is its run's
-    /// `/runs/{world_id}/{run_id}` there. Empty: `http://<http.listen>` when that names a host,
-    /// otherwise no link.
+    /// `/runs/{world_id}/{run_id}` there. Empty: `http.advertised_url` (and without one, no
+    /// link).
     pub generator_base_url: String,
 }
 
@@ -371,14 +371,44 @@ impl Default for WorldService {
 #[serde(default, deny_unknown_fields)]
 pub struct Http {
     pub listen: String,
+    /// This instance's HTTP address as the other instances and an on-call reach it (Kafka
+    /// Streams' `application.server`), e.g. `http://ackwatch-0.ackwatch:9464`. The group learns
+    /// it from the stream threads' consumer `client.id` (`<id>@<url>`), so a query to a
+    /// non-owner is redirected to the owner. Empty: `http://<http.listen>` when that names one
+    /// host, otherwise none (the chart sets it from the pod's name and the headless service).
+    pub advertised_url: String,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Http {
             listen: "127.0.0.1:9464".into(),
+            advertised_url: String::new(),
         }
     }
+}
+
+impl Http {
+    /// [`Http::advertised_url`] as set, or derived from `listen` (empty for a wildcard address
+    /// such as 0.0.0.0 or [::], which no other machine can open); never ends in `/`.
+    pub fn advertised(&self) -> String {
+        let url = if !self.advertised_url.is_empty() {
+            self.advertised_url.clone()
+        } else {
+            match self.listen.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_unspecified() => String::new(),
+                _ => format!("http://{}", self.listen),
+            }
+        };
+        url.trim_end_matches('/').to_string()
+    }
+}
+
+/// Whether `url` is an http(s):// URL with a host part.
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,8 +506,15 @@ impl Settings {
         }
         let base = &self.alerts.generator_base_url;
         anyhow::ensure!(
-            base.is_empty() || (base.starts_with("http://") || base.starts_with("https://")) && base.len() > "https://".len(),
-            "alerts.generator_base_url: {base:?} is not an http(s):// URL like http://ackwatch-0.ackwatch:9464 (empty: derived from http.listen)"
+            base.is_empty() || is_http_url(base),
+            "alerts.generator_base_url: {base:?} is not an http(s):// URL like http://ackwatch-0.ackwatch:9464 (empty: http.advertised_url)"
+        );
+        let advertised = &self.http.advertised_url;
+        anyhow::ensure!(
+            advertised.is_empty()
+                || is_http_url(advertised) && !advertised.contains(['@', ' ', '?', '#']),
+            "http.advertised_url is not an http(s):// URL like http://ackwatch-0.ackwatch:9464 \
+             without credentials, query or spaces (empty: derived from http.listen)"
         );
         let ws = &self.worldservice;
         anyhow::ensure!(

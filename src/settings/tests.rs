@@ -211,3 +211,26 @@ fn bad_configuration_names_the_key() {
         }),
     );
 }
+
+/// `http.advertised_url`: where the group sends queries for this instance's worlds.
+#[test]
+fn the_advertised_url_defaults_to_a_listen_address_that_names_a_host() {
+    let check = |listen: &str, advertised: &str, expected: Result<&str, &str>| {
+        let mut settings = Settings::default();
+        settings.http.listen = listen.into();
+        settings.http.advertised_url = advertised.into();
+        match (settings.validate(), expected) {
+            (Ok(()), Ok(url)) => assert_eq!(settings.http.advertised(), url, "{listen} {advertised}"),
+            (Err(e), Err(says)) => assert!(format!("{e:#}").contains(says), "{e:#}"),
+            (got, expected) => panic!("{listen} {advertised}: {got:?}, expected {expected:?}"),
+        }
+    };
+    check("127.0.0.1:9464", "", Ok("http://127.0.0.1:9464"));
+    check("0.0.0.0:9464", "", Ok(""));
+    check("[::]:9464", "", Ok(""));
+    check("0.0.0.0:9464", "http://ackwatch-0.ackwatch:9464/", Ok("http://ackwatch-0.ackwatch:9464"));
+    check("0.0.0.0:9464", "https://a.example:443", Ok("https://a.example:443"));
+    check("0.0.0.0:9464", "ackwatch-0:9464", Err("http.advertised_url"));
+    check("0.0.0.0:9464", "http://user:pw@ackwatch-0:9464", Err("without credentials"));
+    check("0.0.0.0:9464", "http://", Err("http.advertised_url"));
+}
