@@ -76,7 +76,8 @@ pub fn decode_assignment(bytes: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Assign
     let mut assigned = Vec::with_capacity(topics as usize);
     for _ in 0..topics {
         let len = i16::from_be_bytes(take(2, "truncated topic name length")?.try_into().unwrap());
-        let len = usize::try_from(len).map_err(|_| AssignmentError("negative topic name length"))?;
+        let len =
+            usize::try_from(len).map_err(|_| AssignmentError("negative topic name length"))?;
         let name = std::str::from_utf8(take(len, "truncated topic name")?)
             .map_err(|_| AssignmentError("topic name not UTF-8"))?
             .to_string();
@@ -86,7 +87,9 @@ pub fn decode_assignment(bytes: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Assign
         }
         let mut partitions = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            partitions.push(i32::from_be_bytes(take(4, "truncated partition")?.try_into().unwrap()));
+            partitions.push(i32::from_be_bytes(
+                take(4, "truncated partition")?.try_into().unwrap(),
+            ));
         }
         assigned.push((name, partitions));
     }
@@ -116,7 +119,9 @@ impl Owners {
     /// The member that owns `partition` of the activation topic (none while the group is
     /// rebalancing, or when no member has it).
     pub fn owner_of(&self, partition: i32) -> Option<&Member> {
-        self.members.iter().find(|m| m.partitions.contains(&partition))
+        self.members
+            .iter()
+            .find(|m| m.partitions.contains(&partition))
     }
 }
 
@@ -132,7 +137,10 @@ impl OwnerLookup {
     /// The group's members (blocking: call from a blocking task).
     pub fn owners(&self, settings: &Settings) -> anyhow::Result<Owners> {
         let mut last = self.last.lock().expect("not poisoned");
-        if let Some(owners) = last.as_ref().filter(|o| o.fetched.elapsed() < OWNERS_REUSED_MAX) {
+        if let Some(owners) = last
+            .as_ref()
+            .filter(|o| o.fetched.elapsed() < OWNERS_REUSED_MAX)
+        {
             return Ok(owners.clone());
         }
         let client = self
@@ -208,14 +216,29 @@ mod tests {
                 .map_err(AssignmentError);
             assert_eq!(got, expected, "{bytes:?}");
         };
-        let two = assignment(&[("activation", &[0, 2]), ("control.activation.ack", &[0, 2])], b"xy");
-        check(&two, Ok(vec![("activation", vec![0, 2]), ("control.activation.ack", vec![0, 2])]));
+        let two = assignment(
+            &[("activation", &[0, 2]), ("control.activation.ack", &[0, 2])],
+            b"xy",
+        );
+        check(
+            &two,
+            Ok(vec![
+                ("activation", vec![0, 2]),
+                ("control.activation.ack", vec![0, 2]),
+            ]),
+        );
         check(&assignment(&[], b""), Ok(vec![]));
         check(b"", Ok(vec![]));
         check(&two[..two.len() - 12], Err("truncated partition"));
         check(&[0, 1, 0x7f, 0, 0, 0], Err("impossible topic count"));
-        check(&[0, 1, 0, 0, 0, 1, 0xff, 0xff], Err("negative topic name length"));
-        check(&[0, 1, 0, 0, 0, 1, 0, 1, 0xc3, 0, 0, 0, 0], Err("topic name not UTF-8"));
+        check(
+            &[0, 1, 0, 0, 0, 1, 0xff, 0xff],
+            Err("negative topic name length"),
+        );
+        check(
+            &[0, 1, 0, 0, 0, 1, 0, 1, 0xc3, 0, 0, 0, 0],
+            Err("topic name not UTF-8"),
+        );
         check(&[0], Err("truncated version"));
     }
 
@@ -223,10 +246,17 @@ mod tests {
     fn a_client_id_carries_the_advertised_url() {
         let check = |id: &str, url: &str| {
             let client_id = advertising_client_id(id, url);
-            assert_eq!(advertised_url_of(&client_id), (!url.is_empty()).then_some(url), "{client_id}");
+            assert_eq!(
+                advertised_url_of(&client_id),
+                (!url.is_empty()).then_some(url),
+                "{client_id}"
+            );
         };
         check("ackwatch-a-t0-consumer", "http://127.0.0.1:9464");
-        check("ackwatch-a-t0-consumer", "https://ackwatch-0.ackwatch.ns.svc:9464");
+        check(
+            "ackwatch-a-t0-consumer",
+            "https://ackwatch-0.ackwatch.ns.svc:9464",
+        );
         check("ackwatch-a-t0-consumer", "");
         check("me@example-t0-consumer", "http://ackwatch-0.ackwatch:9464");
         check("me@example-t0-consumer", "");
