@@ -215,11 +215,15 @@ fn start_ackwatch(
             idle = std::env::var("ACKWATCH_BENCH_IDLE_MS").unwrap_or_else(|_| "1000".into()),
         ),
     )?;
-    let binary: PathBuf = std::env::current_exe()?
-        .parent()
-        .and_then(|p| p.parent())
-        .context("target dir")?
-        .join("ackwatch");
+    // ACKWATCH_BENCH_BINARY=PATH runs that binary instead (interleaved A/B runs of two builds).
+    let binary: PathBuf = match std::env::var_os("ACKWATCH_BENCH_BINARY") {
+        Some(path) => path.into(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .context("target dir")?
+            .join("ackwatch"),
+    };
     // ACKWATCH_BENCH_PERF=FILE records a perf profile of the processor into FILE.
     let mut command = match std::env::var("ACKWATCH_BENCH_PERF") {
         Ok(out) => {

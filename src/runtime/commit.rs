@@ -315,8 +315,9 @@ impl TaskManager {
     }
 
     /// Step 4: each store writes the records its changelog partition acknowledged, as one
-    /// synced batch (marker included), and its checkpoint; then the runs of the batch that are
-    /// still settled leave memory (the store has them; a later record loads them back).
+    /// synced batch (marker included), and its checkpoint; then the settled runs of the
+    /// previous batch that did not change since leave memory (the store has them; a later
+    /// record loads them back), and this batch's settled runs are the next pass's candidates.
     fn write_stores(&mut self) -> anyhow::Result<()> {
         let ends = self.collector.take_changelog_ends();
         let mut evicted = 0;
@@ -325,9 +326,13 @@ impl TaskManager {
                 task.store
                     .commit_records(&task.pending_store, ends.get(&task.partition()).copied())?;
                 task.pending_store.clear();
-                let keys = std::mem::take(&mut task.evict_after_store);
-                evicted += task.core.engine.evict_settled(keys);
+            } else if task.evict_candidates.is_empty() {
+                continue;
             }
+            let current = std::mem::take(&mut task.evict_after_store);
+            let previous = std::mem::take(&mut task.evict_candidates);
+            evicted += task.core.engine.evict_idle_settled(previous, &current);
+            task.evict_candidates = current;
         }
         self.metrics.runs_evicted.inc_by(evicted as u64);
         Ok(())

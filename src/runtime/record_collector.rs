@@ -38,8 +38,12 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const COMMIT_WAIT: Duration = Duration::from_secs(1);
 /// Longest `init_transactions` may take when the producer starts.
 const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one wait of [`RecordCollector::flush`] serves delivery reports.
-const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
+/// How long [`RecordCollector::flush`] sleeps when a pass served no delivery report. rdkafka's
+/// `poll(d)` serves reports until `d` has passed, and once less than a millisecond is left it
+/// polls without blocking, i.e. spins: a third of a commit's wait was spent spinning on the
+/// core the broker needs to acknowledge (BENCHMARKS.md, issue #19). Not blocking in librdkafka
+/// and sleeping this long between passes costs at most this much latency per wait.
+const FLUSH_SLEEP: Duration = Duration::from_micros(200);
 
 /// Delivery reports of the producer.
 pub struct ProducerCtx {
@@ -530,19 +534,25 @@ impl RecordCollector {
     /// Waits at most `wait` until the broker acknowledged every record produced so far; returns
     /// whether it did. Not rdkafka's `flush`: it waits in `poll(100 ms)`, and `poll` returns
     /// only at its deadline, so every flush with anything in flight took at least 100 ms — two
-    /// of them were half of a commit. Here the delivery reports are served in 1 ms steps.
+    /// of them were half of a commit. Here the delivery reports are served as they come, with a
+    /// [`FLUSH_SLEEP`] pause after a pass that served none.
     pub fn flush(&mut self, wait: Duration) -> anyhow::Result<bool> {
         let deadline = Instant::now() + wait;
         loop {
+            let before = self.producer.in_flight_count();
+            // Serves at most one event (a delivery report batch) without blocking.
             self.producer.poll(Duration::ZERO);
             self.send_stubs()?;
-            if self.producer.in_flight_count() == 0 {
+            let after = self.producer.in_flight_count();
+            if after == 0 {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            self.producer.poll(FLUSH_POLL_STEP);
+            if after >= before {
+                std::thread::sleep(FLUSH_SLEEP);
+            }
         }
     }
 

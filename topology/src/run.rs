@@ -318,6 +318,10 @@ pub struct RunState {
     /// Changed since the task last handed its changes to the store.
     #[serde(skip)]
     pub(crate) dirty: bool,
+    /// Handed to the store since the last eviction pass that listed it as the current batch
+    /// ([`crate::Task::evict_idle_settled`]): still changing, so not evicted yet.
+    #[serde(skip)]
+    pub(crate) taken_since_pass: bool,
 }
 
 impl PartialEq for RunState {

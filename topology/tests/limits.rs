@@ -224,3 +224,50 @@ fn sequences_beyond_the_task_cap_are_cut_and_counted_and_retention_frees_them() 
     );
     assert_eq!(task.sequence_count(), 1);
 }
+
+/// The live eviction pass: a settled run leaves memory one commit after its last change, and a
+/// run that changes in every commit stays resident (no store read per record to load it back).
+#[test]
+fn a_settled_run_is_evicted_one_commit_after_its_last_change() {
+    let mut task = Task::new(Policy::default());
+    let mut out = vec![];
+    let activation = |run: &str, seq: u64, ms: i64| {
+        let ts = ackwatch_topology::time::format_rfc3339_ms(ms);
+        format!(
+            r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"{run}","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
+        )
+    };
+    // One commit: take the batch's settled runs, then the pass with the previous batch's.
+    let mut candidates: Vec<RunKey> = vec![];
+    let mut commit = |task: &mut Task| {
+        let settled: Vec<RunKey> = task
+            .take_changes()
+            .0
+            .into_iter()
+            .filter(|(_, state)| state.is_some_and(|s| s.is_settled()))
+            .map(|(key, _)| key)
+            .collect();
+        let previous = std::mem::replace(&mut candidates, settled.clone());
+        task.evict_idle_settled(previous, &settled)
+    };
+    let resident = |task: &Task, run: &str| task.run(&RunKey::new("w", run)).is_some();
+    let mut t = T0;
+    for seq in 1..=3 {
+        for run in ["busy", "idle"] {
+            if run == "idle" && seq > 1 {
+                continue; // changes only in the first commit
+            }
+            process(&mut task, Side::Activation, &activation(run, seq, t), t, &mut out);
+            assert_eq!(ack_of(&mut task, run, seq, t + 10, &mut out), Outcome::Ack);
+        }
+        let evicted = commit(&mut task);
+        // Commit 1: nothing was a candidate. Commit 2: "idle" did not change, it leaves.
+        assert_eq!(evicted, usize::from(seq == 2), "commit {seq}");
+        assert!(resident(&task, "busy"), "commit {seq}: the busy run stays");
+        assert_eq!(resident(&task, "idle"), seq == 1, "commit {seq}");
+        t += 1000;
+    }
+    // Once it stops changing, the busy run leaves at the next commit, an empty one included.
+    assert_eq!(commit(&mut task), 1);
+    assert_eq!((task.resident_count(), task.run_count()), (0, 2));
+}

@@ -912,7 +912,7 @@ proptest! {
 /// Evicting settled runs after commits (their state kept only in a store, here a map of
 /// serialized states) and loading them back on `NeedsRun` changes no output and no state.
 /// Returns how many loads and drops of evicted runs happened, so the test can show it exercised both.
-fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
+fn check_eviction(seed: u64, commit_every: usize, pass: EvictionPass) -> (usize, usize) {
     let mut s = generate(seed);
     // Short retention, so runs are also dropped (while resident and while evicted).
     s.policy.run_retention_ms = s.policy.rollback_after_ms.max(s.policy.ack_timeout_ms) + 1000;
@@ -953,13 +953,18 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
     let mut store: BTreeMap<RunKey, String> = BTreeMap::new();
     let mut out = vec![];
     let mut loads = 0;
-    let commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
+    let mut candidates: Vec<RunKey> = vec![];
+    let mut commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
         let (changes, _) = task.take_changes();
         let mut keys = vec![];
+        let mut settled = vec![];
         for (key, state) in changes {
             match state {
                 Some(state) => {
                     store.insert(key.clone(), serde_json::to_string(state).unwrap());
+                    if state.is_settled() {
+                        settled.push(key.clone());
+                    }
                 }
                 None => {
                     store.remove(&key);
@@ -967,7 +972,17 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
             }
             keys.push(key);
         }
-        task.evict_settled(keys);
+        match pass {
+            EvictionPass::EveryCommit => {
+                task.evict_settled(keys);
+            }
+            // As the live runtime does it: last batch's settled runs unless changed since.
+            EvictionPass::OneCommitIdle => {
+                let previous = std::mem::take(&mut candidates);
+                task.evict_idle_settled(previous, &settled);
+                candidates = settled;
+            }
+        }
     };
     for (i, item) in raw.iter().enumerate() {
         let (source, ts, k, v) = record(item);
@@ -994,6 +1009,7 @@ fn check_eviction(seed: u64, commit_every: usize) -> (usize, usize) {
             commit(&mut task, &mut store);
         }
     }
+    commit(&mut task, &mut store);
     commit(&mut task, &mut store);
     assert_eq!(
         task.sequence_count(),
@@ -1028,22 +1044,34 @@ proptest! {
 
     #[test]
     fn eviction_changes_nothing(seed in any::<u64>(), commit_every in 1usize..12) {
-        check_eviction(seed, commit_every);
+        check_eviction(seed, commit_every, EvictionPass::EveryCommit);
+        check_eviction(seed, commit_every, EvictionPass::OneCommitIdle);
     }
+}
+
+/// When the runs of a commit leave memory.
+#[derive(Clone, Copy, Debug)]
+enum EvictionPass {
+    /// `evict_settled` of each commit's runs.
+    EveryCommit,
+    /// `evict_idle_settled`: the previous commit's settled runs that did not change since.
+    OneCommitIdle,
 }
 
 #[test]
 fn eviction_property_exercises_loads_and_evicted_drops() {
-    let (mut loads, mut drops) = (0, 0);
-    for seed in 0..300 {
-        let (l, d) = check_eviction(seed, 1 + (seed as usize % 5));
-        loads += l;
-        drops += d;
+    for pass in [EvictionPass::EveryCommit, EvictionPass::OneCommitIdle] {
+        let (mut loads, mut drops) = (0, 0);
+        for seed in 0..300 {
+            let (l, d) = check_eviction(seed, 1 + (seed as usize % 5), pass);
+            loads += l;
+            drops += d;
+        }
+        assert!(
+            loads > 50 && drops > 50,
+            "{pass:?}: loads {loads}, drops of evicted runs {drops}"
+        );
     }
-    assert!(
-        loads > 50 && drops > 50,
-        "loads {loads}, drops of evicted runs {drops}"
-    );
 }
 
 /// The generated scenarios reach every rule the model checks: blocked findings and their

@@ -270,6 +270,26 @@ impl Task {
         evicted
     }
 
+    /// The eviction pass after a commit's store write: evicts the settled runs of `previous`
+    /// (the settled runs of the previous commit's batch) that no later batch held, and makes the
+    /// runs of `current` (this commit's) the candidates of the next pass. So a settled run
+    /// leaves memory one commit after its last change, not at every commit while it keeps
+    /// getting records (each eviction of a busy run cost a store read to load it back).
+    /// Returns how many it evicted.
+    pub fn evict_idle_settled(&mut self, previous: Vec<RunKey>, current: &[RunKey]) -> usize {
+        let idle = previous
+            .into_iter()
+            .filter(|key| self.runs.get(key).is_some_and(|run| !run.taken_since_pass));
+        let idle: Vec<RunKey> = idle.collect();
+        let evicted = self.evict_settled(idle);
+        for key in current {
+            if let Some(run) = self.runs.get_mut(key) {
+                run.taken_since_pass = false;
+            }
+        }
+        evicted
+    }
+
     /// Restores task state from the store (before any record is processed).
     pub fn restore_meta(&mut self, meta: TaskMeta) {
         self.meta = meta;
@@ -335,6 +355,7 @@ impl Task {
         keys.retain(|key| match self.runs.get_mut(key) {
             Some(run) => {
                 run.dirty = false;
+                run.taken_since_pass = true;
                 true
             }
             None if tombstones < RETENTION_TOMBSTONES_PER_COMMIT_MAX => {
