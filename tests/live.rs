@@ -597,7 +597,8 @@ fn an_idle_member_is_ready_and_takes_over() {
 /// Kafka Streams' `application.server`: a query to the member that does not own a world is
 /// redirected to the one that does (found from the broker's view of the group), and a client
 /// that follows redirects gets the owner's own answer; a redirected query is never redirected
-/// again, and a world nobody has is a 404 from its partition's owner.
+/// again, and a world nobody has is a 404 from its partition's owner. The index of what is
+/// wrong now, asked with `scope=group` of any member, holds every member's runs.
 #[test]
 fn a_query_to_a_non_owner_reaches_the_owner() {
     let rt = runtime();
@@ -675,6 +676,31 @@ fn a_query_to_a_non_owner_reaches_the_owner() {
         format!("http://{}/runs/w_owner/r1?redirected_from=x", other.http),
     );
     assert_eq!(status, 404, "a redirected query is answered where it arrives: {body}");
+
+    // What is wrong now, across the group, asked of the member that owns nothing: once the
+    // ACK is overdue the run has an open finding on the owner, and the group answer lists it.
+    let open_here = |p: &Processor| {
+        let (_, body) = support::http_get(&p.http, "/runs?state=open").unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["runs_total"].as_u64()
+    };
+    wait_for(|| (open_here(owner) == Some(1)).then_some(()));
+    assert_eq!(open_here(other), Some(0), "the instance scope is this instance's tasks");
+    let (status, _, group) = get(&no_redirects, format!("http://{}/runs?state=open&scope=group", other.http));
+    assert_eq!(status, 200, "{group}");
+    assert_eq!(group["complete"], true, "{group}");
+    assert_eq!(group["runs_total"], 1, "{group}");
+    assert_eq!(group["runs"][0]["world_id"], "w_owner", "{group}");
+    assert_eq!(group["runs"][0]["run_id"], "r1", "{group}");
+    let mut asked: Vec<String> = group["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap().to_string())
+        .collect();
+    asked.sort();
+    let mut expected = vec![format!("http://{}", a.http), format!("http://{}", b.http)];
+    expected.sort();
+    assert_eq!(asked, expected, "both members answered: {group}");
     a.terminate(Duration::from_secs(30));
     b.terminate(Duration::from_secs(30));
 }

@@ -1,11 +1,13 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and read-only queries of the runs
 //! this instance owns (Kafka Streams' interactive queries): `/runs/{world_id}` and
 //! `/runs/{world_id}/{run_id}` (a query to a non-owner is redirected to the owner, `owners.rs`),
-//! and the index of what is wrong now, `/runs?state=open|paused|escalated`;
+//! and the index of what is wrong now, `/runs?state=open|paused|escalated` (`&scope=group`:
+//! every member's, merged);
 //! and the runbooks shipped in deploy/runbooks (`/runbooks/{page}`),
 //! where alerts link by default.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ackwatch_topology::report::Percentiles;
 use ackwatch_topology::run::{EpisodeState, Rollback};
@@ -75,40 +77,148 @@ impl RunsWanted {
 
 /// `/runs?state=open|paused|escalated`: the runs of this instance's tasks in that state (only
 /// runs in memory can be: a settled run, evicted to the store, has no open finding and is not
-/// paused). The whole group's: ask every instance (docs/semantics.md §3).
+/// paused). With `scope=group`, the whole group's: this instance asks every other member the
+/// broker lists (at its advertised URL) and merges the answers, saying which did not answer.
 async fn runs_by_state(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     let wanted = match RunsWanted::of_query(query.as_deref()) {
         Ok(wanted) => wanted,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    tokio::task::spawn_blocking(move || {
-        let mut runs = Vec::new();
-        let mut total = 0usize;
-        for thread in &shared.threads {
-            let tasks = thread.tasks();
-            for task in tasks.running() {
-                for (key, run) in task.core.engine.runs().filter(|(_, run)| wanted.matches(run)) {
-                    total += 1;
-                    if runs.len() < RUNS_BY_STATE_LISTED_MAX {
-                        runs.push(run_view(key, run, task.partition()));
-                    }
+    let group = query.unwrap_or_default().split('&').any(|pair| pair == "scope=group");
+    let scan = shared.clone();
+    let local = match tokio::task::spawn_blocking(move || local_runs(&scan, wanted)).await {
+        Ok(local) => local,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    if !group {
+        return Json(local).into_response();
+    }
+    Json(group_runs(shared, wanted, local).await).into_response()
+}
+
+/// This instance's answer to `/runs?state=`.
+fn local_runs(shared: &Shared, wanted: RunsWanted) -> Value {
+    let mut runs = Vec::new();
+    let mut total = 0usize;
+    for thread in &shared.threads {
+        let tasks = thread.tasks();
+        for task in tasks.running() {
+            for (key, run) in task.core.engine.runs().filter(|(_, run)| wanted.matches(run)) {
+                total += 1;
+                if runs.len() < RUNS_BY_STATE_LISTED_MAX {
+                    runs.push(run_view(key, run, task.partition()));
                 }
             }
         }
-        runs.sort_by(|a, b| {
-            (a["world_id"].as_str(), a["run_id"].as_str()).cmp(&(b["world_id"].as_str(), b["run_id"].as_str()))
-        });
-        Json(json!({
-            "state": wanted.as_str(),
-            "runs": runs,
-            "runs_total": total,
-            "runs_listed_max": RUNS_BY_STATE_LISTED_MAX,
-            "owned_partitions": shared.partitions(),
-        }))
-        .into_response()
+    }
+    sort_runs(&mut runs);
+    json!({
+        "state": wanted.as_str(),
+        "runs": runs,
+        "runs_total": total,
+        "runs_listed_max": RUNS_BY_STATE_LISTED_MAX,
+        "owned_partitions": shared.partitions(),
+        "advertised_url": shared.settings.http.advertised(),
     })
-    .await
-    .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+fn sort_runs(runs: &mut [Value]) {
+    runs.sort_by(|a, b| {
+        (a["world_id"].as_str(), a["run_id"].as_str()).cmp(&(b["world_id"].as_str(), b["run_id"].as_str()))
+    });
+}
+
+/// Longest `/runs?state=…&scope=group` waits for one other instance's answer. Cost: a group
+/// query with an unreachable member takes this long, and says which member did not answer.
+pub const GROUP_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The group's answer: this instance's and every other advertising member's, merged; members
+/// that did not answer (or advertise no address) are listed and `complete` is false.
+async fn group_runs(shared: Arc<Shared>, wanted: RunsWanted, local: Value) -> Value {
+    let own_url = shared.settings.http.advertised();
+    let mut answers = vec![(own_url.clone(), Ok(local))];
+    let mut missing: Vec<Value> = Vec::new();
+    let lookup = shared.clone();
+    match tokio::task::spawn_blocking(move || lookup.owners.owners(&lookup.settings)).await {
+        Ok(Ok(owners)) => {
+            // This instance's own consumers (answered above, with or without an address).
+            let own_ids: Vec<String> = (0..shared.settings.runtime.num_stream_threads as usize)
+                .filter_map(|t| {
+                    let config = super::stream_thread::consumer_config(&shared.settings, t);
+                    config.get("client.id").map(str::to_string)
+                })
+                .collect();
+            let mut urls: Vec<String> = Vec::new();
+            for member in owners.members.iter().filter(|m| !own_ids.contains(&m.client_id)) {
+                match &member.url {
+                    Some(url) if *url != own_url => urls.push(url.clone()),
+                    Some(_) => missing.push(json!({"client_id": member.client_id, "error": "advertises this instance's http.advertised_url: give each instance its own"})),
+                    None => missing.push(json!({"client_id": member.client_id, "error": "advertises no http.advertised_url"})),
+                }
+            }
+            urls.sort();
+            urls.dedup();
+            let client = reqwest::Client::builder()
+                .timeout(GROUP_QUERY_TIMEOUT)
+                .build()
+                .map_err(|e| e.to_string());
+            let mut asked = tokio::task::JoinSet::new();
+            for url in urls {
+                let client = client.clone();
+                asked.spawn(async move {
+                    let answer = match client {
+                        Ok(client) => ask_member(&client, &url, wanted).await,
+                        Err(e) => Err(format!("cannot make an HTTP client: {e}")),
+                    };
+                    (url, answer)
+                });
+            }
+            while let Some(joined) = asked.join_next().await {
+                match joined {
+                    Ok(answer) => answers.push(answer),
+                    Err(e) => missing.push(json!({"error": format!("asking a member failed: {e}")})),
+                }
+            }
+        }
+        Ok(Err(e)) => missing.push(json!({"error": format!("cannot describe the group: {e:#}")})),
+        Err(e) => missing.push(json!({"error": e.to_string()})),
+    }
+    let (mut runs, mut total, mut instances) = (Vec::new(), 0u64, Vec::new());
+    for (url, answer) in answers {
+        match answer {
+            Ok(answer) => {
+                total += answer["runs_total"].as_u64().unwrap_or(0);
+                runs.extend(answer["runs"].as_array().cloned().unwrap_or_default());
+                instances.push(json!({"url": url, "owned_partitions": answer["owned_partitions"], "runs_total": answer["runs_total"]}));
+            }
+            Err(error) => missing.push(json!({"url": url, "error": error})),
+        }
+    }
+    sort_runs(&mut runs);
+    runs.truncate(RUNS_BY_STATE_LISTED_MAX);
+    json!({
+        "state": wanted.as_str(),
+        "scope": "group",
+        "complete": missing.is_empty(),
+        "runs": runs,
+        "runs_total": total,
+        "runs_listed_max": RUNS_BY_STATE_LISTED_MAX,
+        "instances": instances,
+        "not_answered": missing,
+    })
+}
+
+/// One other member's `/runs?state=` answer.
+async fn ask_member(client: &reqwest::Client, url: &str, wanted: RunsWanted) -> Result<Value, String> {
+    let response = client
+        .get(format!("{url}/runs?state={}", wanted.as_str()))
+        .send()
+        .await
+        .map_err(|e| format!("cannot ask it: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("it answered {}", response.status()));
+    }
+    response.json::<Value>().await.map_err(|e| format!("its answer is not JSON: {e}"))
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
