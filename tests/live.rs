@@ -536,6 +536,36 @@ fn a_stopped_static_member_leaves_the_group_at_once() {
     assert!(b.terminate(Duration::from_secs(30)).success());
 }
 
+/// Two instances "a" and "b" of one application on a one-partition topic pair, each ready
+/// (a first); returns them as (owner, idle) with their instance names once one owns the
+/// partition and the other nothing.
+fn owner_and_idle(
+    dir: &Path,
+    topics: &LiveTopics,
+    app: &str,
+) -> ((&'static str, Processor), (&'static str, Processor)) {
+    let start = |instance: &str| {
+        let (config, http) =
+            support::live_config(dir, topics, app, instance, "at_least_once", "");
+        Processor::start(&config, &http)
+    };
+    let owned = support::owned_partitions;
+    let mut a = start("a");
+    a.wait_ready(READY_TIMEOUT);
+    let mut b = start("b");
+    b.wait_ready(READY_TIMEOUT);
+    let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
+        ([0], []) => Some(true),
+        ([], [0]) => Some(false),
+        _ => None,
+    });
+    if a_owns {
+        (("a", a), ("b", b))
+    } else {
+        (("b", b), ("a", a))
+    }
+}
+
 /// Ready means "in the group and not restoring" (Kafka Streams' RUNNING): with more instances
 /// than partitions the idle member is ready too, so a StatefulSet rollout or a node drain never
 /// waits for it; it takes the partition over when the owner stops.
@@ -545,30 +575,11 @@ fn an_idle_member_is_ready_and_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("live-idle", 1));
     let app = support::unique("app-idle");
-    let start = |instance: &str| {
-        let (config, http) =
-            support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
-        Processor::start(&config, &http)
-    };
     let owned = support::owned_partitions;
-    let mut a = start("a");
-    a.wait_ready(READY_TIMEOUT);
-    let mut b = start("b");
-    b.wait_ready(READY_TIMEOUT);
-    let (a_http, b_http) = (a.http.clone(), b.http.clone());
     // Both in the group: one owns the partition, the other nothing, and both are ready.
-    let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
-        ([0], []) => Some(true),
-        ([], [0]) => Some(false),
-        _ => None,
-    });
-    let (owner, idle) = if a_owns {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
+    let ((owner_name, mut owner), (idle_name, mut idle)) = owner_and_idle(dir.path(), &topics, &app);
     let ready = |p: &Processor| support::http_get(&p.http, "/readyz").map(|(s, _)| s);
-    assert_eq!(ready(idle), Some(200), "the idle member is ready");
+    assert_eq!(ready(&idle), Some(200), "the idle member is ready");
     // Each member says in the group which instance, thread and role it is.
     let looker: rdkafka::consumer::BaseConsumer = support::client_config().create().unwrap();
     let groups = looker
@@ -582,15 +593,15 @@ fn an_idle_member_is_ready_and_takes_over() {
     clients.sort();
     // It also advertises where its instance answers queries (http.advertised_url's default).
     let mut expected = [
-        format!("ackwatch-a-t0-consumer@http://{}", a_http),
-        format!("ackwatch-b-t0-consumer@http://{}", b_http),
+        format!("ackwatch-{owner_name}-t0-consumer@http://{}", owner.http),
+        format!("ackwatch-{idle_name}-t0-consumer@http://{}", idle.http),
     ];
     expected.sort();
     assert_eq!(clients, expected);
-    assert_eq!(ready(owner), Some(200));
+    assert_eq!(ready(&owner), Some(200));
     assert!(owner.terminate(Duration::from_secs(30)).success());
-    wait_for(|| (owned(idle) == [0]).then_some(()));
-    assert_eq!(ready(idle), Some(200));
+    wait_for(|| (owned(&idle) == [0]).then_some(()));
+    assert_eq!(ready(&idle), Some(200));
     assert!(idle.terminate(Duration::from_secs(30)).success());
 }
 
@@ -605,22 +616,7 @@ fn a_query_to_a_non_owner_reaches_the_owner() {
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("live-owner", 1));
     let app = support::unique("app-owner");
-    let start = |instance: &str| {
-        let (config, http) =
-            support::live_config(dir.path(), &topics, &app, instance, "at_least_once", "");
-        Processor::start(&config, &http)
-    };
-    let owned = support::owned_partitions;
-    let mut a = start("a");
-    let mut b = start("b");
-    a.wait_ready(READY_TIMEOUT);
-    b.wait_ready(READY_TIMEOUT);
-    let a_owns = wait_for(|| match (owned(&a).as_slice(), owned(&b).as_slice()) {
-        ([0], []) => Some(true),
-        ([], [0]) => Some(false),
-        _ => None,
-    });
-    let (owner, other) = if a_owns { (&a, &b) } else { (&b, &a) };
+    let ((_, mut owner), (other_id, mut other)) = owner_and_idle(dir.path(), &topics, &app);
     rt.block_on(support::produce_kcat(
         &[fresh_activation("w_owner", "r1")],
         &topics,
@@ -652,7 +648,6 @@ fn a_query_to_a_non_owner_reaches_the_owner() {
     for path in ["/runs/w_owner/r1", "/runs/w_owner"] {
         let (status, location, body) = get(&no_redirects, format!("http://{}{path}", other.http));
         assert_eq!(status, 307, "{path}: {body}");
-        let other_id = if a_owns { "b" } else { "a" };
         assert_eq!(
             location.as_deref(),
             Some(format!("http://{}{path}?redirected_from={other_id}", owner.http).as_str()),
@@ -683,8 +678,8 @@ fn a_query_to_a_non_owner_reaches_the_owner() {
         let (_, body) = support::http_get(&p.http, "/runs?state=open").unwrap();
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["runs_total"].as_u64()
     };
-    wait_for(|| (open_here(owner) == Some(1)).then_some(()));
-    assert_eq!(open_here(other), Some(0), "the instance scope is this instance's tasks");
+    wait_for(|| (open_here(&owner) == Some(1)).then_some(()));
+    assert_eq!(open_here(&other), Some(0), "the instance scope is this instance's tasks");
     let (status, _, group) = get(&no_redirects, format!("http://{}/runs?state=open&scope=group", other.http));
     assert_eq!(status, 200, "{group}");
     assert_eq!(group["complete"], true, "{group}");
@@ -698,9 +693,9 @@ fn a_query_to_a_non_owner_reaches_the_owner() {
         .map(|i| i["url"].as_str().unwrap().to_string())
         .collect();
     asked.sort();
-    let mut expected = vec![format!("http://{}", a.http), format!("http://{}", b.http)];
+    let mut expected = vec![format!("http://{}", owner.http), format!("http://{}", other.http)];
     expected.sort();
     assert_eq!(asked, expected, "both members answered: {group}");
-    a.terminate(Duration::from_secs(30));
-    b.terminate(Duration::from_secs(30));
+    owner.terminate(Duration::from_secs(30));
+    other.terminate(Duration::from_secs(30));
 }

@@ -44,11 +44,7 @@ pub enum RunsWanted {
 impl RunsWanted {
     /// The `state` of a query string such as `state=paused`.
     pub fn of_query(query: Option<&str>) -> Result<RunsWanted, String> {
-        let state = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("state="));
-        match state {
+        match query_param(query, "state") {
             Some("open") => Ok(RunsWanted::Open),
             Some("paused") => Ok(RunsWanted::Paused),
             Some("escalated") => Ok(RunsWanted::Escalated),
@@ -75,6 +71,13 @@ impl RunsWanted {
     }
 }
 
+/// The value of parameter `name` in a query string (`a=1&name=value`), if present.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// `/runs?state=open|paused|escalated`: the runs of this instance's tasks in that state (only
 /// runs in memory can be: a settled run, evicted to the store, has no open finding and is not
 /// paused). With `scope=group`, the whole group's: this instance asks every other member the
@@ -84,7 +87,7 @@ async fn runs_by_state(State(shared): State<Arc<Shared>>, RawQuery(query): RawQu
         Ok(wanted) => wanted,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let group = query.unwrap_or_default().split('&').any(|pair| pair == "scope=group");
+    let group = query_param(query.as_deref(), "scope") == Some("group");
     let scan = shared.clone();
     let local = match tokio::task::spawn_blocking(move || local_runs(&scan, wanted)).await {
         Ok(local) => local,
@@ -387,11 +390,7 @@ fn not_here(shared: &Shared, world_id: &str, what: String, uri: &Uri) -> Respons
         "owned_partitions": owned,
         "world_partitions": partitions,
     });
-    let redirected = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .any(|pair| pair.starts_with(&format!("{REDIRECTED_FROM}=")));
+    let redirected = query_param(uri.query(), REDIRECTED_FROM).is_some();
     let elsewhere: Vec<i32> = partitions.iter().copied().filter(|p| !owned.contains(p)).collect();
     if redirected || elsewhere.is_empty() {
         body["hint"] = json!(
