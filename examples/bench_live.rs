@@ -472,12 +472,17 @@ async fn main() -> anyhow::Result<()> {
         "ackwatch_commit_duration_seconds_count",
         "ackwatch_task_idle_exceeded_total",
         "ackwatch_changelog_records_total",
+        "ackwatch_rocksdb_memory_bytes",
+        "ackwatch_rocksdb_memtable_bytes",
+        "ackwatch_runs_loaded_total",
     ] {
         eprintln!("{prefix} {}", metric_sum(&metrics, prefix));
     }
     println!(
-        "memory: {} runs held; RSS {} MiB, peak {} MiB",
+        "memory: {} runs held, {} in memory ({} settled-cache bytes); RSS {} MiB, peak {} MiB",
         metric_sum(&metrics, "ackwatch_runs "),
+        metric_sum(&metrics, "ackwatch_runs_resident "),
+        metric_sum(&metrics, "ackwatch_settled_cache_bytes "),
         rss / 1024,
         hwm / 1024
     );

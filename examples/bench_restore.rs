@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         s.activation = Some(ackwatch_topology::run::ActivationSeen {
             event_ms: 1_772_442_000_000 + seq as i64 * 200,
             phase: ackwatch_topology::Phase::Freeze,
-            etag: Some(format!("act:world:s{seq}:long:{}", 100 + seq)),
+            etag: Some(format!("act:world:s{seq}:long:{}", 100 + seq).into()),
         });
         s.ack_ms = Some(1_772_442_000_050 + seq as i64 * 200);
     }

@@ -41,9 +41,13 @@ pub struct Metrics {
     pub assigned_partitions: ThreadGauge,
     pub runs: ThreadGauge,
     pub runs_resident: ThreadGauge,
+    pub settled_cache_bytes: ThreadGauge,
     pub runs_evicted: IntCounter,
     pub runs_loaded: IntCounter,
     pub commits: IntCounter,
+    /// RocksDB's shared block cache (memtables charged to it), and the memtables alone.
+    pub rocksdb_memory: IntGauge,
+    pub rocksdb_memtables: IntGauge,
     pub commit_failures: IntCounter,
     /// Seconds.
     pub commit_duration: Histogram,
@@ -360,10 +364,13 @@ impl Metrics {
                 "Input partition pairs (tasks) owned by this instance",
             ), Combine::Sum),
             runs: ThreadGauge::new(gauge(&r, "ackwatch_runs", "Runs known to this instance's tasks, in memory or evicted to the store"), Combine::Sum),
-            runs_resident: ThreadGauge::new(gauge(&r, "ackwatch_runs_resident", "Runs held in memory: unsettled, or changed since the last commit (settled runs are evicted to the store)"), Combine::Sum),
+            runs_resident: ThreadGauge::new(gauge(&r, "ackwatch_runs_resident", "Runs held in memory: unsettled, changed since the last commit, or settled and cached (runtime.settled_cache_bytes)"), Combine::Sum),
+            settled_cache_bytes: ThreadGauge::new(gauge(&r, "ackwatch_settled_cache_bytes", "Bytes of settled runs kept in memory after their commit (an upper bound; runtime.settled_cache_bytes bounds it)"), Combine::Sum),
             runs_evicted: counter(&r, "ackwatch_runs_evicted_total", "Settled runs evicted from memory to the store after a commit or at task start"),
             runs_loaded: counter(&r, "ackwatch_runs_loaded_total", "Evicted runs loaded back from the store for a record of theirs"),
             commits: counter(&r, "ackwatch_commits_total", "Completed commits"),
+            rocksdb_memory: gauge(&r, "ackwatch_rocksdb_memory_bytes", "Bytes in RocksDB's block cache, shared by every store of the instance, memtables included"),
+            rocksdb_memtables: gauge(&r, "ackwatch_rocksdb_memtable_bytes", "Bytes of the memtables of every store of the instance"),
             commit_failures: counter(
                 &r,
                 "ackwatch_commit_failures_total",

@@ -2,9 +2,10 @@
 //! broker: 2,000 runs settle and are evicted to the store after their commit; records of
 //! evicted runs (a conflicting activation, a new sequence whose ACK never comes) load them back
 //! and raise exactly what the audit raises; `/runs` answers for evicted runs from the store; a
-//! restart loads the store run by run and evicts the settled ones again. Without eviction the
-//! resident count would stay at 2,000; without loading back, the conflicts would be new runs
-//! and raise nothing.
+//! restart loads the store run by run and evicts the settled ones again; with a settled-run
+//! cache (`runtime.settled_cache_bytes`) settled runs stay in memory up to its budget and the
+//! rest leave. Without eviction the resident count would stay at 2,000; without loading back,
+//! the conflicts would be new runs and raise nothing.
 
 mod support;
 
@@ -76,13 +77,14 @@ fn settled_runs_are_evicted_and_loaded_back_without_losing_a_finding() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("eviction", 1));
+    let app = support::unique("app-eviction");
     let (config, http) = support::live_config(
         dir.path(),
         &topics,
-        &support::unique("app-eviction"),
+        &app,
         "i1",
         "at_least_once",
-        "",
+        "settled_cache_bytes = 0",
     );
     let mut all = Vec::new();
     let mut processor = Processor::start(&config, &http);
@@ -164,6 +166,43 @@ fn settled_runs_are_evicted_and_loaded_back_without_losing_a_finding() {
         &http,
         "ackwatch_findings_open{kind=\"sequence_conflict\"}",
         |v| v == 70.0,
+    );
+    assert!(
+        processor.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        processor.log_text()
+    );
+
+    // With a cache of 100 kB: 2,000 more runs settle; some stay in memory, the rest leave.
+    let cache_bytes = 100_000.0;
+    let (config, http) = support::live_config(
+        dir.path(),
+        &topics,
+        &app,
+        "i1",
+        "at_least_once",
+        "settled_cache_bytes = 100000",
+    );
+    let mut processor = Processor::start(&config, &http);
+    processor.wait_ready(Duration::from_secs(60));
+    let unsettled = wait_metric(&processor, &http, "ackwatch_runs_resident", |v| v == 120.0);
+    let t3 = now_ms();
+    let cached: Vec<KcatRecord> = (0..RUNS)
+        .flat_map(|i| {
+            let ts = t3 + i as i64 / 10;
+            [activation(RUNS + i, 1, "e1", ts), ack(RUNS + i, 1, ts + 100)]
+        })
+        .collect();
+    rt.block_on(support::produce_kcat(&cached, &topics));
+    all.extend(cached);
+    wait_metric(&processor, &http, "ackwatch_runs", |v| v == 2.0 * RUNS as f64);
+    std::thread::sleep(Duration::from_secs(1)); // a few commits after the last record
+    let bytes = wait_metric(&processor, &http, "ackwatch_settled_cache_bytes", |v| v > 0.0);
+    assert!(bytes <= cache_bytes, "the cache holds {bytes} bytes");
+    let resident = support::metric(&http, "ackwatch_runs_resident").unwrap();
+    assert!(
+        resident > unsettled && resident < unsettled + RUNS as f64 / 2.0,
+        "{resident} runs in memory: {unsettled} unsettled and part of the {RUNS} settled"
     );
     let logs = processor.log_text();
     assert!(

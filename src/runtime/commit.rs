@@ -315,27 +315,39 @@ impl TaskManager {
     }
 
     /// Step 4: each store writes the records its changelog partition acknowledged, as one
-    /// synced batch (marker included), and its checkpoint; then the settled runs of the
-    /// previous batch that did not change since leave memory (the store has them; a later
-    /// record loads them back), and this batch's settled runs are the next pass's candidates.
+    /// synced batch (marker included), and its checkpoint; then the batch's settled runs join
+    /// the task's cache of settled runs, and past its share of `runtime.settled_cache_bytes`
+    /// the least recently committed leave memory (the store has them; a later record loads
+    /// them back).
     fn write_stores(&mut self) -> anyhow::Result<()> {
         let ends = self.collector.take_changelog_ends();
+        let budget = self.settled_cache_share();
         let mut evicted = 0;
+        let mut cached = 0;
         for task in self.running_mut() {
             if !task.pending_store.is_empty() {
                 task.store
                     .commit_records(&task.pending_store, ends.get(&task.partition()).copied())?;
                 task.pending_store.clear();
-            } else if task.evict_candidates.is_empty() {
-                continue;
             }
-            let current = std::mem::take(&mut task.evict_after_store);
-            let previous = std::mem::take(&mut task.evict_candidates);
-            evicted += task.core.engine.evict_idle_settled(previous, &current);
-            task.evict_candidates = current;
+            let written = std::mem::take(&mut task.evict_after_store);
+            evicted += task.core.engine.evict_settled_beyond(written, budget);
+            cached += task.core.engine.cached_settled_bytes();
         }
         self.metrics.runs_evicted.inc_by(evicted as u64);
+        self.metrics.settled_cache_bytes.set(self.thread, cached as i64);
+        self.metrics.rocksdb_memory.set(ackwatch_state::rocksdb_memory_bytes() as i64);
+        self.metrics.rocksdb_memtables.set(ackwatch_state::rocksdb_memtable_bytes() as i64);
         Ok(())
+    }
+
+    /// Each running task's share of this instance's settled-run cache: the budget splits
+    /// evenly over the stream threads, and a thread's share over its running tasks.
+    fn settled_cache_share(&self) -> usize {
+        let runtime = &self.settings.runtime;
+        let threads = runtime.num_stream_threads.max(1);
+        let tasks = self.tasks.values().filter(|t| t.running().is_some()).count().max(1) as u64;
+        usize::try_from(runtime.settled_cache_bytes / threads / tasks).unwrap_or(usize::MAX)
     }
 
     /// Step 5, at_least_once: the input offsets, committed asynchronously (a commit request

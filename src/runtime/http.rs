@@ -323,7 +323,7 @@ fn run_view(key: &RunKey, run: &RunState, partition: i32) -> Value {
                     "phase": state.finding_phase(kind),
                     "detected_at": format_rfc3339_ms(f.detected_at),
                 });
-                if let Some(blocked) = state.blocked.filter(|_| kind == FindingKind::AckMissing) {
+                if let Some(blocked) = state.blocked.as_deref().filter(|_| kind == FindingKind::AckMissing) {
                     finding["blocked_by"] = json!(blocked.by);
                     finding["blocked"] = json!(blocked.holds());
                 }

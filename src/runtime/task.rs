@@ -138,12 +138,9 @@ pub struct LiveTask {
     pub lag: PerSide<super::lag::LagClock>,
     /// Encoded changes produced to the changelog in the running commit, for the store.
     pub pending_store: Vec<Record>,
-    /// The settled runs whose state is in `pending_store`: the next eviction pass's candidates
-    /// once the store has it (docs/semantics.md §5 "Memory").
+    /// The settled runs whose state is in `pending_store`: they join the engine's settled-run
+    /// cache once the store has it (docs/semantics.md §5 "Memory").
     pub evict_after_store: Vec<RunKey>,
-    /// The settled runs of the last batch the store wrote: evicted at the next pass unless a
-    /// batch since held them. At most one batch of keys (`TASK_RUNS_MAX`).
-    pub evict_candidates: Vec<RunKey>,
     /// What the engine's cumulative counters said at the last metrics refresh.
     pub seen_limit_cut: BTreeMap<&'static str, u64>,
     pub seen_idle_exceeded: u64,

@@ -132,7 +132,6 @@ impl TaskManager {
             lag: Default::default(),
             pending_store: Vec::new(),
             evict_after_store: Vec::new(),
-            evict_candidates: Vec::new(),
             seen_limit_cut: Default::default(),
             seen_idle_exceeded: 0,
             seen_clamped: PerSide::default(),

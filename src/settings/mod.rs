@@ -15,6 +15,17 @@ use serde::{Deserialize, Serialize};
 /// member; beyond the cores of a machine more threads only add rebalancing.
 pub const STREAM_THREADS_MAX: u64 = 64;
 
+/// `runtime.settled_cache_bytes` unless set: settled runs kept in memory after their commit,
+/// for the whole instance (Kafka Streams' record cache defaults to 10 MiB). About 1 KiB a run
+/// of 8 sequences, so some 16,000 runs: enough for the runs of the applies of the last seconds
+/// (each gets records in consecutive commits). Cost: that much RSS; saved: a store read and a
+/// decode for each record of a cached run. Catching up over more open runs than it holds gains
+/// little from it (BENCHMARKS.md, issue #19).
+pub const SETTLED_CACHE_BYTES_DEFAULT: u64 = 16 << 20;
+
+/// Largest `runtime.settled_cache_bytes` accepted (a typo guard: 64 GiB).
+pub const SETTLED_CACHE_BYTES_MAX: u64 = 64 << 30;
+
 /// Every client's `reconnect.backoff.max.ms` unless `[kafka.properties]` sets it: a client
 /// retries an unreachable broker at least this often (cost: one connection attempt per broker
 /// per client per second during an outage).
@@ -234,6 +245,11 @@ pub struct Runtime {
     /// its own consumer (a member of the group), producer and tasks, so partitions spread over
     /// threads as over instances. More threads than partitions leave some idle.
     pub num_stream_threads: u64,
+    /// Memory for settled runs kept resident after their commit, shared by this instance's
+    /// tasks (Kafka Streams' `statestore.cache.max.bytes`): a record of a cached run needs no
+    /// store read. Past it the least recently committed leave memory first; 0 evicts every
+    /// settled run at its commit.
+    pub settled_cache_bytes: u64,
 }
 
 impl Default for Runtime {
@@ -251,6 +267,7 @@ impl Default for Runtime {
             static_membership: true,
             outage_grace_ms: 15_000,
             num_stream_threads: 1,
+            settled_cache_bytes: SETTLED_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -461,6 +478,12 @@ impl Settings {
                 r.num_stream_threads,
                 1,
                 STREAM_THREADS_MAX,
+            ),
+            (
+                "runtime.settled_cache_bytes",
+                r.settled_cache_bytes,
+                0,
+                SETTLED_CACHE_BYTES_MAX,
             ),
             (
                 "runtime.shutdown_timeout_ms",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use ackwatch_topology::run::{EpisodeState, Rollback};
+use ackwatch_topology::run::{Blocked, EpisodeState, Rollback};
 use ackwatch_topology::time::format_rfc3339_ms;
 use ackwatch_topology::{FindingKind, Millis, Phase, RunKey, RunState};
 use serde_json::{json, Value};
@@ -82,7 +82,7 @@ pub fn firing<'a>(runs: impl IntoIterator<Item = (&'a RunKey, &'a RunState)>) ->
                     continue;
                 };
                 let held =
-                    kind == FindingKind::AckMissing && state.blocked.is_some_and(|b| b.holds());
+                    kind == FindingKind::AckMissing && state.blocked.as_deref().is_some_and(Blocked::holds);
                 if held {
                     continue;
                 }
@@ -517,12 +517,12 @@ mod tests {
             release_due: None,
             released: false,
         };
-        state.sequences.get_mut(&3).unwrap().blocked = Some(blocked);
+        state.sequences.get_mut(&3).unwrap().blocked = Some(Box::new(blocked));
         assert_eq!(firing([(&key, &state)]), vec![], "held back by its gap");
-        state.sequences.get_mut(&3).unwrap().blocked = Some(Blocked {
+        state.sequences.get_mut(&3).unwrap().blocked = Some(Box::new(Blocked {
             released: true,
             ..blocked
-        });
+        }));
         assert_eq!(
             firing([(&key, &state)]).len(),
             1,

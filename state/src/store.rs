@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ackwatch_topology::{RunKey, RunState, TaskMeta};
 use anyhow::Context;
-use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::codec::{self, CommitMarker, COMMIT_KEY, META_KEY};
@@ -24,11 +24,17 @@ const IDENTITY_KEY: &[u8] = b"\xff\xffidentity";
 const POSITION_KEY: &[u8] = b"\xff\xffchangelog-position";
 
 /// RocksDB sizing, chosen so one instance with many tasks stays small (see ARCHITECTURE.md).
+/// The block cache and the memtable budget are the process's, shared by all its stores
+/// (Kafka Streams' bounded-memory RocksDB config): however many partitions an instance owns,
+/// RocksDB holds at most `block_cache_bytes` of blocks and memtables together (`memory.rs`).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Block cache shared by nothing else; run states are read at restore time, rarely after.
+    /// The process's block cache, which the memtables are charged to as well; run states are
+    /// read when an evicted run gets a record and at restore time.
     pub block_cache_bytes: usize,
-    /// Memtable size; a commit's batch is small (runs changed in 100 ms).
+    /// Memtables of all stores together: past it the largest is flushed.
+    pub write_buffers_total_bytes: usize,
+    /// One memtable's size; a commit's batch is small (runs changed in 100 ms).
     pub write_buffer_bytes: usize,
     pub max_write_buffers: i32,
 }
@@ -36,7 +42,8 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            block_cache_bytes: 16 << 20,
+            block_cache_bytes: 32 << 20,
+            write_buffers_total_bytes: 16 << 20,
             write_buffer_bytes: 8 << 20,
             max_write_buffers: 2,
         }
@@ -392,8 +399,10 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, rocksdb::Error> {
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_keep_log_file_num(2);
     opts.set_max_open_files(64);
+    let shared = crate::memory::shared(options);
+    opts.set_write_buffer_manager(&shared.write_buffers);
     let mut table = BlockBasedOptions::default();
-    table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
+    table.set_block_cache(&shared.cache);
     table.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&table);
     DB::open(&opts, path)

@@ -11,6 +11,7 @@
 //!   idempotency keys, whatever the process history (restore included);
 //! - every per-run collection is bounded by [`limits`], and what a limit cuts is counted.
 
+pub mod compact;
 pub mod decode;
 pub mod limits;
 pub mod output;

@@ -4,10 +4,9 @@
 //! Pending timers are not stored; they are derived from the per-sequence facts
 //! ([`RunState::rebuild_timers`]), so a restored run fires exactly what the original would have.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{SeqFindings, TimerSet};
 use crate::decode::Phase;
 use crate::policy::Policy;
 use crate::seq_map::SeqMap;
@@ -68,7 +67,7 @@ impl FindingState {
 pub struct ActivationSeen {
     pub event_ms: Millis,
     pub phase: Phase,
-    pub etag: Option<String>,
+    pub etag: Option<Box<str>>,
 }
 
 /// An `ack_missing` raised while an earlier sequence of its run was missing (semantics §2 "Blocked
@@ -137,9 +136,9 @@ pub struct SeqState {
     pub ack_ms: Option<Millis>,
     /// Findings by [`FindingKind::index`]. A gap that is still missing lives in the run's
     /// [`Missing`] ranges instead; once filled, its finding (if raised) is recorded here.
-    pub findings: [Option<FindingState>; 4],
+    pub findings: SeqFindings,
     /// Set when its `ack_missing` was raised behind a missing earlier sequence.
-    pub blocked: Option<Blocked>,
+    pub blocked: Option<Box<Blocked>>,
     /// The episode during which this sequence's activation filled its open gap (a late fill):
     /// that episode does not end before this sequence is acknowledged (semantics §3 resume).
     pub filled_in_episode: Option<u32>,
@@ -179,7 +178,7 @@ impl SeqState {
     /// every open finding does, but a still-blocked `ack_missing`.
     pub fn counts(&self, kind: FindingKind) -> bool {
         self.finding(kind).is_some_and(FindingState::is_open)
-            && !(kind == FindingKind::AckMissing && self.blocked.is_some_and(|b| b.holds()))
+            && !(kind == FindingKind::AckMissing && self.blocked.as_deref().is_some_and(Blocked::holds))
     }
 
     /// The deadlines this sequence still waits for, by kind.
@@ -211,7 +210,7 @@ impl SeqState {
 
     /// When a blocked, still open `ack_missing` is released, if its blocker arrived.
     fn release_due(&self) -> Option<Millis> {
-        let blocked = self.blocked.filter(Blocked::holds)?;
+        let blocked = self.blocked.as_deref().filter(|b| b.holds())?;
         self.finding(FindingKind::AckMissing)
             .is_some_and(FindingState::is_open)
             .then_some(blocked.release_due)
@@ -311,17 +310,17 @@ pub struct RunState {
     pub cut: u64,
     /// Pending timers, derived from the fields above; rebuilt on restore.
     #[serde(skip)]
-    pub(crate) timers: BTreeSet<Timer>,
+    pub(crate) timers: TimerSet,
     /// The deadline under which the task's index holds this run (never later than `next_due`).
     #[serde(skip)]
     pub(crate) indexed_due: Option<Millis>,
     /// Changed since the task last handed its changes to the store.
     #[serde(skip)]
     pub(crate) dirty: bool,
-    /// Handed to the store since the last eviction pass that listed it as the current batch
-    /// ([`crate::Task::evict_idle_settled`]): still changing, so not evicted yet.
+    /// The last `take_changes` batch that handed it to the store (0: none since it was
+    /// loaded): only that batch's eviction may evict it ([`crate::Task::evict_settled_beyond`]).
     #[serde(skip)]
-    pub(crate) taken_since_pass: bool,
+    pub(crate) taken_in: u64,
 }
 
 impl PartialEq for RunState {
@@ -541,6 +540,27 @@ impl RunState {
         self.sequences
             .values()
             .any(|s| s.filled_in_episode == Some(self.episode) && s.ack_ms.is_none())
+    }
+
+    /// About the memory the run holds (its entry in the task's map, its key's run id, its
+    /// sequences, etags, findings, ranges and timers): what the settled-run cache counts.
+    pub fn resident_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let per_sequence: usize = self
+            .sequences
+            .values()
+            .map(|s| {
+                s.activation.as_ref().and_then(|a| a.etag.as_ref()).map_or(0, |e| e.len())
+                    + s.findings.heap_bytes()
+                    + s.blocked.as_ref().map_or(0, |_| size_of::<Blocked>())
+            })
+            .sum();
+        size_of::<(crate::RunKey, RunState)>()
+            + 64 // the run id's shared string, and the map's and due index's per-entry share
+            + self.sequences.capacity() * size_of::<(u64, SeqState)>()
+            + per_sequence
+            + self.missing.capacity() * size_of::<Missing>()
+            + self.timers.len() * size_of::<Timer>()
     }
 
     pub fn pending_timers(&self) -> impl Iterator<Item = &Timer> {

@@ -33,6 +33,11 @@ impl SeqMap {
         self.entries.is_empty()
     }
 
+    /// Entries it has room for without reallocating (for memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
     fn position(&self, seq: u64) -> Result<usize, usize> {
         // Sequences mostly arrive in order: check the end before searching.
         match self.entries.last() {

@@ -225,10 +225,11 @@ fn sequences_beyond_the_task_cap_are_cut_and_counted_and_retention_frees_them() 
     assert_eq!(task.sequence_count(), 1);
 }
 
-/// The live eviction pass: a settled run leaves memory one commit after its last change, and a
-/// run that changes in every commit stays resident (no store read per record to load it back).
+/// The live eviction pass: settled runs stay in memory after their commit while the cache is
+/// within its budget; past it the least recently committed leave first, but not a run that
+/// changed since (no store read per record for a run that keeps getting records).
 #[test]
-fn a_settled_run_is_evicted_one_commit_after_its_last_change() {
+fn settled_runs_leave_memory_least_recently_committed_first_past_the_budget() {
     let mut task = Task::new(Policy::default());
     let mut out = vec![];
     let activation = |run: &str, seq: u64, ms: i64| {
@@ -237,9 +238,8 @@ fn a_settled_run_is_evicted_one_commit_after_its_last_change() {
             r#"{{"type":"ActivationUpdated","world_id":"w","run_id":"{run}","sequence":{seq},"requires_ack":true,"ts":"{ts}"}}"#
         )
     };
-    // One commit: take the batch's settled runs, then the pass with the previous batch's.
-    let mut candidates: Vec<RunKey> = vec![];
-    let mut commit = |task: &mut Task| {
+    // One commit: take the batch's settled runs, then the pass with them.
+    let commit = |task: &mut Task, budget: usize| {
         let settled: Vec<RunKey> = task
             .take_changes()
             .0
@@ -247,27 +247,35 @@ fn a_settled_run_is_evicted_one_commit_after_its_last_change() {
             .filter(|(_, state)| state.is_some_and(|s| s.is_settled()))
             .map(|(key, _)| key)
             .collect();
-        let previous = std::mem::replace(&mut candidates, settled.clone());
-        task.evict_idle_settled(previous, &settled)
+        task.evict_settled_beyond(settled, budget)
     };
     let resident = |task: &Task, run: &str| task.run(&RunKey::new("w", run)).is_some();
-    let mut t = T0;
-    for seq in 1..=3 {
-        for run in ["busy", "idle"] {
-            if run == "idle" && seq > 1 {
-                continue; // changes only in the first commit
-            }
-            process(&mut task, Side::Activation, &activation(run, seq, t), t, &mut out);
-            assert_eq!(ack_of(&mut task, run, seq, t + 10, &mut out), Outcome::Ack);
-        }
-        let evicted = commit(&mut task);
-        // Commit 1: nothing was a candidate. Commit 2: "idle" did not change, it leaves.
-        assert_eq!(evicted, usize::from(seq == 2), "commit {seq}");
-        assert!(resident(&task, "busy"), "commit {seq}: the busy run stays");
-        assert_eq!(resident(&task, "idle"), seq == 1, "commit {seq}");
-        t += 1000;
-    }
-    // Once it stops changing, the busy run leaves at the next commit, an empty one included.
-    assert_eq!(commit(&mut task), 1);
+    let mut change = |task: &mut Task, run: &str, seq: u64, t: i64| {
+        process(task, Side::Activation, &activation(run, seq, t), t, &mut out);
+        assert_eq!(ack_of(task, run, seq, t + 10, &mut out), Outcome::Ack);
+    };
+    let bytes_of = |task: &Task, run: &str| task.run(&RunKey::new("w", run)).unwrap().resident_bytes();
+    // Commits 1 and 2 (both runs, then the busy one) join the cache, each run at its bytes then.
+    change(&mut task, "busy", 1, T0);
+    change(&mut task, "idle", 1, T0);
+    assert_eq!(commit(&mut task, usize::MAX), 0);
+    let (busy_1, idle_1) = (bytes_of(&task, "busy"), bytes_of(&task, "idle"));
+    change(&mut task, "busy", 2, T0 + 1000);
+    assert_eq!(commit(&mut task, usize::MAX), 0);
+    let busy_2 = bytes_of(&task, "busy");
+    assert_eq!(task.cached_settled_bytes(), busy_1 + idle_1 + busy_2);
+    // Commit 3, one byte short of room for the last three entries: the oldest two leave. The
+    // busy run's first entry is stale (it changed since), so it stays; the idle run leaves.
+    change(&mut task, "busy", 3, T0 + 2000);
+    let busy_3 = bytes_of(&task, "busy");
+    let budget = idle_1 + busy_2 + busy_3 - 1;
+    assert_eq!(commit(&mut task, budget), 1);
+    assert!(resident(&task, "busy") && !resident(&task, "idle"));
+    assert_eq!(task.cached_settled_bytes(), busy_2 + busy_3);
+    // A commit with no change evicts nothing while within the budget.
+    assert_eq!(commit(&mut task, budget), 0);
+    // A budget of 0 evicts every settled run at its commit, an empty commit included.
+    assert_eq!(commit(&mut task, 0), 1);
     assert_eq!((task.resident_count(), task.run_count()), (0, 2));
+    assert_eq!(task.cached_settled_bytes(), 0);
 }

@@ -953,8 +953,7 @@ fn check_eviction(seed: u64, commit_every: usize, pass: EvictionPass) -> (usize,
     let mut store: BTreeMap<RunKey, String> = BTreeMap::new();
     let mut out = vec![];
     let mut loads = 0;
-    let mut candidates: Vec<RunKey> = vec![];
-    let mut commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
+    let commit = |task: &mut Task, store: &mut BTreeMap<RunKey, String>| {
         let (changes, _) = task.take_changes();
         let mut keys = vec![];
         let mut settled = vec![];
@@ -976,11 +975,10 @@ fn check_eviction(seed: u64, commit_every: usize, pass: EvictionPass) -> (usize,
             EvictionPass::EveryCommit => {
                 task.evict_settled(keys);
             }
-            // As the live runtime does it: last batch's settled runs unless changed since.
-            EvictionPass::OneCommitIdle => {
-                let previous = std::mem::take(&mut candidates);
-                task.evict_idle_settled(previous, &settled);
-                candidates = settled;
+            // As the live runtime does it: the settled runs join the cache, the oldest
+            // batches leave past its budget unless changed since.
+            EvictionPass::Cached(budget) => {
+                task.evict_settled_beyond(settled, budget);
             }
         }
     };
@@ -1044,8 +1042,9 @@ proptest! {
 
     #[test]
     fn eviction_changes_nothing(seed in any::<u64>(), commit_every in 1usize..12) {
-        check_eviction(seed, commit_every, EvictionPass::EveryCommit);
-        check_eviction(seed, commit_every, EvictionPass::OneCommitIdle);
+        for pass in EvictionPass::ALL {
+            check_eviction(seed, commit_every, pass);
+        }
     }
 }
 
@@ -1054,13 +1053,22 @@ proptest! {
 enum EvictionPass {
     /// `evict_settled` of each commit's runs.
     EveryCommit,
-    /// `evict_idle_settled`: the previous commit's settled runs that did not change since.
-    OneCommitIdle,
+    /// `evict_settled_beyond` with this budget in bytes: settled runs cached, the least
+    /// recently committed leaving first (0: all at their commit; a few runs' worth).
+    Cached(usize),
+}
+
+impl EvictionPass {
+    const ALL: [EvictionPass; 3] = [
+        EvictionPass::EveryCommit,
+        EvictionPass::Cached(0),
+        EvictionPass::Cached(800),
+    ];
 }
 
 #[test]
 fn eviction_property_exercises_loads_and_evicted_drops() {
-    for pass in [EvictionPass::EveryCommit, EvictionPass::OneCommitIdle] {
+    for pass in EvictionPass::ALL {
         let (mut loads, mut drops) = (0, 0);
         for seed in 0..300 {
             let (l, d) = check_eviction(seed, 1 + (seed as usize % 5), pass);

@@ -129,7 +129,7 @@ impl Task {
         state.activation = Some(ActivationSeen {
             event_ms: act.event_ms,
             phase: act.phase,
-            etag: act.etag.map(|e| e.into_owned()),
+            etag: act.etag.map(|e| e.into()),
         });
         let latency = state
             .ack_ms

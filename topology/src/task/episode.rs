@@ -29,7 +29,7 @@ impl Task {
         };
         let phase = state.finding_phase(kind);
         let blocked_by = match kind {
-            FindingKind::AckMissing => state.blocked.map(|b| b.by),
+            FindingKind::AckMissing => state.blocked.as_ref().map(|b| b.by),
             _ => None,
         };
         let Some(detected_at) = state
@@ -88,6 +88,7 @@ impl Task {
                 s > seq
                     && state
                         .blocked
+                        .as_ref()
                         .is_some_and(|b| b.by == seq && b.release_due.is_none())
                     && state
                         .finding(FindingKind::AckMissing)
@@ -277,11 +278,11 @@ pub(super) fn record_findings(
             resolved_at: None,
         });
         if let Some(by) = blocked_by {
-            state.blocked = Some(Blocked {
+            state.blocked = Some(Box::new(Blocked {
                 by,
                 release_due: None,
                 released: false,
-            });
+            }));
         }
         let phase = state.finding_phase(kind);
         run.track(seq, policy);

@@ -9,9 +9,11 @@
 //!   entry points (`process`, `punctuate`);
 //! - `apply.rs`: what a tracked activation or an ACK changes in its run;
 //! - `episode.rs`: findings raised and resolved, blocked ACKs, pauses, rollbacks, resumes;
-//! - `timers.rs`: the due index and firing deadlines in order.
+//! - `timers.rs`: the due index and firing deadlines in order;
+//! - `cache.rs`: settled runs kept in memory after their commit, up to a byte budget.
 
 mod apply;
+mod cache;
 mod episode;
 mod timers;
 
@@ -141,6 +143,10 @@ pub struct Task {
     sequences_known: u64,
     /// `TASK_SEQUENCES_MAX` unless lowered by [`Self::limit_runs`].
     sequences_max: u64,
+    /// `take_changes` calls so far: the number of the latest batch.
+    batches_taken: u64,
+    /// Settled runs resident after their commit ([`Self::evict_settled_beyond`]).
+    cache: cache::SettledCache,
 }
 
 /// A change for the state store: the run's new state, or `None` when retention dropped it.
@@ -162,6 +168,8 @@ impl Task {
             counters: Counters::default(),
             runs_max: crate::limits::TASK_RUNS_MAX,
             sequences_known: 0,
+            batches_taken: 0,
+            cache: Default::default(),
             sequences_max: crate::limits::TASK_SEQUENCES_MAX as u64,
         }
     }
@@ -270,26 +278,6 @@ impl Task {
         evicted
     }
 
-    /// The eviction pass after a commit's store write: evicts the settled runs of `previous`
-    /// (the settled runs of the previous commit's batch) that no later batch held, and makes the
-    /// runs of `current` (this commit's) the candidates of the next pass. So a settled run
-    /// leaves memory one commit after its last change, not at every commit while it keeps
-    /// getting records (each eviction of a busy run cost a store read to load it back).
-    /// Returns how many it evicted.
-    pub fn evict_idle_settled(&mut self, previous: Vec<RunKey>, current: &[RunKey]) -> usize {
-        let idle = previous
-            .into_iter()
-            .filter(|key| self.runs.get(key).is_some_and(|run| !run.taken_since_pass));
-        let idle: Vec<RunKey> = idle.collect();
-        let evicted = self.evict_settled(idle);
-        for key in current {
-            if let Some(run) = self.runs.get_mut(key) {
-                run.taken_since_pass = false;
-            }
-        }
-        evicted
-    }
-
     /// Restores task state from the store (before any record is processed).
     pub fn restore_meta(&mut self, meta: TaskMeta) {
         self.meta = meta;
@@ -349,13 +337,15 @@ impl Task {
     pub fn take_changes(&mut self) -> (Vec<Change<'_>>, Option<TaskMeta>) {
         let meta = std::mem::take(&mut self.meta_dirty).then_some(self.meta);
         let mut keys = std::mem::take(&mut self.dirty);
+        self.batches_taken += 1;
+        let batch = self.batches_taken;
         keys.sort();
         keys.dedup();
         let mut tombstones = 0;
         keys.retain(|key| match self.runs.get_mut(key) {
             Some(run) => {
                 run.dirty = false;
-                run.taken_since_pass = true;
+                run.taken_in = batch;
                 true
             }
             None if tombstones < RETENTION_TOMBSTONES_PER_COMMIT_MAX => {
