@@ -472,7 +472,6 @@ async fn main() -> anyhow::Result<()> {
         "ackwatch_commit_duration_seconds_count",
         "ackwatch_task_idle_exceeded_total",
         "ackwatch_changelog_records_total",
-        "ackwatch_rocksdb_memory_bytes",
         "ackwatch_rocksdb_memtable_bytes",
         "ackwatch_runs_loaded_total",
     ] {

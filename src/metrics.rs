@@ -45,8 +45,7 @@ pub struct Metrics {
     pub runs_evicted: IntCounter,
     pub runs_loaded: IntCounter,
     pub commits: IntCounter,
-    /// RocksDB's shared block cache (memtables charged to it), and the memtables alone.
-    pub rocksdb_memory: IntGauge,
+    /// The memtables of every store (one budget for the process).
     pub rocksdb_memtables: IntGauge,
     pub commit_failures: IntCounter,
     /// Seconds.
@@ -369,7 +368,6 @@ impl Metrics {
             runs_evicted: counter(&r, "ackwatch_runs_evicted_total", "Settled runs evicted from memory to the store after a commit or at task start"),
             runs_loaded: counter(&r, "ackwatch_runs_loaded_total", "Evicted runs loaded back from the store for a record of theirs"),
             commits: counter(&r, "ackwatch_commits_total", "Completed commits"),
-            rocksdb_memory: gauge(&r, "ackwatch_rocksdb_memory_bytes", "Bytes in RocksDB's block cache, shared by every store of the instance, memtables included"),
             rocksdb_memtables: gauge(&r, "ackwatch_rocksdb_memtable_bytes", "Bytes of the memtables of every store of the instance"),
             commit_failures: counter(
                 &r,

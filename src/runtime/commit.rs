@@ -336,7 +336,6 @@ impl TaskManager {
         }
         self.metrics.runs_evicted.inc_by(evicted as u64);
         self.metrics.settled_cache_bytes.set(self.thread, cached as i64);
-        self.metrics.rocksdb_memory.set(ackwatch_state::rocksdb_memory_bytes() as i64);
         self.metrics.rocksdb_memtables.set(ackwatch_state::rocksdb_memtable_bytes() as i64);
         Ok(())
     }

@@ -15,5 +15,5 @@ mod memory;
 pub mod store;
 
 pub use codec::CommitMarker;
-pub use memory::{rocksdb_memory_bytes, rocksdb_memtable_bytes};
+pub use memory::rocksdb_memtable_bytes;
 pub use store::{encode_changes, Contents, Opened, Record, StoreLocked, StoreOptions, TaskStore};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ackwatch_topology::{RunKey, RunState, TaskMeta};
 use anyhow::Context;
-use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::codec::{self, CommitMarker, COMMIT_KEY, META_KEY};
@@ -24,13 +24,12 @@ const IDENTITY_KEY: &[u8] = b"\xff\xffidentity";
 const POSITION_KEY: &[u8] = b"\xff\xffchangelog-position";
 
 /// RocksDB sizing, chosen so one instance with many tasks stays small (see ARCHITECTURE.md).
-/// The block cache and the memtable budget are the process's, shared by all its stores
-/// (Kafka Streams' bounded-memory RocksDB config): however many partitions an instance owns,
-/// RocksDB holds at most `block_cache_bytes` of blocks and memtables together (`memory.rs`).
+/// The memtable budget is the process's, shared by all its stores (`memory.rs`); the block
+/// cache is each store's own.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// The process's block cache, which the memtables are charged to as well; run states are
-    /// read when an evicted run gets a record and at restore time.
+    /// Each store's block cache; run states are read when an evicted run gets a record and at
+    /// restore time.
     pub block_cache_bytes: usize,
     /// Memtables of all stores together: past it the largest is flushed.
     pub write_buffers_total_bytes: usize,
@@ -42,7 +41,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            block_cache_bytes: 32 << 20,
+            block_cache_bytes: 16 << 20,
             write_buffers_total_bytes: 16 << 20,
             write_buffer_bytes: 8 << 20,
             max_write_buffers: 2,
@@ -402,7 +401,7 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, rocksdb::Error> {
     let shared = crate::memory::shared(options);
     opts.set_write_buffer_manager(&shared.write_buffers);
     let mut table = BlockBasedOptions::default();
-    table.set_block_cache(&shared.cache);
+    table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
     table.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&table);
     DB::open(&opts, path)
