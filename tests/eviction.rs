@@ -56,6 +56,16 @@ fn ack(run: usize, seq: u64, ts: i64) -> KcatRecord {
 }
 
 /// Waits until metric `name` satisfies `ok`, failing with the value seen and the log.
+/// Runs `first..first + RUNS`, each one activation ACKed 100 ms later (so each settles), from `t0`.
+fn settled_runs(first: usize, t0: i64) -> Vec<KcatRecord> {
+    (first..first + RUNS)
+        .flat_map(|run| {
+            let ts = t0 + (run - first) as i64 / 10;
+            [activation(run, 1, "e1", ts), ack(run, 1, ts + 100)]
+        })
+        .collect()
+}
+
 fn wait_metric(processor: &Processor, http: &str, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let started = std::time::Instant::now();
     loop {
@@ -78,26 +88,16 @@ fn settled_runs_are_evicted_and_loaded_back_without_losing_a_finding() {
     let dir = tempfile::tempdir().unwrap();
     let topics = rt.block_on(LiveTopics::create("eviction", 1));
     let app = support::unique("app-eviction");
-    let (config, http) = support::live_config(
-        dir.path(),
-        &topics,
-        &app,
-        "i1",
-        "at_least_once",
-        "settled_cache_bytes = 0",
-    );
+    let config_with = |extra: &str| {
+        support::live_config(dir.path(), &topics, &app, "i1", "at_least_once", extra)
+    };
+    let (config, http) = config_with("settled_cache_bytes = 0");
     let mut all = Vec::new();
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
 
     // 2,000 runs, each activation ACKed 100 ms later: all settle, all leave memory.
-    let t0 = now_ms();
-    let settled: Vec<KcatRecord> = (0..RUNS)
-        .flat_map(|run| {
-            let ts = t0 + run as i64 / 10;
-            [activation(run, 1, "e1", ts), ack(run, 1, ts + 100)]
-        })
-        .collect();
+    let settled = settled_runs(0, now_ms());
     rt.block_on(support::produce_kcat(&settled, &topics));
     all.extend(settled);
     wait_metric(&processor, &http, "ackwatch_runs_evicted_total", |v| {
@@ -175,24 +175,11 @@ fn settled_runs_are_evicted_and_loaded_back_without_losing_a_finding() {
 
     // With a cache of 100 kB: 2,000 more runs settle; some stay in memory, the rest leave.
     let cache_bytes = 100_000.0;
-    let (config, http) = support::live_config(
-        dir.path(),
-        &topics,
-        &app,
-        "i1",
-        "at_least_once",
-        "settled_cache_bytes = 100000",
-    );
+    let (config, http) = config_with("settled_cache_bytes = 100000");
     let mut processor = Processor::start(&config, &http);
     processor.wait_ready(Duration::from_secs(60));
     let unsettled = wait_metric(&processor, &http, "ackwatch_runs_resident", |v| v == 120.0);
-    let t3 = now_ms();
-    let cached: Vec<KcatRecord> = (0..RUNS)
-        .flat_map(|i| {
-            let ts = t3 + i as i64 / 10;
-            [activation(RUNS + i, 1, "e1", ts), ack(RUNS + i, 1, ts + 100)]
-        })
-        .collect();
+    let cached = settled_runs(RUNS, now_ms());
     rt.block_on(support::produce_kcat(&cached, &topics));
     all.extend(cached);
     wait_metric(&processor, &http, "ackwatch_runs", |v| v == 2.0 * RUNS as f64);

@@ -249,7 +249,7 @@ impl TaskManager {
                 .and_then(|t| t.running_mut())
                 .expect("listed");
             task.pending_store = records;
-            task.evict_after_store = settled;
+            task.settled_in_pending_store = settled;
             result?;
             sent = true;
             self.crash_point(CrashPoint::ChangelogSent);
@@ -330,7 +330,7 @@ impl TaskManager {
                     .commit_records(&task.pending_store, ends.get(&task.partition()).copied())?;
                 task.pending_store.clear();
             }
-            let written = std::mem::take(&mut task.evict_after_store);
+            let written = std::mem::take(&mut task.settled_in_pending_store);
             evicted += task.core.engine.evict_settled_beyond(written, budget);
             cached += task.core.engine.cached_settled_bytes();
         }
@@ -345,7 +345,7 @@ impl TaskManager {
     fn settled_cache_share(&self) -> usize {
         let runtime = &self.settings.runtime;
         let threads = runtime.num_stream_threads.max(1);
-        let tasks = self.tasks.values().filter(|t| t.running().is_some()).count().max(1) as u64;
+        let tasks = self.running().count().max(1) as u64;
         usize::try_from(runtime.settled_cache_bytes / threads / tasks).unwrap_or(usize::MAX)
     }
 

@@ -140,7 +140,7 @@ pub struct LiveTask {
     pub pending_store: Vec<Record>,
     /// The settled runs whose state is in `pending_store`: they join the engine's settled-run
     /// cache once the store has it (docs/semantics.md §5 "Memory").
-    pub evict_after_store: Vec<RunKey>,
+    pub settled_in_pending_store: Vec<RunKey>,
     /// What the engine's cumulative counters said at the last metrics refresh.
     pub seen_limit_cut: BTreeMap<&'static str, u64>,
     pub seen_idle_exceeded: u64,

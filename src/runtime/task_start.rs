@@ -131,7 +131,7 @@ impl TaskManager {
             progress: PerSide::from_fn(|side| Progress::new(start[side], Instant::now())),
             lag: Default::default(),
             pending_store: Vec::new(),
-            evict_after_store: Vec::new(),
+            settled_in_pending_store: Vec::new(),
             seen_limit_cut: Default::default(),
             seen_idle_exceeded: 0,
             seen_clamped: PerSide::default(),

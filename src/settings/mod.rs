@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const STREAM_THREADS_MAX: u64 = 64;
 
 /// `runtime.settled_cache_bytes` unless set: settled runs kept in memory after their commit,
-/// for the whole instance (Kafka Streams' record cache defaults to 10 MiB). About 1 KiB a run
-/// of 8 sequences, so some 16,000 runs: enough for the runs of the applies of the last seconds
+/// for the whole instance (Kafka Streams' record cache defaults to 10 MiB). 0.5–1.4 KiB a run
+/// by its sequences, so 12,000–32,000 runs: enough for the runs of the applies of the last seconds
 /// (each gets records in consecutive commits). Cost: that much RSS; saved: a store read and a
 /// decode for each record of a cached run. Catching up over more open runs than it holds gains
 /// little from it (BENCHMARKS.md, issue #19).
