@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 
-use super::changelog;
+use super::{acls, changelog};
 use crate::settings::{ClientKind, Guarantee, Settings};
 
 /// Longest the metadata request of a check may take.
@@ -53,6 +53,17 @@ pub struct Inspection {
     pub problems: Vec<String>,
 }
 
+/// The problem of `kind` topics this principal may not Describe, for `run` (whose first problem
+/// is its error). `check` says nothing here: its ACL checks list each with the ACLs to grant.
+fn undescribable(kind: &str, hidden: &[&str], changelog_check: ChangelogCheck) -> Option<String> {
+    (!hidden.is_empty() && changelog_check != ChangelogCheck::Report).then(|| {
+        format!(
+            "{kind} topic(s) {hidden:?} cannot be described by this principal: a Describe ACL is missing \
+             (`ackwatch check` lists every ACL to grant)"
+        )
+    })
+}
+
 /// Runs every cluster check it can; only an unreachable cluster stops it (an error).
 pub async fn inspect_cluster(
     settings: &Settings,
@@ -78,6 +89,20 @@ pub async fn inspect_cluster(
             .find(|t| t.name() == name && t.error().is_none())
             .map(|t| t.partitions().len() as i32)
     };
+    // A topic this principal may not Describe is left out of an all-topics answer, as a missing
+    // one is; a DescribeTopics by name says which it is (a metadata request by name could instead
+    // auto-create it on a broker with auto.create.topics.enable). Those are not called missing:
+    // the ACL checks of `check` name what to grant.
+    let topics = &settings.topics;
+    let changelog = changelog::topic_name(&settings.runtime.application_id);
+    let unseen: Vec<String> = [&topics.activation, &topics.ack, &topics.gap, &topics.signal, &topics.dead_letter, &changelog]
+        .into_iter()
+        .filter(|t| count(t).is_none())
+        .cloned()
+        .collect();
+    let hidden_topics = acls::denied_topics(&admin, &unseen);
+    let denied = |name: &str| hidden_topics.iter().any(|t| t == name);
+    let absent = |name: &&String| count(name).is_none() && !denied(name);
     let mut found = Inspection {
         partitions: None,
         lines: vec![format!(
@@ -87,7 +112,6 @@ pub async fn inspect_cluster(
         )],
         problems: Vec::new(),
     };
-    let topics = &settings.topics;
     match (count(&topics.activation), count(&topics.ack)) {
         (Some(activation), Some(ack)) if activation != ack => found.problems.push(format!(
             "input topics are not co-partitioned: {} has {activation} partitions, {} has {ack}; \
@@ -104,34 +128,46 @@ pub async fn inspect_cluster(
         _ => {
             let missing: Vec<&str> = [&topics.activation, &topics.ack]
                 .into_iter()
-                .filter(|t| count(t).is_none())
+                .filter(absent)
                 .map(String::as_str)
                 .collect();
-            found.problems.push(format!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned"));
+            if !missing.is_empty() {
+                found.problems.push(format!("input topic(s) {missing:?} do not exist (topics.activation / topics.ack): create them, co-partitioned"));
+            }
+            let hidden: Vec<&str> = [&topics.activation, &topics.ack].into_iter().filter(|t| denied(t)).map(String::as_str).collect();
+            found.problems.extend(undescribable("input", &hidden, changelog_check));
         }
     }
     let missing: Vec<&str> = [&topics.gap, &topics.signal, &topics.dead_letter]
         .into_iter()
-        .filter(|t| count(t).is_none())
+        .filter(absent)
         .map(String::as_str)
         .collect();
-    if missing.is_empty() {
+    let hidden: Vec<&str> = [&topics.gap, &topics.signal, &topics.dead_letter].into_iter().filter(|t| denied(t)).map(String::as_str).collect();
+    found.problems.extend(undescribable("output", &hidden, changelog_check));
+    if !missing.is_empty() {
+        found.problems.push(format!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them"));
+    } else if hidden.is_empty() {
         found.lines.push(format!(
             "ok: output topics {}, {}, {} exist",
             topics.gap, topics.signal, topics.dead_letter
         ));
-    } else {
-        found.problems.push(format!("output topic(s) {missing:?} do not exist (topics.gap / topics.signal / topics.dead_letter): create them"));
+    }
+    if changelog_check == ChangelogCheck::Report {
+        let exists = count(&changelog).is_some() || denied(&changelog);
+        let (lines, problems) = acls::inspect_acls(settings, &admin, &changelog, exists, found.partitions).await;
+        found.lines.extend(lines);
+        found.problems.extend(problems);
     }
     let Some(activation) = found.partitions else {
         return Ok(found);
     };
-    let changelog = changelog::topic_name(&settings.runtime.application_id);
     match count(&changelog) {
         Some(n) if n != activation => found.problems.push(format!(
             "changelog topic {changelog} has {n} partitions but the input topics have {activation}: delete it \
              (ackwatch recreates it and restores from scratch) or restore the input partition count"
         )),
+        None if denied(&changelog) => found.problems.extend(undescribable("changelog", &[&changelog], changelog_check)),
         None if changelog_check == ChangelogCheck::Report => found.lines.push(format!("ok: changelog topic {changelog} does not exist yet; `run` creates it")),
         None if changelog_check == ChangelogCheck::Precreated => found
             .problems

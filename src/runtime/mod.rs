@@ -19,6 +19,7 @@
 //! reads metrics without those mutexes; only `/runs` queries and the alert loop's scan take
 //! them, one thread's at a time.
 
+pub mod acls;
 pub mod brokers;
 pub mod caught_up;
 pub mod changelog;

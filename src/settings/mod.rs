@@ -136,6 +136,11 @@ impl Kafka {
         // librdkafka backs off reconnects up to 10 s: a client would then see a returned broker
         // up to 10 s late, and processing must resume within seconds of an outage's end.
         config.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+        // A producer or admin client (librdkafka's default: allowed) asking for one topic's
+        // metadata would let a broker with auto.create.topics.enable (Kafka's default) create it
+        // uncompacted and with the broker's partition count: a changelog or an output topic is
+        // created by ackwatch as it must be, or reported missing.
+        config.set("allow.auto.create.topics", "false");
         for (key, value) in &self.properties {
             if ClientKind::split(key).0.is_none() {
                 config.set(key, value);

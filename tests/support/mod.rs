@@ -469,6 +469,11 @@ pub struct Scripted {
 impl Scripted {
     /// Runs `scripts/<script> COMMAND DIR`, failing the test with its stderr; returns stdout.
     pub fn run(&self, command: &str) -> String {
+        self.run_with(command, &[])
+    }
+
+    /// Runs `scripts/<script> COMMAND DIR ARGS...` (e.g. `kafka-broker.sh acl DIR --add ...`).
+    pub fn run_with(&self, command: &str, args: &[&str]) -> String {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("scripts")
             .join(self.script);
@@ -476,6 +481,7 @@ impl Scripted {
             .arg(script)
             .arg(command)
             .arg(&self.dir)
+            .args(args)
             .output()
             .unwrap();
         assert!(
