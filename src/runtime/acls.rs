@@ -350,13 +350,35 @@ fn text(ptr: *const c_char) -> String {
     unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
 }
 
-/// DescribeTopics or DescribeConsumerGroups of `names` with authorized operations, answered on a
-/// queue of its own: each name with what the broker said of it.
+/// How long `describe` waits before asking again about a resource the broker could not
+/// describe yet (a group coordinator still loading on a broker that just started).
+const DESCRIBE_RETRY: Duration = Duration::from_millis(500);
+
+/// DescribeTopics or DescribeConsumerGroups of `names` with authorized operations: each name
+/// with what the broker said of it. A retriable error (coordinator not available or loading) is
+/// asked again until [`ACL_REQUEST_TIMEOUT`] has passed.
 fn describe(
     admin: &AdminClient<DefaultClientContext>,
     op: rd::rd_kafka_admin_op_t,
     names: &[String],
 ) -> anyhow::Result<Vec<(String, Described)>> {
+    let deadline = std::time::Instant::now() + ACL_REQUEST_TIMEOUT;
+    loop {
+        let said = describe_once(admin, op, names)?;
+        if !said.iter().any(|(_, _, retriable)| *retriable) || std::time::Instant::now() + DESCRIBE_RETRY > deadline {
+            return Ok(said.into_iter().map(|(name, described, _)| (name, described)).collect());
+        }
+        std::thread::sleep(DESCRIBE_RETRY);
+    }
+}
+
+/// One DescribeTopics or DescribeConsumerGroups, answered on a queue of its own: each name, what
+/// the broker said of it, and whether that was a retriable error.
+fn describe_once(
+    admin: &AdminClient<DefaultClientContext>,
+    op: rd::rd_kafka_admin_op_t,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, Described, bool)>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -433,16 +455,37 @@ impl<T> Accessors<T> {
     /// Each of the `count` descriptions at `items`: its name and what the broker said of it.
     ///
     /// SAFETY: `items` points at `count` live descriptions of the event being read.
-    unsafe fn read(&self, items: *mut *const T, count: usize) -> Vec<(String, Described)> {
+    unsafe fn read(&self, items: *mut *const T, count: usize) -> Vec<(String, Described, bool)> {
         (0..count)
             .map(|i| {
                 let item = *items.add(i);
                 let mut n = 0usize;
                 let ops = (self.operations)(item, &mut n);
-                (text((self.name)(item)), classify((self.error)(item), ops, n))
+                let error = (self.error)(item);
+                let retriable = !error.is_null()
+                    && (rd::rd_kafka_error_is_retriable(error) != 0 || transient(rd::rd_kafka_error_code(error)));
+                (text((self.name)(item)), classify(error, ops, n), retriable)
             })
             .collect()
     }
+}
+
+/// Errors of a broker that cannot answer for a resource yet: a group coordinator being elected
+/// or loading its partition of `__consumer_offsets` (the first group request on a new broker),
+/// a leader moving, a request timing out.
+fn transient(code: rd::rd_kafka_resp_err_t) -> bool {
+    use rd::rd_kafka_resp_err_t::*;
+    matches!(
+        code,
+        RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE
+            | RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS
+            | RD_KAFKA_RESP_ERR_NOT_COORDINATOR
+            | RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE
+            | RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION
+            | RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT
+            | RD_KAFKA_RESP_ERR__TIMED_OUT
+            | RD_KAFKA_RESP_ERR__TRANSPORT
+    )
 }
 
 /// What one described resource says: its error, or its authorized operations.
@@ -461,7 +504,11 @@ unsafe fn classify(
             RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED | RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED => {
                 Described::Denied
             }
-            _ => Described::Failed(text(rd::rd_kafka_error_string(error))),
+            _ => Described::Failed(format!(
+                "{} ({})",
+                text(rd::rd_kafka_error_string(error)),
+                text(rd::rd_kafka_err2name(code))
+            )),
         };
     }
     if ops.is_null() {
