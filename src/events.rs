@@ -667,3 +667,46 @@ impl PartitionProgressing<'_> {
         metrics.stalls.clear(self.topic, self.partition);
     }
 }
+
+/// A standby copy was brought up to its changelog's last commit (`runtime/standby.rs`). Logged
+/// at debug: it happens every second per standby partition.
+pub struct StandbyUpdated<'a> {
+    pub partition: i32,
+    pub stats: &'a crate::runtime::changelog::RestoreStats,
+}
+
+impl StandbyUpdated<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::debug!(
+            partition = self.partition,
+            from_offset = self.stats.from_offset,
+            to_offset = self.stats.to_offset,
+            records = self.stats.records,
+            full_restore_reason = self.stats.full_restore_reason.as_deref().unwrap_or(""),
+            "standby updated"
+        );
+        metrics.standby_records.inc_by(self.stats.records);
+    }
+}
+
+/// A standby update failed; the next round tries again. `logged`: whether to write the line
+/// (the loop writes one per distinct error, not one a second).
+pub struct StandbyUpdateFailed<'a> {
+    /// None: the group could not be described.
+    pub partition: Option<i32>,
+    pub error: &'a anyhow::Error,
+    pub logged: bool,
+}
+
+impl StandbyUpdateFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        if self.logged {
+            tracing::warn!(
+                partition = self.partition,
+                error = format!("{:#}", self.error),
+                "standby update failed; retried every second, this line written again only for another error"
+            );
+        }
+        metrics.standby_failures.inc();
+    }
+}

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub restore_records: IntCounter,
     pub restore_bytes: IntCounter,
     pub restore_remaining_records: ThreadGauge,
+    /// Partitions this instance keeps a standby copy of (`runtime/standby.rs`).
+    pub standby_partitions: IntGauge,
+    pub standby_records: IntCounter,
+    pub standby_failures: IntCounter,
     pub retention_tombstones_deferred: ThreadGauge,
     pub task_idle_exceeded: IntCounter,
     pub limit_cut: IntCounterVec,
@@ -405,6 +409,21 @@ impl Metrics {
                 "ackwatch_restore_remaining_records",
                 "Changelog offsets left in the running restore",
             ), Combine::Sum),
+            standby_partitions: gauge(
+                &r,
+                "ackwatch_standby_partitions",
+                "Partitions of other instances whose store this instance keeps warm (runtime.num_standby_replicas)",
+            ),
+            standby_records: counter(
+                &r,
+                "ackwatch_standby_records_total",
+                "Changelog records applied to standby copies",
+            ),
+            standby_failures: counter(
+                &r,
+                "ackwatch_standby_failures_total",
+                "Standby updates that failed (the group could not be described, or a restore failed)",
+            ),
             retention_tombstones_deferred: ThreadGauge::new(gauge(
                 &r,
                 "ackwatch_retention_tombstones_deferred",

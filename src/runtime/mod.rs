@@ -23,6 +23,7 @@ pub mod acls;
 pub mod brokers;
 pub mod caught_up;
 pub mod changelog;
+pub mod standby;
 pub mod cluster;
 pub mod commit;
 pub mod http;
@@ -317,7 +318,20 @@ pub fn run_with(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         crate::events::ShutdownTimedOut.emit();
         std::process::exit(2);
     });
+    let standby = (settings.runtime.num_standby_replicas > 0)
+        .then(|| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("standby".into())
+                .spawn(move || standby::standby_loop(shared))
+        })
+        .transpose()?;
     let result = run_stream_threads(&shared);
+    // The standby thread stops after the standby update it is in (its store closed cleanly).
+    shared.shutdown.store(true, Ordering::SeqCst);
+    if let Some(standby) = standby {
+        let _ = standby.join();
+    }
     shared.stopped.store(true, Ordering::SeqCst);
     shared.note_state();
     delivery_stop.store(true, Ordering::SeqCst);

@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 /// member; beyond the cores of a machine more threads only add rebalancing.
 pub const STREAM_THREADS_MAX: u64 = 64;
 
+/// Most standby copies of each partition (`runtime.num_standby_replicas`). Cost per copy: the
+/// whole task store on the disk of another instance, and that instance's restore consumer
+/// tailing the partition's changelog.
+pub const STANDBY_REPLICAS_MAX: u64 = 8;
+
 /// `runtime.settled_cache_bytes` unless set: settled runs kept in memory after their commit,
 /// for the whole instance (Kafka Streams' record cache defaults to 10 MiB). 0.5–1.4 KiB a run
 /// by its sequences, so 12,000–32,000 runs: enough for the runs of the applies of the last seconds
@@ -255,6 +260,10 @@ pub struct Runtime {
     /// store read. Past it the least recently committed leave memory first; 0 evicts every
     /// settled run at its commit.
     pub settled_cache_bytes: u64,
+    /// Warm copies of each partition's store kept by other instances (Kafka Streams'
+    /// `num.standby.replicas`): each tails the partition's changelog into its own store, so the
+    /// instance that takes the partition over restores only the tail. 0: none.
+    pub num_standby_replicas: u64,
 }
 
 impl Default for Runtime {
@@ -273,6 +282,7 @@ impl Default for Runtime {
             outage_grace_ms: 15_000,
             num_stream_threads: 1,
             settled_cache_bytes: SETTLED_CACHE_BYTES_DEFAULT,
+            num_standby_replicas: 0,
         }
     }
 }
@@ -483,6 +493,12 @@ impl Settings {
                 r.num_stream_threads,
                 1,
                 STREAM_THREADS_MAX,
+            ),
+            (
+                "runtime.num_standby_replicas",
+                r.num_standby_replicas,
+                0,
+                STANDBY_REPLICAS_MAX,
             ),
             (
                 "runtime.settled_cache_bytes",
