@@ -204,6 +204,7 @@ fn every_chart_option_renders_a_config_ackwatch_loads() {
     assert_eq!(settings.kafka.bootstrap_servers, "kafka-0.kafka:9093,kafka-1.kafka:9093");
     assert_eq!(settings.runtime.processing_guarantee.as_str(), "exactly_once_v2");
     assert_eq!(settings.runtime.num_stream_threads, 2);
+    assert_eq!(settings.runtime.num_standby_replicas, 1);
     assert_eq!(settings.runtime.shutdown_timeout_ms, 20_000);
     assert_eq!(settings.policy.ack_timeout_ms, 5_000);
     assert!(settings.policy.auto_rollback);

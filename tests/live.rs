@@ -442,15 +442,7 @@ fn instances_join_and_die_and_partitions_move() {
     let producing = produce_paced(records.clone(), topics.clone());
     let app = support::unique("app-group");
     let start = |instance: &str| {
-        let (config, http) = support::live_config(
-            dir.path(),
-            &topics,
-            &app,
-            instance,
-            "at_least_once",
-            "lateness_ms = 2000",
-        );
-        Processor::start(&config, &http)
+        support::start_live(dir.path(), &topics, &app, instance, "at_least_once", "lateness_ms = 2000")
     };
     let mut a = start("a");
     let mut b = start("b");
@@ -544,11 +536,7 @@ fn owner_and_idle(
     topics: &LiveTopics,
     app: &str,
 ) -> ((&'static str, Processor), (&'static str, Processor)) {
-    let start = |instance: &str| {
-        let (config, http) =
-            support::live_config(dir, topics, app, instance, "at_least_once", "");
-        Processor::start(&config, &http)
-    };
+    let start = |instance: &str| support::start_live(dir, topics, app, instance, "at_least_once", "");
     let owned = support::owned_partitions;
     let mut a = start("a");
     a.wait_ready(READY_TIMEOUT);

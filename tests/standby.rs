@@ -24,14 +24,6 @@ fn restores(processor: &Processor) -> Vec<(i64, i64, i64, i64)> {
         .collect()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_standby_takes_over_restoring_only_the_tail() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,21 +31,13 @@ fn a_standby_takes_over_restoring_only_the_tail() {
     let topics = rt.block_on(LiveTopics::create("standby", 2));
     let app = support::unique("app-standby");
     let start = |instance: &str| {
-        let (config, http) = support::live_config(
-            dir.path(),
-            &topics,
-            &app,
-            instance,
-            "at_least_once",
-            "num_standby_replicas = 1",
-        );
-        Processor::start(&config, &http)
+        support::start_live(dir.path(), &topics, &app, instance, "at_least_once", "num_standby_replicas = 1")
     };
     let mut first = start("i1");
     first.wait_ready(Duration::from_secs(60));
     let mut second = start("i2");
     second.wait_ready(Duration::from_secs(60));
-    wait_for("each instance owns one partition", Duration::from_secs(60), || {
+    wait_until("each instance owns one partition", Duration::from_secs(60), || {
         support::owned_partitions(&first).len() == 1 && support::owned_partitions(&second).len() == 1
     });
     let taken = support::owned_partitions(&second)[0];
@@ -65,7 +49,7 @@ fn a_standby_takes_over_restoring_only_the_tail() {
     // has applied records and stops growing (the traffic has ended, its commits too).
     let standby_records = || support::metric(&first.http, "ackwatch_standby_records_total").unwrap_or(0.0);
     let mut last = (standby_records(), Instant::now());
-    wait_for("the standby copy settles", Duration::from_secs(60), || {
+    wait_until("the standby copy settles", Duration::from_secs(60), || {
         let now = standby_records();
         if now != last.0 {
             last = (now, Instant::now());
@@ -76,7 +60,7 @@ fn a_standby_takes_over_restoring_only_the_tail() {
     let restored_before = restores(&first).len();
 
     second.kill9();
-    wait_for("the first instance owns both partitions", Duration::from_secs(60), || {
+    wait_until("the first instance owns both partitions", Duration::from_secs(60), || {
         support::owned_partitions(&first).len() == 2
     });
     let takeover: Vec<_> = restores(&first)[restored_before..]

@@ -212,20 +212,13 @@ pub async fn inspect_acls(
     let (mut lines, mut problems) = (Vec::new(), Vec::new());
     let principal = principal(settings);
     let needs = needs(settings, changelog_exists.then_some(changelog));
-    let topics: Vec<String> = needs
-        .iter()
-        .filter_map(|n| match &n.resource {
-            Resource::Topic(t) => Some(t.clone()),
-            Resource::Group(_) => None,
-        })
-        .collect();
-    let groups: Vec<String> = needs
-        .iter()
-        .filter_map(|n| match &n.resource {
-            Resource::Group(g) => Some(g.clone()),
-            Resource::Topic(_) => None,
-        })
-        .collect();
+    let (mut topics, mut groups) = (Vec::new(), Vec::new());
+    for need in &needs {
+        match &need.resource {
+            Resource::Topic(t) => topics.push(t.clone()),
+            Resource::Group(g) => groups.push(g.clone()),
+        }
+    }
     let described = describe(admin, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS, &topics)
         .and_then(|mut t| {
             t.extend(describe(admin, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, &groups)?);

@@ -112,7 +112,7 @@ pub fn standby_loop(shared: Arc<Shared>) {
             if shared.shutdown.load(Ordering::SeqCst) || shared.partitions().contains(&partition) {
                 continue;
             }
-            if let Err(e) = update(settings, &config, &topic, partition, &shared) {
+            if let Err(e) = update(&config, &topic, partition, &shared) {
                 failed(Some(partition), &e);
             }
         }
@@ -122,13 +122,8 @@ pub fn standby_loop(shared: Arc<Shared>) {
 
 /// One standby copy brought up to the changelog's last commit. A store held by a stream thread
 /// of this process (a task start that just took the partition) is left to it.
-fn update(
-    settings: &Settings,
-    config: &rdkafka::ClientConfig,
-    topic: &str,
-    partition: i32,
-    shared: &Shared,
-) -> anyhow::Result<()> {
+fn update(config: &rdkafka::ClientConfig, topic: &str, partition: i32, shared: &Shared) -> anyhow::Result<()> {
+    let settings = &shared.settings;
     let (store, _) = match TaskStore::open(
         &settings.runtime.state_dir,
         &settings.runtime.application_id,

@@ -231,6 +231,15 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Polls `done` every 200 ms for up to `timeout`; the failure names `what` was awaited.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -380,6 +380,19 @@ pub fn live_config(
     (path, http)
 }
 
+/// One instance of a live group: [`live_config`] written, the processor started on it.
+pub fn start_live(
+    dir: &std::path::Path,
+    topics: &LiveTopics,
+    app: &str,
+    instance: &str,
+    guarantee: &str,
+    extra: &str,
+) -> Processor {
+    let (config, http) = live_config(dir, topics, app, instance, guarantee, extra);
+    Processor::start(&config, &http)
+}
+
 impl Processor {
     pub fn start(config: &std::path::Path, http: &str) -> Processor {
         Self::start_with_env(config, http, &[])
